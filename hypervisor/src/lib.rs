@@ -1,0 +1,4 @@
+//! The tensorvisor hypervisor's hardware-independent core: multiboot2 parsing, physical frame
+//! allocation and page-table building. These are plain functions over plain data, unit-tested on
+//! the host; the bare-metal binary (`src/main.rs`) wires them to the real machine.
+#![cfg_attr(not(test), no_std)]

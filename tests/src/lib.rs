@@ -1,0 +1,1 @@
+//! Integration tests that boot tensorvisor images in emulators and judge what they print.

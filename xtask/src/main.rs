@@ -1,0 +1,2 @@
+//! `cargo xtask`: build, image, run, test and bench tensorvisor.
+fn main() {}
