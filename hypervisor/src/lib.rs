@@ -2,3 +2,8 @@
 //! allocation and page-table building. These are plain functions over plain data, unit-tested on
 //! the host; the bare-metal binary (`src/main.rs`) wires them to the real machine.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod frames;
+pub mod multiboot2;
+pub mod paging;
