@@ -1,3 +1,19 @@
 //! VT-x hardware model, without policy: VMX capability MSRs, the VMXON region, typed VMCS fields
 //! and controls, exit reasons and their decoded qualifications (Intel SDM Vol. 3C, chapters 24-28).
+//!
+//! Everything here is plain data and pure functions that the host unit-tests, except the thin
+//! `unsafe` wrappers over RDMSR and the VMX instructions, which are compiled for x86_64 only and
+//! each state their preconditions. Policy (which controls to want, what to do on an exit) belongs
+//! to the hypervisor.
 #![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod caps;
+pub mod controls;
+pub mod msr;
+
+#[cfg(target_arch = "x86_64")]
+pub use caps::read_raw_msrs;
+pub use caps::{AllowedSettings, CapsError, EptVpidCap, MemoryType, RawVmxMsrs, VmxCapabilities};
