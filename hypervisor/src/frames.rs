@@ -152,7 +152,7 @@ impl FrameAllocator {
     /// Allocates `size` bytes aligned to `align` that end at or below `limit` (for structures
     /// that must be reachable by 32-bit code or an identity map of low memory).
     pub fn alloc_below(&mut self, size: u64, align: u64, limit: u64) -> Result<u64, FrameError> {
-        if size == 0 || size % PAGE_SIZE != 0 || !align.is_power_of_two() || align < PAGE_SIZE {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE {
             return Err(FrameError::BadRequest { size, align });
         }
         for i in 0..self.count {
@@ -172,7 +172,7 @@ impl FrameAllocator {
     /// Returns `[base, base + size)` to the free memory. Freeing memory that is already free is
     /// refused, so a double free cannot hand the same frame out twice.
     pub fn free(&mut self, base: u64, size: u64) -> Result<(), FrameError> {
-        if size == 0 || size % PAGE_SIZE != 0 || base % PAGE_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !base.is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::BadRequest { size, align: PAGE_SIZE });
         }
         let end = base.checked_add(size).ok_or(FrameError::Overflow)?;

@@ -1,8 +1,108 @@
-//! The tensorvisor bare-metal binary.
+//! The tensorvisor bare-metal binary: GRUB loads it through multiboot2, `kernel::boot` takes the
+//! CPU to long mode and calls [`kmain`].
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+mod kernel;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
     eprintln!("the hypervisor runs on bare metal: build and boot it with `cargo xtask run`");
     std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod entry {
+    use crate::kernel::{cpu, exit, gdt, idt, logger, memory, serial, tsc};
+    use crate::println;
+    use hypervisor::multiboot2::{cmdline_value, BOOTLOADER_MAGIC};
+
+    /// Entered from `kernel::boot` in long mode, on the boot stack, interrupts off.
+    #[unsafe(no_mangle)]
+    extern "C" fn kmain(magic: u32, info_phys: u64) -> ! {
+        serial::CONSOLE.lock().init();
+        logger::init(log::LevelFilter::Info);
+        gdt::init();
+        idt::init();
+        let (tsc_hz, tsc_source) = tsc::init();
+        println!();
+        println!("tensorvisor {} - a Type-1 hypervisor for tensor work", env!("CARGO_PKG_VERSION"));
+        if magic != BOOTLOADER_MAGIC {
+            panic!("not started by a multiboot2 loader (EAX = {magic:#x}, expected {BOOTLOADER_MAGIC:#x})");
+        }
+        log::info!("tsc: {} MHz ({:?})", tsc_hz / 1_000_000, tsc_source);
+
+        let features = cpu::features();
+        let info = memory::init(info_phys, features);
+        let cmdline = info.command_line().unwrap_or("");
+        log::info!(
+            "boot: {} via {}, command line \"{}\"",
+            info.boot_loader_name().unwrap_or("unknown loader"),
+            if info.booted_by_uefi() { "UEFI" } else { "BIOS" },
+            cmdline
+        );
+        heap_self_test();
+
+        let mut modules = 0;
+        for m in info.modules() {
+            log::info!("module: \"{}\" {} bytes at {:#x}", m.cmdline, m.len(), m.start);
+            modules += 1;
+        }
+        log::info!("modules: {modules}");
+        let _vmx = cpu::report();
+
+        if let Some(scenario) = cmdline_value(cmdline, "tv.scenario") {
+            run_scenario(scenario);
+        }
+        log::info!("boot complete");
+        exit::exit(exit::ExitCode::Success);
+    }
+
+    /// Proves the heap works before anything relies on it.
+    fn heap_self_test() {
+        use alloc::{boxed::Box, vec::Vec};
+        let v: Vec<u64> = (0..10_000).collect();
+        let b = Box::new(v.iter().sum::<u64>());
+        assert_eq!(*b, 49_995_000, "heap self-test");
+        log::info!("heap: self-test passed");
+    }
+
+    /// Fault scenarios selected by `tv.scenario=` on the command line, used by the integration
+    /// tests to prove faults are caught and reported.
+    fn run_scenario(name: &str) {
+        log::info!("scenario: {name}");
+        match name {
+            "pagefault" => {
+                // Below 4 GiB, identity-mapped by the boot tables but not by the hypervisor's own.
+                let p = 0xdead_b000 as *const u64;
+                // SAFETY: deliberately unsound: this read must fault, and the fault is fatal.
+                let v = unsafe { core::ptr::read_volatile(p) };
+                log::error!("scenario: read of an unmapped address returned {v:#x}");
+            }
+            "stack-overflow" => {
+                #[allow(unconditional_recursion)]
+                fn recurse(depth: u64) -> u64 {
+                    let pad = [depth; 64];
+                    core::hint::black_box(&pad);
+                    recurse(depth + 1) + pad[0]
+                }
+                let _ = recurse(0);
+            }
+            "panic" => panic!("scenario: deliberate panic"),
+            other => log::warn!("scenario: unknown scenario \"{other}\" ignored"),
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo) -> ! {
+        serial::force_unlock_for_crash();
+        match info.location() {
+            Some(l) => log::error!("PANIC at {}:{}:{}: {}", l.file(), l.line(), l.column(), info.message()),
+            None => log::error!("PANIC: {}", info.message()),
+        }
+        exit::exit(exit::ExitCode::Failure);
+    }
 }

@@ -154,7 +154,7 @@ impl<M: TableMemory> PageTables<M> {
         if !is_canonical(virt) {
             return Err(MapError::NonCanonical(virt));
         }
-        if virt % size.bytes() != 0 || phys % size.bytes() != 0 || phys & !ADDR_MASK != 0 {
+        if !virt.is_multiple_of(size.bytes()) || !phys.is_multiple_of(size.bytes()) || phys & !ADDR_MASK != 0 {
             return Err(MapError::Misaligned { virt, phys, size });
         }
         let table_flags = PageFlags::PRESENT | PageFlags::WRITABLE | PageFlags(flags.bits() & PageFlags::USER.bits());

@@ -1,1 +1,93 @@
 //! Integration tests that boot tensorvisor images in emulators and judge what they print.
+//!
+//! Each test builds a GRUB image (through the same `xtask` library `cargo xtask run` uses), boots
+//! it in QEMU TCG or Bochs with a timeout, and asserts on the serial log and the verdict. A failed
+//! assertion shows the verdict, the emulator status and the tail of the serial log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use xtask::emulator::{self, Emulator, Outcome, RunSpec};
+use xtask::image::{self, Firmware, ImageSpec};
+
+/// A boot to run: the image and how to run it.
+pub struct Boot {
+    pub image: ImageSpec,
+    pub emulator: Emulator,
+    pub timeout: Duration,
+    pub memory_mib: u32,
+}
+
+impl Boot {
+    pub fn qemu(name: &str, firmware: Firmware) -> Self {
+        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256 }
+    }
+
+    pub fn bochs(name: &str) -> Self {
+        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128 }
+    }
+
+    pub fn cmdline(mut self, cmdline: &str) -> Self {
+        self.image = self.image.cmdline(cmdline);
+        self
+    }
+
+    pub fn module(mut self, path: impl Into<PathBuf>, name: &str) -> Self {
+        self.image = self.image.module(path, name);
+        self
+    }
+
+    /// Builds the image and boots it; panics (failing the test) only if that cannot be done.
+    pub fn run(self) -> Run {
+        let iso = image::make_image(&self.image).unwrap_or_else(|e| panic!("image {}: {e}", self.image.name));
+        let work = image::build_dir().join("tests").join(format!("{}-{}", self.image.name, self.image.firmware.name()));
+        let mut spec = RunSpec::new(iso, self.image.firmware, self.emulator, work);
+        spec.timeout = self.timeout;
+        spec.memory_mib = self.memory_mib;
+        let outcome = emulator::boot(&spec).unwrap_or_else(|e| panic!("boot {}: {e}", self.image.name));
+        Run { outcome }
+    }
+}
+
+/// A finished boot, with assertions that explain themselves.
+pub struct Run {
+    pub outcome: Outcome,
+}
+
+impl Run {
+    pub fn serial(&self) -> &str {
+        &self.outcome.serial
+    }
+
+    #[track_caller]
+    pub fn assert_verdict(&self, expected: emulator::Verdict) -> &Self {
+        assert_eq!(self.outcome.verdict, expected, "unexpected verdict\n{}", self.outcome.describe());
+        self
+    }
+
+    /// Asserts that the log has a line containing every one of `parts`.
+    #[track_caller]
+    pub fn assert_line(&self, parts: &[&str]) -> &Self {
+        let found = self.serial().lines().any(|l| parts.iter().all(|p| l.contains(p)));
+        assert!(found, "no serial line contains all of {parts:?}\n{}", self.outcome.describe());
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_no_line(&self, part: &str) -> &Self {
+        assert!(!self.serial().contains(part), "the serial log contains {part:?}\n{}", self.outcome.describe());
+        self
+    }
+
+    /// Asserts the lines containing `first` and `second` both exist, in that order.
+    #[track_caller]
+    pub fn assert_order(&self, first: &str, second: &str) -> &Self {
+        let a = self.serial().find(first);
+        let b = self.serial().find(second);
+        assert!(
+            matches!((a, b), (Some(a), Some(b)) if a < b),
+            "expected {first:?} before {second:?}\n{}",
+            self.outcome.describe()
+        );
+        self
+    }
+}

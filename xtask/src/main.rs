@@ -1,2 +1,242 @@
-//! `cargo xtask`: build, image, run, test and bench tensorvisor.
-fn main() {}
+//! `cargo xtask`: set-up, build, image, run, test and bench tensorvisor. `cargo xtask help` lists
+//! the commands.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+use xtask::emulator::{self, Emulator, RunSpec, Verdict};
+use xtask::image::{self, Firmware, ImageSpec};
+use xtask::setup;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+  setup                 install what is missing (rustup target, Debian packages)
+  build                 build the hypervisor for x86_64-unknown-none
+  image [--cmdline S]   make the BIOS and UEFI GRUB images under build/images/
+  run [options]         build, make the image and boot it, serial console on this terminal
+      --emulator qemu|bochs   default: QEMU with KVM if it can run VMX guests, else Bochs
+      --uefi                  boot the UEFI image (QEMU with OVMF)
+      --gdb                   QEMU only: gdb stub on :1234, wait for the debugger
+      --timeout SECS          stop the emulator after SECS seconds (default 300)
+      --cmdline S             extra hypervisor command line
+  test                  host unit tests of every crate, then the emulator integration tests;
+                        ends with `N passed, N failed`
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{HELP}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match cmd.as_str() {
+        "setup" => setup::ensure(),
+        "build" => image::build_hypervisor().map(|p| println!("{}", p.display())),
+        "image" => cmd_image(rest),
+        "run" => cmd_run(rest),
+        "test" => cmd_test(rest),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A tiny flag parser: `--flag` and `--flag value`.
+struct Flags<'a> {
+    args: &'a [String],
+}
+
+impl<'a> Flags<'a> {
+    fn has(&self, name: &str) -> bool {
+        self.args.iter().any(|a| a == name)
+    }
+
+    fn value(&self, name: &str) -> Result<Option<&'a str>, String> {
+        match self.args.iter().position(|a| a == name) {
+            None => Ok(None),
+            Some(i) => self.args.get(i + 1).map(|s| Some(s.as_str())).ok_or(format!("{name} needs a value")),
+        }
+    }
+
+    fn check_known(&self, known: &[&str]) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.args.len() {
+            let a = &self.args[i];
+            let Some(k) = known.iter().find(|k| k.split('=').next() == Some(a.as_str())) else {
+                return Err(format!("unknown option `{a}`\n\n{HELP}"));
+            };
+            i += if k.ends_with('=') { 2 } else { 1 };
+        }
+        Ok(())
+    }
+}
+
+fn cmd_image(args: &[String]) -> Result<(), String> {
+    let flags = Flags { args };
+    flags.check_known(&["--cmdline="])?;
+    setup::ensure()?;
+    let cmdline = flags.value("--cmdline")?.unwrap_or("");
+    for fw in [Firmware::Bios, Firmware::Uefi] {
+        let iso = image::make_image(&ImageSpec::new("tensorvisor", fw).cmdline(cmdline))?;
+        println!("{} image: {}", fw.name(), iso.display());
+    }
+    Ok(())
+}
+
+fn cmd_run(args: &[String]) -> Result<(), String> {
+    let flags = Flags { args };
+    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline="])?;
+    setup::ensure()?;
+    let firmware = if flags.has("--uefi") { Firmware::Uefi } else { Firmware::Bios };
+    let emulator = match flags.value("--emulator")? {
+        Some("qemu") => match emulator::kvm_with_nested_vmx() {
+            Ok(()) => Emulator::Qemu { kvm: true },
+            Err(why) => {
+                eprintln!("xtask: QEMU without KVM (TCG, no VMX): {why}");
+                Emulator::Qemu { kvm: false }
+            }
+        },
+        Some("bochs") => Emulator::Bochs,
+        Some(other) => return Err(format!("unknown emulator `{other}` (qemu or bochs)")),
+        None => match emulator::kvm_with_nested_vmx() {
+            Ok(()) => {
+                eprintln!("xtask: using QEMU with KVM and -cpu host: /dev/kvm can run guests with VMX");
+                Emulator::Qemu { kvm: true }
+            }
+            Err(why) if firmware == Firmware::Uefi => {
+                eprintln!("xtask: using QEMU with TCG for UEFI ({why}; Bochs has no UEFI firmware): guests cannot run");
+                Emulator::Qemu { kvm: false }
+            }
+            Err(why) => {
+                eprintln!("xtask: using Bochs, which emulates VT-x with EPT: {why}");
+                Emulator::Bochs
+            }
+        },
+    };
+    if flags.has("--gdb") && !matches!(emulator, Emulator::Qemu { .. }) {
+        return Err("--gdb needs --emulator qemu (Bochs' debugger is its own)".into());
+    }
+    let timeout: u64 = match flags.value("--timeout")? {
+        Some(t) => t.parse().map_err(|_| format!("--timeout takes seconds, not `{t}`"))?,
+        None => 300,
+    };
+    let cmdline = flags.value("--cmdline")?.unwrap_or("");
+    eprintln!("xtask: building the hypervisor and the {} image", firmware.name());
+    let iso = image::make_image(&ImageSpec::new("tensorvisor", firmware).cmdline(cmdline))?;
+    let mut spec = RunSpec::new(iso, firmware, emulator, image::build_dir().join("run"));
+    spec.timeout = Duration::from_secs(timeout);
+    spec.echo = true;
+    spec.gdb = flags.has("--gdb");
+    if spec.gdb {
+        eprintln!(
+            "xtask: QEMU waits for gdb on :1234: gdb {} -ex 'target remote :1234'",
+            xtask::root().join("target/x86_64-unknown-none/debug/hypervisor").display()
+        );
+    }
+    eprintln!("xtask: booting in {} (timeout {timeout} s); serial console follows", emulator.name());
+    let outcome = emulator::boot(&spec)?;
+    eprintln!(
+        "xtask: {} stopped after {:.1} s: {:?} (emulator status {:?}); serial log in {}",
+        emulator.name(),
+        outcome.elapsed.as_secs_f64(),
+        outcome.verdict,
+        outcome.status,
+        outcome.serial_path.display()
+    );
+    match outcome.verdict {
+        Verdict::Success => Ok(()),
+        Verdict::Failure => Err("the hypervisor stopped with a failure".into()),
+        Verdict::Timeout => Err(format!("no result within {timeout} s")),
+        Verdict::NoVerdict => Err("the emulator stopped without a result line".into()),
+    }
+}
+
+/// Counts from cargo test's `test result:` lines.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+fn parse_result_line(line: &str, counts: &mut Counts) {
+    let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+    for part in rest.split(';') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let n = |w: &[&str]| w.iter().rev().nth(1).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        match words.last() {
+            Some(&"passed") => counts.passed += n(&words),
+            Some(&"failed") => counts.failed += n(&words),
+            Some(&"ignored") => counts.ignored += n(&words),
+            _ => {}
+        }
+    }
+}
+
+/// Runs one `cargo test` invocation, streaming its output, and adds up its results. A run that
+/// fails without reporting a failed test (a build error, a crash) counts as one failure.
+fn cargo_test(label: &str, args: &[&str], counts: &mut Counts) -> Result<(), String> {
+    use std::io::BufRead;
+    eprintln!("xtask: {label}: cargo {}", args.join(" "));
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(xtask::root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo: {e}"))?;
+    let mut mine = Counts::default();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            parse_result_line(&line, &mut mine);
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() && mine.failed == 0 {
+        eprintln!("xtask: {label}: cargo test failed ({status}) without a failed test: counted as one failure");
+        mine.failed += 1;
+    }
+    counts.passed += mine.passed;
+    counts.failed += mine.failed;
+    counts.ignored += mine.ignored;
+    Ok(())
+}
+
+fn cmd_test(args: &[String]) -> Result<(), String> {
+    Flags { args }.check_known(&[])?;
+    setup::ensure()?;
+    let mut counts = Counts::default();
+    cargo_test("host unit tests", &["test", "--workspace", "--exclude", "tests"], &mut counts)?;
+    cargo_test("emulator integration tests", &["test", "--package", "tests"], &mut counts)?;
+    println!();
+    if counts.ignored > 0 {
+        println!("{} passed, {} failed, {} skipped", counts.passed, counts.failed, counts.ignored);
+    } else {
+        println!("{} passed, {} failed", counts.passed, counts.failed);
+    }
+    if counts.failed == 0 { Ok(()) } else { Err(format!("{} test(s) failed", counts.failed)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_add_up() {
+        let mut c = Counts::default();
+        parse_result_line("test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s", &mut c);
+        parse_result_line("test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out", &mut c);
+        parse_result_line("running 5 tests", &mut c);
+        assert_eq!(c, Counts { passed: 19, failed: 2, ignored: 1 });
+    }
+}

@@ -1,0 +1,14 @@
+//! The bare-metal half of the hypervisor: everything that touches the real machine. The logic it
+//! relies on (boot-information parsing, frame allocation, page-table building) is in the library
+//! and tested on the host.
+
+pub mod boot;
+pub mod cpu;
+pub mod exit;
+pub mod gdt;
+pub mod idt;
+pub mod logger;
+pub mod memory;
+pub mod port;
+pub mod serial;
+pub mod tsc;

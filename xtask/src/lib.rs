@@ -1,0 +1,15 @@
+//! The library behind `cargo xtask`: tool set-up, building the hypervisor and its GRUB images,
+//! booting them in QEMU or Bochs and judging the serial log. The integration tests in `tests/` use
+//! the same functions, so a developer's `cargo xtask run` and CI boot images the same way.
+
+pub mod emulator;
+pub mod image;
+pub mod setup;
+
+use std::path::PathBuf;
+
+/// The workspace root (the parent of this crate's directory).
+pub fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
