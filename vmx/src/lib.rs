@@ -31,3 +31,9 @@ pub use controls::{
     ControlError, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
 };
 pub use error::{VmFail, VmInstructionError};
+pub mod exit;
+pub mod exit_info;
+pub mod qual;
+
+pub use exit::{ExitReason, ExitReasonField};
+pub use exit_info::{Exit, ExitDecodeError, ExitInfo};
