@@ -1,0 +1,171 @@
+//! `tvgen`: generate a continuation on the host.
+//!
+//! `tvgen --model FILE --prompt TEXT --max-tokens N --temp 0 --threads T [--json]`
+//! Options: `--chat` (wrap the prompt in Gemma's chat template), `--top-k K`, `--top-p P`,
+//! `--repeat-penalty R`, `--seed S`, `--ignore-eos`, `--portable` (no SIMD kernels).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use engine::cpu::CpuFeatures;
+use engine::generate::generate;
+use engine::gguf::Gguf;
+use engine::host::{now_ns, ThreadPool};
+use engine::model::{Model, Session};
+use engine::sampler::{Sampler, SamplerConfig};
+use engine::tensor::Compute;
+use engine::tokenizer::Tokenizer;
+
+struct Args {
+    model: String,
+    prompt: String,
+    max_tokens: usize,
+    threads: usize,
+    json: bool,
+    chat: bool,
+    ignore_eos: bool,
+    portable: bool,
+    sampler: SamplerConfig,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        model: String::new(),
+        prompt: String::new(),
+        max_tokens: 32,
+        threads: 1,
+        json: false,
+        chat: false,
+        ignore_eos: false,
+        portable: false,
+        sampler: SamplerConfig::default(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        fn num<T: std::str::FromStr>(s: String, name: &str) -> Result<T, String> {
+            s.parse().map_err(|_| format!("bad value '{s}' for {name}"))
+        }
+        match k.as_str() {
+            "--model" => a.model = val("--model")?,
+            "--prompt" => a.prompt = val("--prompt")?,
+            "--max-tokens" => a.max_tokens = num(val(&k)?, &k)?,
+            "--threads" => a.threads = num(val(&k)?, &k)?,
+            "--temp" => a.sampler.temperature = num(val(&k)?, &k)?,
+            "--top-k" => a.sampler.top_k = num(val(&k)?, &k)?,
+            "--top-p" => a.sampler.top_p = num(val(&k)?, &k)?,
+            "--repeat-penalty" => a.sampler.repeat_penalty = num(val(&k)?, &k)?,
+            "--seed" => a.sampler.seed = num(val(&k)?, &k)?,
+            "--json" => a.json = true,
+            "--chat" => a.chat = true,
+            "--ignore-eos" => a.ignore_eos = true,
+            "--portable" => a.portable = true,
+            "-h" | "--help" => {
+                return Err("usage: tvgen --model FILE --prompt TEXT --max-tokens N --temp T \
+                            --threads T [--json] [--chat] [--top-k K] [--top-p P] \
+                            [--repeat-penalty R] [--seed S] [--ignore-eos] [--portable]"
+                    .into())
+            }
+            other => return Err(format!("unknown argument '{other}' (see --help)")),
+        }
+    }
+    if a.model.is_empty() {
+        return Err("--model FILE is required".into());
+    }
+    Ok(a)
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn run() -> Result<(), String> {
+    let a = parse()?;
+    let bytes = std::fs::read(&a.model).map_err(|e| format!("cannot read {}: {e}", a.model))?;
+    let gguf = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", a.model))?;
+    let model = Model::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;
+    let tok = Tokenizer::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;
+    let text = if a.chat { Tokenizer::chat_prompt(&a.prompt) } else { a.prompt.clone() };
+    let prompt = tok.encode(&text, true, a.chat);
+    let pool = ThreadPool::new(a.threads);
+    let cpu = if a.portable { CpuFeatures::portable() } else { CpuFeatures::detect() };
+    let comp = Compute { cpu, par: &pool };
+    let mut session = Session::new(&model, prompt.len() + a.max_tokens + 1);
+    let mut sampler = Sampler::new(a.sampler.clone());
+    let stdout = std::io::stdout();
+    let json = a.json;
+    let mut printed = 0usize;
+    let mut so_far: Vec<u32> = Vec::new();
+    let mut on_token = |t: u32| {
+        if !json {
+            so_far.push(t);
+            let s = tok.decode(&so_far);
+            // Print only complete characters (a partial UTF-8 sequence shows as U+FFFD).
+            if !s.ends_with('\u{fffd}') && s.len() > printed {
+                let mut out = stdout.lock();
+                let _ = out.write_all(&s.as_bytes()[printed..]);
+                let _ = out.flush();
+                printed = s.len();
+            }
+        }
+    };
+    let g = generate(
+        &mut session,
+        comp,
+        &tok,
+        &mut sampler,
+        &prompt,
+        a.max_tokens,
+        !a.ignore_eos,
+        &now_ns,
+        &mut on_token,
+    )
+    .map_err(|e| e.to_string())?;
+    let prefill = if g.prefill_ns > 0 { g.prompt_tokens.len() as f64 / (g.prefill_ns as f64 * 1e-9) } else { 0.0 };
+    let decode = if g.decode_ns > 0 { g.decode_evals as f64 / (g.decode_ns as f64 * 1e-9) } else { 0.0 };
+    if json {
+        let ids = |v: &[u32]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+        println!(
+            "{{\"prompt_tokens\":[{}],\"tokens\":[{}],\"text\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3}}}",
+            ids(&g.prompt_tokens),
+            ids(&g.tokens),
+            json_str(&tok.decode(&g.tokens)),
+            prefill,
+            decode
+        );
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens, {:.1} tok/s prefill; {} tokens, {:.1} tok/s decode]",
+            g.prompt_tokens.len(),
+            prefill,
+            g.tokens.len(),
+            decode
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tvgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Dot-product kernels: run-time choice between the portable versions in [`crate::quant`] and
+//! the x86-64 SIMD versions. This module and its children are the only places in the crate
+//! allowed to use `unsafe` (for `core::arch` intrinsics).
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use crate::cpu::CpuFeatures;
+use crate::quant::{dot_scalar, Acts, GgmlType};
+
+/// Dot product of a weight row of type `ty` with converted activations, using the fastest kernel
+/// `cpu` allows. `None` if the activation format does not fit the weight type.
+#[inline]
+pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if cpu.avx2_fma {
+        if let Some(v) = avx2::dot(ty, w, acts) {
+            return Some(v);
+        }
+    }
+    let _ = cpu;
+    dot_scalar(ty, w, acts)
+}
+
+/// f32 dot product (attention scores, small vectors).
+#[inline]
+pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if cpu.avx2_fma {
+        return avx2::dot_f32(a, b);
+    }
+    let _ = cpu;
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += a * x` over f32 slices.
+#[inline]
+pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if cpu.avx2_fma {
+        return avx2::axpy(a, x, y);
+    }
+    let _ = cpu;
+    for (yv, xv) in y.iter_mut().zip(x) {
+        *yv += a * xv;
+    }
+}

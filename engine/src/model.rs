@@ -1,0 +1,496 @@
+//! Gemma 3 from GGUF metadata: configuration, weights (zero-copy), the forward pass, and a
+//! session that owns the KV cache.
+//!
+//! The forward pass follows llama.cpp's graph for `gemma3` so that greedy outputs agree token for
+//! token: activations are quantized to Q8_0/Q8_K for quantized weights, the KV cache holds f16,
+//! queries and attention probabilities are rounded to f16 before their products (as GGML's f16
+//! matrix multiplication does), GeGLU uses GELU(tanh) evaluated on f16-rounded inputs (GGML's
+//! table), and RMSNorm sums squares in f64.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::gguf::{Gguf, GgufError, TensorInfo};
+use crate::half::{f16_to_f32, f32_to_f16, round_f16};
+use crate::kernels;
+use crate::quant::dequantize_row;
+use crate::tensor::{Compute, Matrix};
+
+/// Errors loading a model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelError {
+    Gguf(GgufError),
+    /// `general.architecture` is not one this engine implements.
+    UnsupportedArchitecture(String),
+    /// A required metadata key is missing or has the wrong type.
+    MissingMetadata(String),
+    /// A required tensor is missing.
+    MissingTensor(String),
+    /// A tensor's shape or type does not fit the configuration.
+    BadTensor(String),
+    /// Inconsistent hyper-parameters.
+    BadConfig(String),
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Gguf(e) => write!(f, "{e}"),
+            Self::UnsupportedArchitecture(a) => write!(f, "unsupported architecture '{a}'"),
+            Self::MissingMetadata(k) => write!(f, "missing or invalid metadata '{k}'"),
+            Self::MissingTensor(t) => write!(f, "missing tensor '{t}'"),
+            Self::BadTensor(t) => write!(f, "tensor has an unexpected shape or type: {t}"),
+            Self::BadConfig(m) => write!(f, "bad model configuration: {m}"),
+        }
+    }
+}
+
+impl From<GgufError> for ModelError {
+    fn from(e: GgufError) -> Self {
+        Self::Gguf(e)
+    }
+}
+
+/// Hyper-parameters of a Gemma 3 model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    pub context_length: usize,
+    pub rms_eps: f32,
+    /// RoPE base of the global (full-attention) layers.
+    pub rope_base_global: f32,
+    /// RoPE base of the sliding-window layers.
+    pub rope_base_local: f32,
+    /// RoPE frequency scale of the global layers (1 / linear scaling factor).
+    pub rope_scale_global: f32,
+    pub sliding_window: usize,
+    /// Every `swa_pattern`-th layer (the last of each group) is global.
+    pub swa_pattern: usize,
+    /// Multiplier applied to queries (Gemma's `query_pre_attn_scalar`^-1/2).
+    pub attn_scale: f32,
+}
+
+impl Config {
+    /// True if layer `il` uses sliding-window attention.
+    pub fn is_local(&self, il: usize) -> bool {
+        self.swa_pattern != 0 && il % self.swa_pattern < self.swa_pattern - 1
+    }
+
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, ModelError> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ModelError::MissingMetadata("general.architecture".into()))?;
+        if arch != "gemma3" {
+            return Err(ModelError::UnsupportedArchitecture(arch.into()));
+        }
+        let u = |k: &str| -> Result<usize, ModelError> {
+            let key = format!("{arch}.{k}");
+            g.get(&key)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or(ModelError::MissingMetadata(key))
+        };
+        let f = |k: &str, default: f32| -> f32 {
+            g.get(&format!("{arch}.{k}")).and_then(|v| v.as_f32()).unwrap_or(default)
+        };
+        let n_embd = u("embedding_length")?;
+        let n_layer = u("block_count")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = u("attention.head_count_kv").unwrap_or(n_head);
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(ModelError::BadConfig(format!("heads {n_head} / kv heads {n_head_kv}")));
+        }
+        let head_dim = u("attention.key_length").unwrap_or(n_embd / n_head);
+        if head_dim == 0 || head_dim % 2 != 0 || u("attention.value_length").unwrap_or(head_dim) != head_dim {
+            return Err(ModelError::BadConfig(format!("head dim {head_dim}")));
+        }
+        let emb = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        let n_vocab = emb.dims.get(1).copied().unwrap_or(0) as usize;
+        let scaling = f("rope.scaling.factor", 1.0);
+        // llama.cpp: Gemma 3 27B scales queries by (n_embd / n_head)^-1/2, the others by
+        // head_dim^-1/2 (query_pre_attn_scalar).
+        let attn_scale = if n_layer == 62 {
+            1.0 / libm::sqrtf((n_embd / n_head) as f32)
+        } else {
+            1.0 / libm::sqrtf(head_dim as f32)
+        };
+        Ok(Config {
+            n_embd,
+            n_layer,
+            n_ff: u("feed_forward_length")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            context_length: u("context_length").unwrap_or(32768),
+            rms_eps: f("attention.layer_norm_rms_epsilon", 1e-6),
+            rope_base_global: f("rope.freq_base", 1_000_000.0),
+            rope_base_local: f("rope.freq_base_swa", 10_000.0),
+            rope_scale_global: if scaling > 0.0 { 1.0 / scaling } else { 1.0 },
+            sliding_window: u("attention.sliding_window").unwrap_or(512),
+            swa_pattern: 6,
+            attn_scale,
+        })
+    }
+}
+
+/// One transformer block's weights.
+pub struct Layer<'a> {
+    pub attn_norm: Vec<f32>,
+    pub wq: Matrix<'a>,
+    pub wk: Matrix<'a>,
+    pub wv: Matrix<'a>,
+    pub wo: Matrix<'a>,
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
+    pub post_attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Matrix<'a>,
+    pub up: Matrix<'a>,
+    pub down: Matrix<'a>,
+    pub post_ffn_norm: Vec<f32>,
+}
+
+/// A loaded Gemma 3 model borrowing its weights from the GGUF bytes.
+pub struct Model<'a> {
+    pub config: Config,
+    pub tok_embd: Matrix<'a>,
+    /// The output projection (tied to the embedding unless `output.weight` exists).
+    pub output: Matrix<'a>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<Layer<'a>>,
+}
+
+fn tensor<'a, 'g>(g: &'g Gguf<'a>, name: &str) -> Result<&'g TensorInfo<'a>, ModelError> {
+    g.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))
+}
+
+fn matrix<'a>(g: &Gguf<'a>, name: &str, cols: usize, rows: usize) -> Result<Matrix<'a>, ModelError> {
+    let t = tensor(g, name)?;
+    if t.dims.len() != 2 || t.dims[0] != cols as u64 || t.dims[1] != rows as u64 {
+        return Err(ModelError::BadTensor(format!(
+            "{name}: dims {:?}, expected [{cols}, {rows}]",
+            t.dims
+        )));
+    }
+    Ok(Matrix { ty: t.ty, rows, cols, data: t.data })
+}
+
+fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    let t = tensor(g, name)?;
+    if t.n_elements() != n as u64 || t.ty.block_size() != 1 {
+        return Err(ModelError::BadTensor(format!("{name}: dims {:?}, expected [{n}]", t.dims)));
+    }
+    let mut v = vec![0.0; n];
+    dequantize_row(t.ty, t.data, &mut v);
+    Ok(v)
+}
+
+impl<'a> Model<'a> {
+    pub fn from_gguf(g: &Gguf<'a>) -> Result<Self, ModelError> {
+        let c = Config::from_gguf(g)?;
+        let (d, hd) = (c.n_embd, c.head_dim);
+        let tok_embd = matrix(g, "token_embd.weight", d, c.n_vocab)?;
+        let output = match g.tensor("output.weight") {
+            Some(_) => matrix(g, "output.weight", d, c.n_vocab)?,
+            None => tok_embd,
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for il in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vector(g, &n("attn_norm"), d)?,
+                wq: matrix(g, &n("attn_q"), d, c.n_head * hd)?,
+                wk: matrix(g, &n("attn_k"), d, c.n_head_kv * hd)?,
+                wv: matrix(g, &n("attn_v"), d, c.n_head_kv * hd)?,
+                wo: matrix(g, &n("attn_output"), c.n_head * hd, d)?,
+                q_norm: vector(g, &n("attn_q_norm"), hd)?,
+                k_norm: vector(g, &n("attn_k_norm"), hd)?,
+                post_attn_norm: vector(g, &n("post_attention_norm"), d)?,
+                ffn_norm: vector(g, &n("ffn_norm"), d)?,
+                gate: matrix(g, &n("ffn_gate"), d, c.n_ff)?,
+                up: matrix(g, &n("ffn_up"), d, c.n_ff)?,
+                down: matrix(g, &n("ffn_down"), c.n_ff, d)?,
+                post_ffn_norm: vector(g, &n("post_ffw_norm"), d)?,
+            });
+        }
+        let output_norm = vector(g, "output_norm.weight", d)?;
+        Ok(Model { config: c, tok_embd, output, output_norm, layers })
+    }
+
+    /// Bytes of weights read to decode one token (all layer matrices plus the output matrix).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let m = |m: &Matrix<'_>| m.data.len();
+        self.layers
+            .iter()
+            .map(|l| m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo) + m(&l.gate) + m(&l.up) + m(&l.down))
+            .sum::<usize>()
+            + m(&self.output)
+    }
+}
+
+/// RMSNorm in place: `x * (mean(x²) + eps)^-1/2 * w` (the GGUF stores Gemma's `1 + w`).
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / libm::sqrtf(mean + eps);
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = (*v * scale) * g;
+    }
+}
+
+/// GELU (tanh approximation) as GGML computes it in f32.
+fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)))
+}
+
+/// GeGLU: `gelu(g) * u`, with GGML's f16 GELU table (input and output rounded to f16).
+pub fn geglu(g: f32, u: f32) -> f32 {
+    if g <= -10.0 {
+        0.0
+    } else if g >= 10.0 {
+        g * u
+    } else {
+        round_f16(gelu(round_f16(g))) * u
+    }
+}
+
+/// NeoX-style RoPE on one head vector.
+fn rope(x: &mut [f32], pos: usize, base: f32, freq_scale: f32) {
+    let half = x.len() / 2;
+    let theta_scale = libm::powf(base, -2.0 / x.len() as f32);
+    let mut theta = pos as f32;
+    for i in 0..half {
+        let t = freq_scale * theta;
+        let (s, c) = (libm::sinf(t), libm::cosf(t));
+        let (x0, x1) = (x[i], x[i + half]);
+        x[i] = x0 * c - x1 * s;
+        x[i + half] = x0 * s + x1 * c;
+        theta *= theta_scale;
+    }
+}
+
+/// A generation session: the KV cache (f16) and the position reached.
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    /// Per layer: `[pos][kv_head * head_dim]` keys and values, f16 bits.
+    k_cache: Vec<Vec<u16>>,
+    v_cache: Vec<Vec<u16>>,
+    max_len: usize,
+    /// Tokens processed so far (the next position).
+    pub pos: usize,
+}
+
+/// Errors while running a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// The context (KV cache) is full.
+    ContextFull { max: usize },
+    /// A token id outside the vocabulary.
+    BadToken(u32),
+    /// An empty batch.
+    Empty,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ContextFull { max } => write!(f, "context full ({max} tokens)"),
+            Self::BadToken(t) => write!(f, "token id {t} is outside the vocabulary"),
+            Self::Empty => write!(f, "no tokens to evaluate"),
+        }
+    }
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// A session with room for `max_len` tokens.
+    pub fn new(model: &'m Model<'a>, max_len: usize) -> Self {
+        let c = &model.config;
+        let max_len = max_len.min(c.context_length).max(1);
+        let kv = c.n_head_kv * c.head_dim;
+        Session {
+            model,
+            k_cache: (0..c.n_layer).map(|_| vec![0u16; max_len * kv]).collect(),
+            v_cache: (0..c.n_layer).map(|_| vec![0u16; max_len * kv]).collect(),
+            max_len,
+            pos: 0,
+        }
+    }
+
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
+    }
+
+    /// Forgets all tokens.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Evaluates `tokens` at the next positions and returns the logits after the last one.
+    pub fn eval(&mut self, comp: Compute<'_>, tokens: &[u32]) -> Result<Vec<f32>, SessionError> {
+        let m = self.model;
+        let c = &m.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(SessionError::Empty);
+        }
+        if self.pos + n > self.max_len {
+            return Err(SessionError::ContextFull { max: self.max_len });
+        }
+        let (d, hd) = (c.n_embd, c.head_dim);
+        let (nq, nkv) = (c.n_head * hd, c.n_head_kv * hd);
+        let start = self.pos;
+
+        // Embedding lookup, scaled by sqrt(n_embd).
+        let mut x = vec![0.0f32; n * d];
+        let emb_scale = libm::sqrtf(d as f32);
+        for (t, &tok) in tokens.iter().enumerate() {
+            if tok as usize >= c.n_vocab {
+                return Err(SessionError::BadToken(tok));
+            }
+            let row = &mut x[t * d..(t + 1) * d];
+            dequantize_row(m.tok_embd.ty, m.tok_embd.row(tok as usize), row);
+            for v in row.iter_mut() {
+                *v *= emb_scale;
+            }
+        }
+
+        let mut xn = vec![0.0f32; n * d];
+        let mut q = vec![0.0f32; n * nq];
+        let mut k = vec![0.0f32; n * nkv];
+        let mut v = vec![0.0f32; n * nkv];
+        let mut attn = vec![0.0f32; n * nq];
+        let mut o = vec![0.0f32; n * d];
+        let mut g = vec![0.0f32; n * c.n_ff];
+        let mut u = vec![0.0f32; n * c.n_ff];
+        let mut scores = vec![0.0f32; start + n];
+        let mut acc = vec![0.0f32; hd];
+        let mut qh = vec![0.0f32; hd];
+        let mut kf = vec![0.0f32; hd];
+
+        for (il, l) in m.layers.iter().enumerate() {
+            let local = c.is_local(il);
+            let (base, fscale) = if local {
+                (c.rope_base_local, 1.0)
+            } else {
+                (c.rope_base_global, c.rope_scale_global)
+            };
+            xn.copy_from_slice(&x);
+            for row in xn.chunks_exact_mut(d) {
+                rms_norm(row, &l.attn_norm, c.rms_eps);
+            }
+            l.wq.matmul(comp, &xn, n, &mut q);
+            l.wk.matmul(comp, &xn, n, &mut k);
+            l.wv.matmul(comp, &xn, n, &mut v);
+            for t in 0..n {
+                let p = start + t;
+                for h in q[t * nq..(t + 1) * nq].chunks_exact_mut(hd) {
+                    rms_norm(h, &l.q_norm, c.rms_eps);
+                    rope(h, p, base, fscale);
+                    for e in h.iter_mut() {
+                        *e *= c.attn_scale;
+                    }
+                }
+                for h in k[t * nkv..(t + 1) * nkv].chunks_exact_mut(hd) {
+                    rms_norm(h, &l.k_norm, c.rms_eps);
+                    rope(h, p, base, fscale);
+                }
+                let kc = &mut self.k_cache[il][p * nkv..(p + 1) * nkv];
+                for (dst, &s) in kc.iter_mut().zip(&k[t * nkv..(t + 1) * nkv]) {
+                    *dst = f32_to_f16(s);
+                }
+                let vc = &mut self.v_cache[il][p * nkv..(p + 1) * nkv];
+                for (dst, &s) in vc.iter_mut().zip(&v[t * nkv..(t + 1) * nkv]) {
+                    *dst = f32_to_f16(s);
+                }
+            }
+            // Attention (causal; sliding window on local layers).
+            let group = c.n_head / c.n_head_kv;
+            let kcache = &self.k_cache[il];
+            let vcache = &self.v_cache[il];
+            for t in 0..n {
+                let p = start + t;
+                let first = if local { (p + 1).saturating_sub(c.sliding_window) } else { 0 };
+                for h in 0..c.n_head {
+                    let kvh = h / group;
+                    for (dst, &s) in qh.iter_mut().zip(&q[t * nq + h * hd..t * nq + (h + 1) * hd]) {
+                        *dst = round_f16(s);
+                    }
+                    let sc = &mut scores[first..=p];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in sc.iter_mut().enumerate() {
+                        let kp = first + j;
+                        let krow = &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
+                        for (dst, &b) in kf.iter_mut().zip(krow) {
+                            *dst = f16_to_f32(b);
+                        }
+                        *s = kernels::dot_f32(comp.cpu, &qh, &kf);
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0.0f64;
+                    for s in sc.iter_mut() {
+                        *s = libm::expf(*s - max);
+                        sum += *s as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    acc.fill(0.0);
+                    for (j, s) in sc.iter().enumerate() {
+                        let kp = first + j;
+                        let w = round_f16(*s * inv);
+                        let vrow = &vcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
+                        for (dst, &b) in kf.iter_mut().zip(vrow) {
+                            *dst = f16_to_f32(b);
+                        }
+                        kernels::axpy(comp.cpu, w, &kf, &mut acc);
+                    }
+                    attn[t * nq + h * hd..t * nq + (h + 1) * hd].copy_from_slice(&acc);
+                }
+            }
+            l.wo.matmul(comp, &attn, n, &mut o);
+            for (xr, or) in x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)) {
+                rms_norm(or, &l.post_attn_norm, c.rms_eps);
+                for (a, b) in xr.iter_mut().zip(or.iter()) {
+                    *a += b;
+                }
+            }
+            // Feed-forward (GeGLU).
+            xn.copy_from_slice(&x);
+            for row in xn.chunks_exact_mut(d) {
+                rms_norm(row, &l.ffn_norm, c.rms_eps);
+            }
+            l.gate.matmul(comp, &xn, n, &mut g);
+            l.up.matmul(comp, &xn, n, &mut u);
+            for (gv, &uv) in g.iter_mut().zip(&u) {
+                *gv = geglu(*gv, uv);
+            }
+            l.down.matmul(comp, &g, n, &mut o);
+            for (xr, or) in x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)) {
+                rms_norm(or, &l.post_ffn_norm, c.rms_eps);
+                for (a, b) in xr.iter_mut().zip(or.iter()) {
+                    *a += b;
+                }
+            }
+        }
+        self.pos += n;
+
+        let mut last = x[(n - 1) * d..].to_vec();
+        rms_norm(&mut last, &m.output_norm, c.rms_eps);
+        let mut logits = vec![0.0f32; c.n_vocab];
+        m.output.matvec(comp, &last, &mut logits);
+        Ok(logits)
+    }
+}

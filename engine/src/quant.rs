@@ -1,0 +1,519 @@
+//! Tensor element types: block layouts, scalar dequantizers, activation quantizers (Q8_0, Q8_K)
+//! and the portable (scalar) dot products. The SIMD kernels in [`crate::kernels`] must agree
+//! with these.
+//!
+//! Block layouts follow GGML (`ggml-common.h`): all scales are little-endian binary16 unless
+//! said otherwise.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::half::{bf16_to_f32, f16_to_f32, f32_to_f16};
+
+/// K-quant super-block size.
+pub const QK_K: usize = 256;
+/// Block size of Q4_0, Q5_0 and Q8_0.
+pub const QK: usize = 32;
+
+/// GGML tensor types this engine handles (ids as in `ggml.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q5_0,
+    Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    BF16,
+}
+
+impl GgmlType {
+    pub fn from_u32(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            6 => Self::Q5_0,
+            8 => Self::Q8_0,
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q5_0 => 6,
+            Self::Q8_0 => 8,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => QK,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::Q4_0 => 18,
+            Self::Q5_0 => 22,
+            Self::Q8_0 => 34,
+            Self::Q4_K => 144,
+            Self::Q5_K => 176,
+            Self::Q6_K => 210,
+        }
+    }
+
+    /// Bytes of a row of `n` elements (`n` a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_size() * self.block_bytes()
+    }
+
+    /// The activation format the dot product of this weight type consumes.
+    pub fn act_format(self) -> ActFormat {
+        match self {
+            Self::F32 => ActFormat::F32,
+            Self::F16 => ActFormat::F16,
+            Self::BF16 => ActFormat::BF16,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => ActFormat::Q8_0,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => ActFormat::Q8_K,
+        }
+    }
+}
+
+#[inline]
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block's 12 scale bytes.
+#[inline]
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Dequantizes one row: `src` holds `dst.len()` elements of type `ty`.
+///
+/// Panics only if the slice lengths disagree with the type (a caller bug, not a data error:
+/// tensor sizes are validated by the GGUF reader).
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), ty.row_bytes(dst.len()), "dequantize_row: size mismatch");
+    match ty {
+        GgmlType::F32 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (y, b) in dst.chunks_exact_mut(QK).zip(src.chunks_exact(18)) {
+                let d = f16_to_f32(le16(b, 0));
+                let qs = &b[2..18];
+                for j in 0..16 {
+                    y[j] = ((qs[j] & 0xf) as i32 - 8) as f32 * d;
+                    y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q5_0 => {
+            for (y, b) in dst.chunks_exact_mut(QK).zip(src.chunks_exact(22)) {
+                let d = f16_to_f32(le16(b, 0));
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let qs = &b[6..22];
+                for j in 0..16 {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    y[j] = ((((qs[j] & 0xf) as u32) | h0) as i32 - 16) as f32 * d;
+                    y[j + 16] = ((((qs[j] >> 4) as u32) | h1) as i32 - 16) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (y, b) in dst.chunks_exact_mut(QK).zip(src.chunks_exact(34)) {
+                let d = f16_to_f32(le16(b, 0));
+                for j in 0..QK {
+                    y[j] = (b[2 + j] as i8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4_K => {
+            for (y, b) in dst.chunks_exact_mut(QK_K).zip(src.chunks_exact(144)) {
+                let d = f16_to_f32(le16(b, 0));
+                let dmin = f16_to_f32(le16(b, 2));
+                let scales = &b[4..16];
+                let qs = &b[16..144];
+                for c in 0..4 {
+                    let (sc1, m1) = scale_min_k4(2 * c, scales);
+                    let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+                    let (d1, mm1) = (d * sc1 as f32, dmin * m1 as f32);
+                    let (d2, mm2) = (d * sc2 as f32, dmin * m2 as f32);
+                    let q = &qs[32 * c..32 * c + 32];
+                    for l in 0..32 {
+                        y[64 * c + l] = d1 * (q[l] & 0xf) as f32 - mm1;
+                        y[64 * c + 32 + l] = d2 * (q[l] >> 4) as f32 - mm2;
+                    }
+                }
+            }
+        }
+        GgmlType::Q5_K => {
+            for (y, b) in dst.chunks_exact_mut(QK_K).zip(src.chunks_exact(176)) {
+                let d = f16_to_f32(le16(b, 0));
+                let dmin = f16_to_f32(le16(b, 2));
+                let scales = &b[4..16];
+                let qh = &b[16..48];
+                let qs = &b[48..176];
+                for c in 0..4 {
+                    let (sc1, m1) = scale_min_k4(2 * c, scales);
+                    let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+                    let (d1, mm1) = (d * sc1 as f32, dmin * m1 as f32);
+                    let (d2, mm2) = (d * sc2 as f32, dmin * m2 as f32);
+                    let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+                    let q = &qs[32 * c..32 * c + 32];
+                    for l in 0..32 {
+                        let lo = (q[l] & 0xf) + if qh[l] & u1 != 0 { 16 } else { 0 };
+                        let hi = (q[l] >> 4) + if qh[l] & u2 != 0 { 16 } else { 0 };
+                        y[64 * c + l] = d1 * lo as f32 - mm1;
+                        y[64 * c + 32 + l] = d2 * hi as f32 - mm2;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            for (y, b) in dst.chunks_exact_mut(QK_K).zip(src.chunks_exact(210)) {
+                let d = f16_to_f32(le16(b, 208));
+                for half in 0..2 {
+                    let ql = &b[64 * half..64 * half + 64];
+                    let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+                    let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+                    let y = &mut y[128 * half..128 * half + 128];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
+                        let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Activation formats (what the other operand of a dot product is converted to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum ActFormat {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q8_K,
+}
+
+/// A Q8_0 activation block: 32 int8 values and their scale (already rounded through f16, as
+/// GGML stores it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ8_0 {
+    pub d: f32,
+    pub qs: [i8; QK],
+}
+
+/// A Q8_K activation block: 256 int8 values, an f32 scale and the sums of each 16 values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; 16],
+}
+
+/// One activation row converted for a weight type's dot product.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acts {
+    F32(Vec<f32>),
+    /// binary16 bits.
+    F16(Vec<u16>),
+    /// bfloat16 bits.
+    BF16(Vec<u16>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+/// Round to nearest, ties to even (what `_mm256_round_ps` and GGML's `nearest_int` do).
+#[inline]
+pub fn round_even(x: f32) -> f32 {
+    // 1.5 * 2^23: adding and subtracting rounds |x| < 2^22 to an integer in the current mode.
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() >= 4_194_304.0 {
+        return x;
+    }
+    (x + MAGIC) - MAGIC
+}
+
+/// Quantizes 32 values to Q8_0 the way GGML's AVX2 path does (scale 127/amax, ties to even).
+pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
+    x.chunks_exact(QK)
+        .map(|c| {
+            let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut qs = [0i8; QK];
+            for (q, v) in qs.iter_mut().zip(c) {
+                *q = round_even(v * id) as i8;
+            }
+            BlockQ8_0 { d: f16_to_f32(f32_to_f16(d)), qs }
+        })
+        .collect()
+}
+
+/// Quantizes to Q8_K as GGML's reference does (scale -127/max of the signed extreme).
+pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let mut amax = 0.0f32;
+            let mut max = 0.0f32;
+            for &v in c {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let mut b = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] };
+            if amax == 0.0 {
+                return b;
+            }
+            let iscale = -127.0 / max;
+            for (q, &v) in b.qs.iter_mut().zip(c) {
+                *q = (round_even(iscale * v) as i32).min(127) as i8;
+            }
+            for j in 0..16 {
+                b.bsums[j] = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+            }
+            b.d = 1.0 / iscale;
+            b
+        })
+        .collect()
+}
+
+/// f32 to bfloat16 with round-to-nearest-even (NaN kept quiet).
+pub fn f32_to_bf16(f: f32) -> u16 {
+    let u = f.to_bits();
+    if f.is_nan() {
+        return ((u >> 16) | 64) as u16;
+    }
+    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
+}
+
+/// Converts an activation row into the format `fmt`.
+pub fn quantize_acts(fmt: ActFormat, x: &[f32]) -> Acts {
+    match fmt {
+        ActFormat::F32 => Acts::F32(x.to_vec()),
+        ActFormat::F16 => Acts::F16(x.iter().map(|&v| f32_to_f16(v)).collect()),
+        ActFormat::BF16 => Acts::BF16(x.iter().map(|&v| f32_to_bf16(v)).collect()),
+        ActFormat::Q8_0 => Acts::Q8_0(quantize_q8_0(x)),
+        ActFormat::Q8_K => Acts::Q8K(quantize_q8_k(x)),
+    }
+}
+
+/// Portable dot product of one weight row (`w`, type `ty`) with converted activations.
+/// Returns `None` when the activation format does not match the type or the lengths disagree.
+pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    match (ty, acts) {
+        (GgmlType::F32, Acts::F32(a)) => {
+            (w.len() == 4 * a.len()).then(|| {
+                w.chunks_exact(4)
+                    .zip(a)
+                    .map(|(c, &y)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * y)
+                    .sum()
+            })
+        }
+        (GgmlType::F16, Acts::F16(a)) => (w.len() == 2 * a.len()).then(|| {
+            w.chunks_exact(2)
+                .zip(a)
+                .map(|(c, &y)| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) * f16_to_f32(y))
+                .sum()
+        }),
+        (GgmlType::BF16, Acts::BF16(a)) => (w.len() == 2 * a.len()).then(|| {
+            w.chunks_exact(2)
+                .zip(a)
+                .map(|(c, &y)| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])) * bf16_to_f32(y))
+                .sum()
+        }),
+        (GgmlType::Q8_0, Acts::Q8_0(a)) => (w.len() == 34 * a.len()).then(|| {
+            let mut s = 0.0f32;
+            for (b, y) in w.chunks_exact(34).zip(a) {
+                let isum: i32 = (0..QK).map(|j| (b[2 + j] as i8) as i32 * y.qs[j] as i32).sum();
+                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32;
+            }
+            s
+        }),
+        (GgmlType::Q4_0, Acts::Q8_0(a)) => (w.len() == 18 * a.len()).then(|| {
+            let mut s = 0.0f32;
+            for (b, y) in w.chunks_exact(18).zip(a) {
+                let mut isum = 0i32;
+                for j in 0..16 {
+                    isum += ((b[2 + j] & 0xf) as i32 - 8) * y.qs[j] as i32;
+                    isum += ((b[2 + j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+                }
+                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32;
+            }
+            s
+        }),
+        (GgmlType::Q5_0, Acts::Q8_0(a)) => (w.len() == 22 * a.len()).then(|| {
+            let mut s = 0.0f32;
+            for (b, y) in w.chunks_exact(22).zip(a) {
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let mut isum = 0i32;
+                for j in 0..16 {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    let x0 = (((b[6 + j] & 0xf) as u32) | h0) as i32 - 16;
+                    let x1 = (((b[6 + j] >> 4) as u32) | h1) as i32 - 16;
+                    isum += x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32;
+                }
+                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32;
+            }
+            s
+        }),
+        (GgmlType::Q4_K, Acts::Q8K(a)) => (w.len() == 144 * a.len()).then(|| {
+            let mut s = 0.0f32;
+            for (b, y) in w.chunks_exact(144).zip(a) {
+                let (isum, msum) = q4k_block_isums(b, y);
+                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32
+                    - f16_to_f32(le16(b, 2)) * y.d * msum as f32;
+            }
+            s
+        }),
+        (GgmlType::Q5_K, Acts::Q8K(a)) => (w.len() == 176 * a.len()).then(|| {
+            let mut s = 0.0f32;
+            for (b, y) in w.chunks_exact(176).zip(a) {
+                let (isum, msum) = q5k_block_isums(b, y);
+                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32
+                    - f16_to_f32(le16(b, 2)) * y.d * msum as f32;
+            }
+            s
+        }),
+        (GgmlType::Q6_K, Acts::Q8K(a)) => (w.len() == 210 * a.len()).then(|| {
+            let mut s = 0.0f32;
+            for (b, y) in w.chunks_exact(210).zip(a) {
+                s += f16_to_f32(le16(b, 208)) * y.d * q6k_block_isum(b, y) as f32;
+            }
+            s
+        }),
+        _ => None,
+    }
+}
+
+/// Integer parts of a Q4_K × Q8_K block: (Σ scale·q4·q8, Σ min·bsum).
+pub fn q4k_block_isums(b: &[u8], y: &BlockQ8K) -> (i32, i32) {
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    let (mut isum, mut msum) = (0i32, 0i32);
+    for c in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for l in 0..32 {
+            s1 += (qs[32 * c + l] & 0xf) as i32 * y.qs[64 * c + l] as i32;
+            s2 += (qs[32 * c + l] >> 4) as i32 * y.qs[64 * c + 32 + l] as i32;
+        }
+        isum += sc1 as i32 * s1 + sc2 as i32 * s2;
+        let bs1 = y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32;
+        let bs2 = y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32;
+        msum += m1 as i32 * bs1 + m2 as i32 * bs2;
+    }
+    (isum, msum)
+}
+
+/// Integer parts of a Q5_K × Q8_K block: (Σ scale·q5·q8, Σ min·bsum).
+pub fn q5k_block_isums(b: &[u8], y: &BlockQ8K) -> (i32, i32) {
+    let scales = &b[4..16];
+    let qh = &b[16..48];
+    let qs = &b[48..176];
+    let (mut isum, mut msum) = (0i32, 0i32);
+    for c in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for l in 0..32 {
+            let lo = (qs[32 * c + l] & 0xf) as i32 + (((qh[l] >> (2 * c)) & 1) as i32) * 16;
+            let hi = (qs[32 * c + l] >> 4) as i32 + (((qh[l] >> (2 * c + 1)) & 1) as i32) * 16;
+            s1 += lo * y.qs[64 * c + l] as i32;
+            s2 += hi * y.qs[64 * c + 32 + l] as i32;
+        }
+        isum += sc1 as i32 * s1 + sc2 as i32 * s2;
+        let bs1 = y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32;
+        let bs2 = y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32;
+        msum += m1 as i32 * bs1 + m2 as i32 * bs2;
+    }
+    (isum, msum)
+}
+
+/// Integer part of a Q6_K × Q8_K block: Σ scale·(q6−32)·q8.
+pub fn q6k_block_isum(b: &[u8], y: &BlockQ8K) -> i32 {
+    let mut isum = 0i32;
+    for half in 0..2 {
+        let ql = &b[64 * half..64 * half + 64];
+        let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+        let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+        let yq = &y.qs[128 * half..128 * half + 128];
+        let mut sub = [0i32; 8];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            sub[is] += q1 * yq[l] as i32;
+            sub[is + 2] += q2 * yq[l + 32] as i32;
+            sub[is + 4] += q3 * yq[l + 64] as i32;
+            sub[is + 6] += q4 * yq[l + 96] as i32;
+        }
+        for (k, s) in sub.iter().enumerate() {
+            isum += (sc[k] as i8) as i32 * s;
+        }
+    }
+    isum
+}
+
+/// Dequantizes a whole tensor (`n` elements) into a new vector.
+pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
+    let mut v = vec![0.0; n];
+    dequantize_row(ty, src, &mut v);
+    v
+}

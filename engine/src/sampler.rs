@@ -1,0 +1,127 @@
+//! Sampling: greedy, temperature, top-k, top-p, repetition penalty, with a seeded RNG.
+
+use alloc::vec::Vec;
+
+/// xorshift64* — small, fast, deterministic for a given seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // splitmix64 of the seed, so that small seeds still give well-mixed states (never 0).
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Sampling parameters. `temperature <= 0` means greedy.
+#[derive(Debug, Clone)]
+pub struct SamplerConfig {
+    pub temperature: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 1.0 disables.
+    pub top_p: f32,
+    /// 1.0 disables; applied to tokens among the last `repeat_last_n`.
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+pub struct Sampler {
+    pub config: SamplerConfig,
+    rng: Rng,
+}
+
+/// Index of the largest value (the first one on ties), as llama.cpp's greedy sampler picks.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    pub fn new(config: SamplerConfig) -> Self {
+        let rng = Rng::new(config.seed);
+        Self { config, rng }
+    }
+
+    /// Picks the next token from `logits` given the tokens so far (`history`).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let c = &self.config;
+        if c.repeat_penalty != 1.0 {
+            let from = history.len().saturating_sub(c.repeat_last_n);
+            let mut seen: Vec<u32> = history[from..].to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / c.repeat_penalty } else { *l * c.repeat_penalty };
+                }
+            }
+        }
+        if c.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let mut cand: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / c.temperature)).collect();
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if c.top_k > 0 && c.top_k < cand.len() {
+            cand.truncate(c.top_k);
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| libm::expf(l - max)).collect();
+        let sum: f32 = probs.iter().sum();
+        for p in probs.iter_mut() {
+            *p /= sum;
+        }
+        if c.top_p < 1.0 {
+            let mut cum = 0.0;
+            let mut keep = probs.len();
+            for (i, &p) in probs.iter().enumerate() {
+                cum += p;
+                if cum >= c.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            cand.truncate(keep);
+        }
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.next_f32() * total;
+        for (i, &p) in probs.iter().enumerate() {
+            if r < p {
+                return cand[i].0;
+            }
+            r -= p;
+        }
+        cand[cand.len() - 1].0
+    }
+}

@@ -1,0 +1,1 @@
+//! Tiny random-weight Gemma 3 models (see tvtiny).
