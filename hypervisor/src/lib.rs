@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod elf;
 pub mod frames;
 pub mod multiboot2;
 pub mod paging;
