@@ -8,3 +8,4 @@ pub mod elf;
 pub mod frames;
 pub mod multiboot2;
 pub mod paging;
+pub mod vcpu;
