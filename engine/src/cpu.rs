@@ -1,13 +1,14 @@
-//! CPU features the kernels may use. On the host they are detected at run time (`std`
-//! feature); in the hypervisor the caller fills them in from CPUID.
+//! CPU features the kernels may use: detected with CPUID (works without std, so the
+//! hypervisor can call [`CpuFeatures::detect`] on each CPU), or asserted by the caller through the
+//! `unsafe` [`CpuFeatures::assume`].
 
-/// SIMD features available to the kernels.
+/// SIMD features available to the kernels. A value claiming a feature can only be made by
+/// detection or by `unsafe` code, because running those kernels on a CPU without the feature is
+/// undefined behaviour.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuFeatures {
-    /// AVX2 and FMA (and F16C) all present and enabled by the OS (XCR0).
-    pub avx2_fma: bool,
-    /// AVX-512 F, BW and VL present and enabled.
-    pub avx512: bool,
+    avx2_fma: bool,
+    avx512: bool,
 }
 
 impl CpuFeatures {
@@ -16,23 +17,36 @@ impl CpuFeatures {
         Self { avx2_fma: false, avx512: false }
     }
 
-    /// Detects the running CPU's features (host only).
-    #[cfg(feature = "std")]
+    /// Reads the running CPU's features with CPUID and XGETBV.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            Self {
-                avx2_fma: std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
-                    && std::is_x86_feature_detected!("f16c"),
-                avx512: std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512vl"),
-            }
+            let (avx2_fma, avx512) = crate::kernels::detect();
+            Self { avx2_fma, avx512 }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             Self::portable()
         }
+    }
+
+    /// Features as the caller states them.
+    ///
+    /// # Safety
+    /// Every feature claimed must be supported by every CPU that runs the kernels, and enabled
+    /// by the OS/hypervisor (XCR0).
+    #[allow(unsafe_code)] // declares a precondition only; the body is safe
+    pub const unsafe fn assume(avx2_fma: bool, avx512: bool) -> Self {
+        Self { avx2_fma, avx512 }
+    }
+
+    /// AVX2, FMA and F16C usable.
+    pub fn avx2_fma(&self) -> bool {
+        self.avx2_fma
+    }
+
+    /// AVX-512 F/BW/VL usable.
+    pub fn avx512(&self) -> bool {
+        self.avx512
     }
 }

@@ -1,16 +1,318 @@
-//! AVX2 + FMA kernels (filled in below).
-use crate::quant::{Acts, GgmlType};
+//! AVX2 + FMA dot products. Each `unsafe fn` here requires AVX2, FMA and F16C; the safe
+//! wrappers are only called by [`super::dot`] after a [`crate::cpu::CpuFeatures`] value said
+//! so, and such a value with `avx2_fma` set can only be made by detection or by the `unsafe`
+//! `CpuFeatures::assume`.
 
-pub fn dot(_ty: GgmlType, _w: &[u8], _acts: &Acts) -> Option<f32> {
-    None
+use core::arch::x86_64::*;
+
+use crate::half::f16_to_f32;
+use crate::quant::{scale_min_k4, Acts, BlockQ8K, BlockQ8_0, GgmlType};
+
+#[inline]
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yv, xv) in y.iter_mut().zip(x) {
-        *yv += a * xv;
+/// Dot product for the types with an AVX2 kernel; `None` for the others (and for mismatched
+/// formats or lengths), which then use the portable code.
+pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    match (ty, acts) {
+        (GgmlType::Q8_0, Acts::Q8_0(a)) if w.len() == 34 * a.len() => {
+            // SAFETY: AVX2/FMA availability is guaranteed by the caller (module docs); the
+            // kernel reads only within `w` (34 bytes per block of `a`, checked) and `a`.
+            Some(unsafe { dot_q8_0(w, a) })
+        }
+        (GgmlType::Q4_0, Acts::Q8_0(a)) if w.len() == 18 * a.len() => {
+            // SAFETY: as above; 18 bytes per block checked.
+            Some(unsafe { dot_q4_0(w, a) })
+        }
+        (GgmlType::Q5_0, Acts::Q8_0(a)) if w.len() == 22 * a.len() => {
+            // SAFETY: as above; 22 bytes per block checked.
+            Some(unsafe { dot_q5_0(w, a) })
+        }
+        (GgmlType::Q4_K, Acts::Q8K(a)) if w.len() == 144 * a.len() => {
+            // SAFETY: as above; 144 bytes per block checked.
+            Some(unsafe { dot_q4_k(w, a) })
+        }
+        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+            // SAFETY: as above; 210 bytes per block checked.
+            Some(unsafe { dot_q6_k(w, a) })
+        }
+        _ => None,
     }
+}
+
+/// Horizontal sum of eight f32 lanes.
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Sum of products of 32 signed bytes, as eight i32 lanes.
+#[target_feature(enable = "avx2,fma")]
+fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    let p16 = _mm256_maddubs_epi16(ax, sy);
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+}
+
+/// Loads 32 bytes.
+///
+/// # Safety
+/// `p` must be valid for reading 32 bytes (any alignment).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load32(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p as *const __m256i) }
+}
+
+/// 16 bytes of nibbles expanded to 32 bytes: low nibbles then high nibbles.
+///
+/// # Safety
+/// `p` must be valid for reading 16 bytes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes.
+    let q = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let m = _mm_set1_epi8(0xf);
+    let lo = _mm_and_si128(q, m);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// # Safety
+/// AVX2+FMA present; `w.len() == 34 * a.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in w.chunks_exact(34).zip(a) {
+        // SAFETY: each chunk has 34 bytes, so 32 bytes from offset 2 are readable; y.qs is 32.
+        let (qx, qy) = unsafe { (load32(b.as_ptr().add(2)), load32(y.qs.as_ptr() as *const u8)) };
+        let d = _mm256_set1_ps(f16_to_f32(le16(b, 0)) * y.d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
+    }
+    hsum(acc)
+}
+
+/// # Safety
+/// AVX2+FMA present; `w.len() == 18 * a.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in w.chunks_exact(18).zip(a) {
+        // SAFETY: 16 bytes from offset 2 of an 18-byte chunk; y.qs is 32 bytes.
+        let (q, qy) = unsafe { (nibbles(b.as_ptr().add(2)), load32(y.qs.as_ptr() as *const u8)) };
+        let qx = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+        let d = _mm256_set1_ps(f16_to_f32(le16(b, 0)) * y.d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
+    }
+    hsum(acc)
+}
+
+/// # Safety
+/// AVX2+FMA present; `w.len() == 22 * a.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+    let bitmask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    for (b, y) in w.chunks_exact(22).zip(a) {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        // Byte e of `hb` is 0xff when bit e of qh is set.
+        let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+        let hb = _mm256_cmpeq_epi8(_mm256_or_si256(spread, bitmask), _mm256_set1_epi8(-1));
+        // SAFETY: 16 bytes from offset 6 of a 22-byte chunk; y.qs is 32 bytes.
+        let (q, qy) = unsafe { (nibbles(b.as_ptr().add(6)), load32(y.qs.as_ptr() as *const u8)) };
+        let q = _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
+        let qx = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        let d = _mm256_set1_ps(f16_to_f32(le16(b, 0)) * y.d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
+    }
+    hsum(acc)
+}
+
+/// # Safety
+/// AVX2+FMA present; `w.len() == 144 * a.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins_acc = 0.0f32;
+    let m4 = _mm256_set1_epi8(0xf);
+    for (b, y) in w.chunks_exact(144).zip(a) {
+        let scales = &b[4..16];
+        let mut sumi = _mm256_setzero_si256();
+        let mut msum = 0i32;
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+            msum += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+            // SAFETY: 32 bytes at 16 + 32c (c < 4) lie within the 144-byte block; the Q8_K
+            // quants at 64c and 64c + 32 lie within its 256 bytes.
+            let (q, y1, y2) = unsafe {
+                (
+                    load32(b.as_ptr().add(16 + 32 * c)),
+                    load32(y.qs.as_ptr().add(64 * c) as *const u8),
+                    load32(y.qs.as_ptr().add(64 * c + 32) as *const u8),
+                )
+            };
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y1), _mm256_set1_epi16(sc1 as i16));
+            let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y2), _mm256_set1_epi16(sc2 as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
+        }
+        let d = f16_to_f32(le16(b, 0)) * y.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        mins_acc += f16_to_f32(le16(b, 2)) * y.d * msum as f32;
+    }
+    hsum(acc) - mins_acc
+}
+
+/// # Safety
+/// AVX2+FMA present; `w.len() == 210 * a.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let m4 = _mm256_set1_epi8(0xf);
+    let m2 = _mm256_set1_epi8(3);
+    for (b, y) in w.chunks_exact(210).zip(a) {
+        let sc = &b[192..208];
+        let mut sumi = _mm256_setzero_si256();
+        let mut bias = 0i32;
+        for (k, &s) in sc.iter().enumerate() {
+            bias += (s as i8) as i32 * y.bsums[k] as i32;
+        }
+        for h in 0..2 {
+            // SAFETY: ql (64 bytes at 64h), qh (32 bytes at 128 + 32h) lie within the 210-byte
+            // block; the four 32-byte Q8_K slices at 128h + 32j lie within its 256 quants.
+            let (ql0, ql1, qh, ys) = unsafe {
+                let yp = y.qs.as_ptr().add(128 * h) as *const u8;
+                (
+                    load32(b.as_ptr().add(64 * h)),
+                    load32(b.as_ptr().add(64 * h + 32)),
+                    load32(b.as_ptr().add(128 + 32 * h)),
+                    [load32(yp), load32(yp.add(32)), load32(yp.add(64)), load32(yp.add(96))],
+                )
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
+                ),
+            ];
+            for j in 0..4 {
+                let s_lo = (sc[8 * h + 2 * j] as i8) as i16;
+                let s_hi = (sc[8 * h + 2 * j + 1] as i8) as i16;
+                let scv = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], ys[j]), scv);
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+        }
+        // Σ sc·(q−32)·y = Σ sc·q·y − 32·Σ sc·bsum.
+        let bias_v = _mm256_setr_epi32(-32 * bias, 0, 0, 0, 0, 0, 0, 0);
+        sumi = _mm256_add_epi32(sumi, bias_v);
+        let d = f16_to_f32(le16(b, 208)) * y.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+/// f32 dot product.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: AVX2/FMA guaranteed by the caller (module docs); bounds handled inside.
+    unsafe { dot_f32_avx2(a, b) }
+}
+
+/// # Safety
+/// AVX2+FMA present.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n <= len of both slices.
+        let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+        acc = _mm256_fmadd_ps(x, y, acc);
+        i += 8;
+    }
+    let mut s = hsum(acc);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// `y += a * x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: AVX2/FMA guaranteed by the caller (module docs); bounds handled inside.
+    unsafe { axpy_avx2(a, x, y) }
+}
+
+/// # Safety
+/// AVX2+FMA present.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n <= len of both slices; `y` is exclusively borrowed.
+        unsafe {
+            let yv = _mm256_loadu_ps(y.as_ptr().add(i));
+            let r = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), yv);
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        }
+        i += 8;
+    }
+    while i < n {
+        y[i] += a * x[i];
+        i += 1;
+    }
+}
+
+/// Reads CPUID/XCR0: (AVX2+FMA+F16C usable, AVX-512 F/BW/VL usable).
+pub fn detect() -> (bool, bool) {
+    let l1 = __cpuid(1);
+    let osxsave = l1.ecx & (1 << 27) != 0;
+    if !osxsave {
+        return (false, false);
+    }
+    // SAFETY: OSXSAVE is set, so XGETBV with ECX = 0 is available.
+    let xcr0 = unsafe { xgetbv0() };
+    let ymm = xcr0 & 0b110 == 0b110;
+    let zmm = ymm && xcr0 & 0b1110_0000 == 0b1110_0000;
+    let fma = l1.ecx & (1 << 12) != 0;
+    let f16c = l1.ecx & (1 << 29) != 0;
+    let avx = l1.ecx & (1 << 28) != 0;
+    let max_leaf = __cpuid(0).eax;
+    let l7 = if max_leaf >= 7 { __cpuid_count(7, 0) } else { CpuidResult { eax: 0, ebx: 0, ecx: 0, edx: 0 } };
+    let avx2 = l7.ebx & (1 << 5) != 0;
+    let avx512 = l7.ebx & (1 << 16) != 0 && l7.ebx & (1 << 30) != 0 && l7.ebx & (1 << 31) != 0;
+    (ymm && avx && avx2 && fma && f16c, zmm && avx512)
+}
+
+/// # Safety
+/// The CPU must support XGETBV (CPUID.1:ECX.OSXSAVE).
+#[target_feature(enable = "xsave")]
+unsafe fn xgetbv0() -> u64 {
+    // SAFETY: the caller checked OSXSAVE.
+    unsafe { _xgetbv(0) }
 }

@@ -14,7 +14,7 @@ use crate::quant::{dot_scalar, Acts, GgmlType};
 #[inline]
 pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
-    if cpu.avx2_fma {
+    if cpu.avx2_fma() {
         if let Some(v) = avx2::dot(ty, w, acts) {
             return Some(v);
         }
@@ -23,11 +23,17 @@ pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32>
     dot_scalar(ty, w, acts)
 }
 
+/// CPUID-based detection: (AVX2+FMA+F16C, AVX-512 F/BW/VL).
+#[cfg(target_arch = "x86_64")]
+pub fn detect() -> (bool, bool) {
+    avx2::detect()
+}
+
 /// f32 dot product (attention scores, small vectors).
 #[inline]
 pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if cpu.avx2_fma {
+    if cpu.avx2_fma() {
         return avx2::dot_f32(a, b);
     }
     let _ = cpu;
@@ -38,7 +44,7 @@ pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if cpu.avx2_fma {
+    if cpu.avx2_fma() {
         return avx2::axpy(a, x, y);
     }
     let _ = cpu;

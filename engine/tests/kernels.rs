@@ -1,0 +1,241 @@
+//! Every dequantizer against a straightforward per-element reference (bit-exact), and every dot
+//! kernel (portable and SIMD) against an f64 sum over the dequantized operands, on random blocks
+//! including edge scales (zero, subnormal, max, negative).
+
+use engine::cpu::CpuFeatures;
+use engine::half::{bf16_to_f32, f16_to_f32};
+use engine::kernels;
+use engine::quant::{dequantize_row, dot_scalar, quantize_acts, Acts, GgmlType, QK_K};
+use engine::sampler::Rng;
+
+const TYPES: [GgmlType; 9] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// f16 bit patterns used as block scales.
+const EDGE_SCALES: [u16; 8] = [0x0000, 0x0001, 0x03ff, 0x0400, 0x7bff, 0x3c00, 0xbc00, 0x8001];
+
+fn u16at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+/// Element `i` of a row, computed directly from the format description (no shared code with
+/// the engine's dequantizers beyond the f16 conversion, which is tested exhaustively).
+fn reference_element(ty: GgmlType, row: &[u8], i: usize) -> f32 {
+    match ty {
+        GgmlType::F32 => f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap()),
+        GgmlType::F16 => f16_to_f32(u16at(row, 2 * i)),
+        GgmlType::BF16 => bf16_to_f32(u16at(row, 2 * i)),
+        GgmlType::Q4_0 => {
+            let b = &row[18 * (i / 32)..];
+            let j = i % 32;
+            let nib = if j < 16 { b[2 + j] & 15 } else { b[2 + j - 16] >> 4 };
+            (nib as i32 - 8) as f32 * f16_to_f32(u16at(b, 0))
+        }
+        GgmlType::Q5_0 => {
+            let b = &row[22 * (i / 32)..];
+            let j = i % 32;
+            let nib = if j < 16 { b[6 + j] & 15 } else { b[6 + j - 16] >> 4 };
+            let qh = u32::from_le_bytes(b[2..6].try_into().unwrap());
+            let hi = ((qh >> j) & 1) as i32;
+            ((nib as i32 | (hi << 4)) - 16) as f32 * f16_to_f32(u16at(b, 0))
+        }
+        GgmlType::Q8_0 => {
+            let b = &row[34 * (i / 32)..];
+            (b[2 + i % 32] as i8) as f32 * f16_to_f32(u16at(b, 0))
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let bs = if ty == GgmlType::Q4_K { 144 } else { 176 };
+            let b = &row[bs * (i / 256)..];
+            let j = i % 256;
+            let sub = j / 32; // 8 sub-blocks of 32
+            let s = &b[4..16];
+            let (sc, m) = if sub < 4 {
+                (s[sub] & 63, s[sub + 4] & 63)
+            } else {
+                ((s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4), (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4))
+            };
+            let qoff = if ty == GgmlType::Q4_K { 16 } else { 48 };
+            let byte = b[qoff + 32 * (sub / 2) + j % 32];
+            let mut q = if sub % 2 == 0 { byte & 15 } else { byte >> 4 } as i32;
+            if ty == GgmlType::Q5_K {
+                q += (((b[16 + j % 32] >> sub) & 1) as i32) << 4;
+            }
+            let d = f16_to_f32(u16at(b, 0)) * sc as f32;
+            let dm = f16_to_f32(u16at(b, 2)) * m as f32;
+            d * q as f32 - dm
+        }
+        GgmlType::Q6_K => {
+            let b = &row[210 * (i / 256)..];
+            let j = i % 256;
+            let (half, r) = (j / 128, j % 128);
+            let (quarter, l) = (r / 32, r % 32);
+            let ql = b[64 * half + l + if quarter % 2 == 1 { 32 } else { 0 }];
+            let low = if quarter < 2 { ql & 15 } else { ql >> 4 };
+            let high = (b[128 + 32 * half + l] >> (2 * quarter)) & 3;
+            let q = (low | (high << 4)) as i32 - 32;
+            let sc = b[192 + 8 * half + 2 * quarter + l / 16] as i8;
+            f16_to_f32(u16at(b, 208)) * sc as f32 * q as f32
+        }
+    }
+}
+
+fn random_row(rng: &mut Rng, ty: GgmlType, n: usize, scale: Option<u16>) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..ty.row_bytes(n)).map(|_| rng.next_u64() as u8).collect();
+    let bb = ty.block_bytes();
+    let set = |v: &mut Vec<u8>, at: usize, bits: u16| v[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+    for blk in 0..v.len() / bb {
+        let o = blk * bb;
+        let s = scale.unwrap_or_else(|| 0x2000 + (rng.next_u64() % 0x1000) as u16);
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => set(&mut v, o, s),
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                set(&mut v, o, s);
+                set(&mut v, o + 2, scale.unwrap_or(0x1800));
+            }
+            GgmlType::Q6_K => set(&mut v, o + 208, s),
+            GgmlType::F32 => {
+                let f = (rng.next_f32() - 0.5) * 4.0;
+                v[o..o + 4].copy_from_slice(&f.to_le_bytes());
+            }
+            GgmlType::F16 => set(&mut v, o, 0x3000 + (rng.next_u64() % 0x1000) as u16 | (rng.next_u64() as u16 & 0x8000)),
+            GgmlType::BF16 => set(&mut v, o, 0x3e00 + (rng.next_u64() % 0x100) as u16 | (rng.next_u64() as u16 & 0x8000)),
+        }
+    }
+    v
+}
+
+#[test]
+fn dequantizers_match_reference_bit_exactly() {
+    let mut rng = Rng::new(7);
+    let n = 2 * QK_K;
+    for ty in TYPES {
+        let mut scales: Vec<Option<u16>> = vec![None, None, None];
+        if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            scales.extend(EDGE_SCALES.iter().map(|&s| Some(s)));
+        }
+        for sc in scales {
+            for _ in 0..20 {
+                let row = random_row(&mut rng, ty, n, sc);
+                let mut out = vec![0.0f32; n];
+                dequantize_row(ty, &row, &mut out);
+                for (i, &got) in out.iter().enumerate() {
+                    let want = reference_element(ty, &row, i);
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "{ty:?} scale {sc:?} element {i}: {got} != {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn dequant_acts(a: &Acts) -> Vec<f64> {
+    match a {
+        Acts::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        Acts::F16(v) => v.iter().map(|&x| f16_to_f32(x) as f64).collect(),
+        Acts::BF16(v) => v.iter().map(|&x| bf16_to_f32(x) as f64).collect(),
+        Acts::Q8_0(b) => b.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect(),
+        Acts::Q8K(b) => b.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect(),
+    }
+}
+
+#[test]
+fn activation_quantizers_roundtrip() {
+    let mut rng = Rng::new(9);
+    for fmt_ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        for case in 0..4 {
+            let x: Vec<f32> = (0..QK_K)
+                .map(|_| match case {
+                    0 => 0.0,
+                    1 => (rng.next_f32() - 0.5) * 1e-30,
+                    2 => (rng.next_f32() - 0.5) * 1e4,
+                    _ => rng.next_f32() - 0.5,
+                })
+                .collect();
+            let a = quantize_acts(fmt_ty.act_format(), &x);
+            let back = dequant_acts(&a);
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            for (b, &v) in back.iter().zip(&x) {
+                // Half a quantization step, plus the f16 rounding of the Q8_0 scale (whose
+                // subnormal step is 2^-24, times up to 128 quants).
+                let f16_err = if fmt_ty == GgmlType::Q8_0 { 128.0 * 6.0e-8 } else { 0.0 };
+                let tol = amax / 127.0 * 0.51 + amax * 1e-3 + f16_err;
+                assert!((b - v as f64).abs() <= tol, "case {case}: {b} vs {v}");
+            }
+            if let Acts::Q8K(bl) = &a {
+                for blk in bl {
+                    for j in 0..16 {
+                        let s: i32 = blk.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+                        assert_eq!(s, blk.bsums[j] as i32);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_kernels_match_reference() {
+    let mut rng = Rng::new(11);
+    let simd = CpuFeatures::detect();
+    let n = 4 * QK_K;
+    for ty in TYPES {
+        let mut scales: Vec<Option<u16>> = vec![None; 6];
+        if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            scales.extend(EDGE_SCALES.iter().map(|&s| Some(s)));
+        }
+        for sc in scales {
+            let row = random_row(&mut rng, ty, n, sc);
+            let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 3.0).collect();
+            let acts = quantize_acts(ty.act_format(), &x);
+            let mut w = vec![0.0f32; n];
+            dequantize_row(ty, &row, &mut w);
+            let a = dequant_acts(&acts);
+            let want: f64 = w.iter().zip(&a).map(|(&p, &q)| p as f64 * q).sum();
+            let mag: f64 = w.iter().zip(&a).map(|(&p, &q)| (p as f64 * q).abs()).sum();
+            for (name, got) in [
+                ("scalar", dot_scalar(ty, &row, &acts).unwrap()),
+                ("dispatch", kernels::dot(simd, ty, &row, &acts).unwrap()),
+                ("portable", kernels::dot(CpuFeatures::portable(), ty, &row, &acts).unwrap()),
+            ] {
+                let got = got as f64;
+                if !want.is_finite() || mag > f32::MAX as f64 / 4.0 {
+                    // Max scales: the f32 kernels overflow exactly where the sum leaves f32 range.
+                    assert!(!got.is_finite() || got.abs() > f32::MAX as f64 / 64.0 || mag > f32::MAX as f64,
+                        "{ty:?} {name} scale {sc:?}: {got} vs {want}");
+                    continue;
+                }
+                let tol = mag * 2e-6 + 1e-30;
+                assert!((got - want).abs() <= tol, "{ty:?} {name} scale {sc:?}: {got} vs {want} (tol {tol})");
+            }
+        }
+    }
+    assert!(kernels::dot(simd, GgmlType::Q4_K, &[0u8; 144], &quantize_acts(engine::quant::ActFormat::Q8_0, &[0.0; 32])).is_none());
+}
+
+#[test]
+fn f32_helpers_agree() {
+    let mut rng = Rng::new(3);
+    let simd = CpuFeatures::detect();
+    for n in [1usize, 7, 8, 9, 64, 257] {
+        let a: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
+        let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        assert!((kernels::dot_f32(simd, &a, &b) as f64 - want).abs() < 1e-5);
+        let mut y1 = b.clone();
+        kernels::axpy(simd, 0.75, &a, &mut y1);
+        for i in 0..n {
+            assert!((y1[i] - (b[i] + 0.75 * a[i])).abs() < 1e-6);
+        }
+    }
+}
