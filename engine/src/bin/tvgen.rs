@@ -16,6 +16,9 @@ use engine::sampler::{Sampler, SamplerConfig};
 use engine::tensor::Compute;
 use engine::tokenizer::Tokenizer;
 
+/// Repeated to build `--bench-prompt N` prompts.
+const BENCH_SENTENCE: &str = "The history of computing is a story of people, machines and ideas. ";
+
 struct Args {
     model: String,
     prompt: String,
@@ -25,6 +28,7 @@ struct Args {
     chat: bool,
     ignore_eos: bool,
     portable: bool,
+    bench_prompt: Option<usize>,
     sampler: SamplerConfig,
 }
 
@@ -38,6 +42,7 @@ fn parse() -> Result<Args, String> {
         chat: false,
         ignore_eos: false,
         portable: false,
+        bench_prompt: None,
         sampler: SamplerConfig::default(),
     };
     let mut it = std::env::args().skip(1);
@@ -60,10 +65,11 @@ fn parse() -> Result<Args, String> {
             "--chat" => a.chat = true,
             "--ignore-eos" => a.ignore_eos = true,
             "--portable" => a.portable = true,
+            "--bench-prompt" => a.bench_prompt = Some(num(val(&k)?, &k)?),
             "-h" | "--help" => {
                 return Err("usage: tvgen --model FILE --prompt TEXT --max-tokens N --temp T \
                             --threads T [--json] [--chat] [--top-k K] [--top-p P] \
-                            [--repeat-penalty R] [--seed S] [--ignore-eos] [--portable]"
+                            [--repeat-penalty R] [--seed S] [--ignore-eos] [--portable] [--bench-prompt N]"
                     .into())
             }
             other => return Err(format!("unknown argument '{other}' (see --help)")),
@@ -100,7 +106,12 @@ fn run() -> Result<(), String> {
     let model = Model::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;
     let tok = Tokenizer::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;
     let text = if a.chat { Tokenizer::chat_prompt(&a.prompt) } else { a.prompt.clone() };
-    let prompt = tok.encode(&text, true, a.chat);
+    let mut prompt = tok.encode(&text, true, a.chat);
+    if let Some(n) = a.bench_prompt {
+        // Benchmark prompt: the same text and cut as scripts/engine/bench_llama.py.
+        prompt = tok.encode(&BENCH_SENTENCE.repeat(64), true, false);
+        prompt.truncate(n);
+    }
     let pool = ThreadPool::new(a.threads);
     let cpu = if a.portable { CpuFeatures::portable() } else { CpuFeatures::detect() };
     let comp = Compute { cpu, par: &pool };

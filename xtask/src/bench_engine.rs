@@ -1,0 +1,96 @@
+//! `cargo xtask bench engine`: prefill (128-token prompt) and decode (128 tokens) tokens/s with
+//! 1 and 2 threads, for this engine (`tvgen`) and for llama.cpp (llama-cpp-python built from
+//! source by `scripts/engine/install_llama_cpp.sh`, run by `scripts/engine/bench_llama.py`), in
+//! one run on the same machine. Prints one JSON object with the ratios (engine / llama.cpp).
+//! Options: `--prompt N`, `--gen N`, `--threads 1,2`.
+
+use std::process::Command;
+
+fn field(json: &str, key: &str) -> Result<f64, String> {
+    let pat = format!("\"{key}\":");
+    let at = json.find(&pat).ok_or_else(|| format!("no '{key}' in output: {json}"))? + pat.len();
+    let rest = json[at..].trim_start();
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().map_err(|_| format!("bad '{key}' in output: {json}"))
+}
+
+fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let (mut n_prompt, mut n_gen, mut threads) = (128usize, 128usize, vec![1usize, 2]);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut v = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--prompt" => n_prompt = v()?.parse().map_err(|_| "bad --prompt")?,
+            "--gen" => n_gen = v()?.parse().map_err(|_| "bad --gen")?,
+            "--threads" => {
+                threads = v()?.split(',').map(|t| t.parse().map_err(|_| "bad --threads")).collect::<Result<_, _>>()?
+            }
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    let root = std::env::var_os("TENSORVISOR_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let model = crate::model::ensure()?;
+    eprintln!("building tvgen (release)...");
+    output(
+        Command::new(env!("CARGO")).current_dir(&root).args([
+            "build", "--release", "-p", "engine", "--features", "std", "--bin", "tvgen",
+        ]),
+        "cargo build",
+    )?;
+    eprintln!("building llama.cpp (llama-cpp-python from source; first time only, 10-20 min)...");
+    let llama_dir = output(Command::new("bash").arg(root.join("scripts/engine/install_llama_cpp.sh")), "install_llama_cpp.sh")?;
+    let llama_dir = llama_dir.lines().last().unwrap_or("").to_string();
+    let tvgen = root.join("target/release/tvgen");
+    let mut rows = Vec::new();
+    for &t in &threads {
+        let mut best: Option<(f64, f64)> = None;
+        for _ in 0..2 {
+            let out = output(
+                Command::new(&tvgen)
+                    .arg("--model").arg(&model)
+                    .args(["--prompt", "", "--bench-prompt", &n_prompt.to_string()])
+                    .args(["--max-tokens", &(n_gen + 1).to_string(), "--temp", "0", "--ignore-eos", "--json"])
+                    .args(["--threads", &t.to_string()]),
+                "tvgen",
+            )?;
+            let r = (field(&out, "prefill_tok_s")?, field(&out, "decode_tok_s")?);
+            if best.is_none_or(|b| r.1 > b.1) {
+                best = Some(r);
+            }
+        }
+        let (ep, ed) = best.unwrap_or_default();
+        let out = output(
+            Command::new("python3")
+                .env("PYTHONPATH", &llama_dir)
+                .arg(root.join("scripts/engine/bench_llama.py"))
+                .arg(&model)
+                .args([t.to_string(), n_prompt.to_string(), n_gen.to_string()]),
+            "bench_llama.py",
+        )?;
+        let (lp, ld) = (field(&out, "prefill_tok_s")?, field(&out, "decode_tok_s")?);
+        eprintln!("threads {t}: engine prefill {ep:.1} decode {ed:.1} tok/s; llama.cpp prefill {lp:.1} decode {ld:.1} tok/s");
+        rows.push(format!(
+            "{{\"threads\":{t},\"engine\":{{\"prefill_tok_s\":{ep:.2},\"decode_tok_s\":{ed:.2}}},\
+             \"llama_cpp\":{{\"prefill_tok_s\":{lp:.2},\"decode_tok_s\":{ld:.2}}},\
+             \"ratio\":{{\"prefill\":{:.3},\"decode\":{:.3}}}}}",
+            ep / lp,
+            ed / ld
+        ));
+    }
+    println!(
+        "{{\"model\":\"{}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_gen},\"goal\":{{\"decode\":1.2,\"prefill\":1.0}},\"runs\":[{}]}}",
+        model.display(),
+        rows.join(",")
+    );
+    Ok(())
+}
