@@ -61,6 +61,14 @@ pub struct RawVmxMsrs {
     pub vmfunc: Option<u64>,
 }
 
+/// CPUID.1:ECX bit 5: VMX is supported (SDM Vol. 3C, 24.6 "Discovering Support for VMX").
+pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
+
+/// True if CPUID leaf 1's ECX announces VMX: the precondition of [`read_raw_msrs`].
+pub const fn cpuid_has_vmx(cpuid1_ecx: u32) -> bool {
+    cpuid1_ecx & CPUID_1_ECX_VMX != 0
+}
+
 /// IA32_VMX_BASIC bit 55: the TRUE_ control MSRs exist (SDM A.1).
 const BASIC_TRUE_CTLS: u64 = 1 << 55;
 
@@ -870,6 +878,12 @@ mod tests {
              preemption timer TSC>>7; activity[HLT,shutdown,wait-SIPI]"
         );
         assert!(!s.contains('\n'));
+    }
+
+    #[test]
+    fn cpuid_vmx_bit() {
+        assert!(cpuid_has_vmx(0x7ffa_fbbf));
+        assert!(!cpuid_has_vmx(0x7ffa_fb9f));
     }
 
     #[test]
