@@ -1,3 +1,86 @@
-//! The guest SDK: what a program running inside a tensorvisor tenant uses to detect the
-//! hypervisor and submit tensor work through the hypercall ABI (no_std core, optional `std`).
-#![no_std]
+//! The guest SDK: what a program running inside a tensorvisor tenant uses to find the hypervisor,
+//! print on its console, exit with a status and make hypercalls (no_std core, optional `std`).
+//!
+//! The hypercall instruction itself lives in [`arch`] (x86_64 only); everything else is plain
+//! code over the [`Transport`] trait, so the SDK's logic also runs on the host in tests.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod arch;
+pub mod console;
+
+pub use tensor_hcall::boot::GuestBootInfo;
+pub use tensor_hcall::cpuid::HypervisorInfo;
+pub use tensor_hcall::{CallNumber, HcallError, HcallRegs, Hypercall};
+
+/// How hypercalls reach the hypervisor: VMCALL in a guest, something else in host tests.
+pub trait Transport {
+    /// Makes a hypercall and returns RAX.
+    fn hypercall(&mut self, regs: HcallRegs) -> u64;
+    /// CPUID as the guest sees it.
+    fn cpuid(&mut self, leaf: u32) -> [u32; 4];
+}
+
+/// Makes `call` and decodes RAX into a value or an [`HcallError`].
+pub fn call<T: Transport + ?Sized>(t: &mut T, call: Hypercall) -> Result<u64, HcallError> {
+    tensor_hcall::decode_result(t.hypercall(call.to_regs()))
+}
+
+/// Finds the tensorvisor hypervisor: the CPUID "hypervisor present" bit, then our signature
+/// leaf and the version/features leaf. `None` when not running under tensorvisor.
+pub fn detect<T: Transport + ?Sized>(t: &mut T) -> Option<HypervisorInfo> {
+    if t.cpuid(1)[2] & (1 << 31) == 0 {
+        return None;
+    }
+    let sig = t.cpuid(tensor_hcall::cpuid::SIGNATURE_LEAF);
+    let feat = t.cpuid(tensor_hcall::cpuid::FEATURES_LEAF);
+    tensor_hcall::cpuid::detect(sig, feat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tensor_hcall::cpuid::{leaf, Features, SIGNATURE_LEAF};
+    use tensor_hcall::ABI_VERSION;
+
+    /// A transport that answers like the hypervisor's CPUID policy and echoes hypercalls.
+    struct Fake {
+        present: bool,
+        last: Option<HcallRegs>,
+    }
+
+    impl Transport for Fake {
+        fn hypercall(&mut self, regs: HcallRegs) -> u64 {
+            self.last = Some(regs);
+            tensor_hcall::encode_result(match Hypercall::decode(&regs) {
+                Ok(Hypercall::ConsoleWrite { len, .. }) => Ok(len),
+                Ok(_) => Err(HcallError::NotSupported),
+                Err(e) => Err(e),
+            })
+        }
+        fn cpuid(&mut self, l: u32) -> [u32; 4] {
+            match l {
+                1 => [0, 0, if self.present { 1 << 31 } else { 0 }, 0],
+                l if l >= SIGNATURE_LEAF => leaf(l, ABI_VERSION, Features::CONSOLE).unwrap_or([0; 4]),
+                _ => [0; 4],
+            }
+        }
+    }
+
+    #[test]
+    fn detection_needs_the_hypervisor_bit_and_our_signature() {
+        let info = detect(&mut Fake { present: true, last: None }).expect("detected");
+        assert_eq!(info.version, ABI_VERSION);
+        assert!(info.features.contains(Features::CONSOLE));
+        assert!(detect(&mut Fake { present: false, last: None }).is_none());
+    }
+
+    #[test]
+    fn calls_encode_registers_and_decode_errors() {
+        let mut f = Fake { present: true, last: None };
+        assert_eq!(call(&mut f, Hypercall::ConsoleWrite { gpa: 0x2000, len: 5 }), Ok(5));
+        let r = f.last.unwrap();
+        assert_eq!((r.rax, r.rbx, r.rcx), (CallNumber::ConsoleWrite as u64, 0x2000, 5));
+        assert_eq!(call(&mut f, Hypercall::Exit { status: 3 }), Err(HcallError::NotSupported));
+    }
+}

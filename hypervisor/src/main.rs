@@ -16,7 +16,7 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod entry {
-    use crate::kernel::{cpu, exit, gdt, idt, logger, memory, serial, tsc};
+    use crate::kernel::{cpu, exit, gdt, idt, logger, memory, serial, tsc, vmm};
     use crate::println;
     use hypervisor::multiboot2::{cmdline_value, BOOTLOADER_MAGIC};
 
@@ -52,7 +52,19 @@ mod entry {
             modules += 1;
         }
         log::info!("modules: {modules}");
-        let _vmx = cpu::report();
+        let vmx_caps = cpu::report();
+        let modules: alloc::vec::Vec<_> = info.modules().map(|m| (m, memory::module_bytes(&m))).collect();
+        let guests = modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).count();
+        if guests > 0 {
+            match vmx_caps.map(vmm::enable) {
+                Some(Ok(root)) => {
+                    let (finished, stopped) = vmm::run_guests(&root, &modules);
+                    log::info!("guests: {finished} finished, {stopped} stopped or refused");
+                }
+                Some(Err(e)) => log::error!("vmx: cannot run guests: {e}"),
+                None => log::warn!("vmx: {guests} guest(s) not started: this CPU has no usable VMX"),
+            }
+        }
 
         if let Some(scenario) = cmdline_value(cmdline, "tv.scenario") {
             run_scenario(scenario);

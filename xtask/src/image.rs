@@ -93,6 +93,21 @@ pub fn build_hypervisor() -> Result<PathBuf, String> {
     if elf.exists() { Ok(elf) } else { Err(format!("build produced no {}", elf.display())) }
 }
 
+/// Builds the guests (their own workspace under `guests/`) and returns the directory holding
+/// their ELF files (`hello`, `misbehave`, ...).
+pub fn build_guests() -> Result<PathBuf, String> {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let guests = crate::root().join("guests");
+    run(Command::new(env!("CARGO")).args(["build", "--release", "--target", BARE_TARGET]).current_dir(&guests))?;
+    Ok(guests.join("target").join(BARE_TARGET).join("release"))
+}
+
+/// The path of guest `name`'s ELF, building the guests first.
+pub fn guest_elf(name: &str) -> Result<PathBuf, String> {
+    let path = build_guests()?.join(name);
+    if path.exists() { Ok(path) } else { Err(format!("no guest named {name} under guests/")) }
+}
+
 /// Where images and run artefacts go.
 pub fn build_dir() -> PathBuf {
     crate::root().join("build")
@@ -123,8 +138,8 @@ pub fn make_image_from(elf: &Path, spec: &ImageSpec) -> Result<PathBuf, String> 
     fs::create_dir_all(boot.join("modules")).map_err(|e| format!("{}: {e}", boot.display()))?;
     fs::copy(elf, boot.join("hypervisor.elf")).map_err(|e| format!("{}: {e}", elf.display()))?;
     for (i, m) in spec.modules.iter().enumerate() {
-        if m.name.chars().any(char::is_whitespace) || m.name.is_empty() {
-            return Err(format!("module name {:?} must be one non-empty word", m.name));
+        if m.name.trim().is_empty() || m.name.contains(['\n', '\r', '"', '\'', '{', '}', ';']) {
+            return Err(format!("module command line {:?} must be one line of plain words", m.name));
         }
         fs::copy(&m.path, boot.join("modules").join(i.to_string()))
             .map_err(|e| format!("module {}: {e}", m.path.display()))?;

@@ -132,7 +132,8 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     };
     let cmdline = flags.value("--cmdline")?.unwrap_or("");
     eprintln!("xtask: building the hypervisor and the {} image", firmware.name());
-    let iso = image::make_image(&ImageSpec::new("tensorvisor", firmware).cmdline(cmdline))?;
+    let hello = image::guest_elf("hello")?;
+    let iso = image::make_image(&ImageSpec::new("tensorvisor", firmware).cmdline(cmdline).module(hello, "guest:hello"))?;
     let mut spec = RunSpec::new(iso, firmware, emulator, image::build_dir().join("run"));
     spec.timeout = Duration::from_secs(timeout);
     spec.echo = true;

@@ -99,3 +99,12 @@ pub fn init() {
         );
     }
 }
+
+/// The TSS's linear address (the VMCS host-state TR base).
+pub fn tss_base() -> u64 {
+    // SAFETY: only the address of the TSS inside TABLES is taken.
+    unsafe { core::ptr::addr_of!((*TABLES.0.get()).tss) as u64 }
+}
+
+/// The TSS selector.
+pub const TSS_SELECTOR: u16 = TSS_SEL;

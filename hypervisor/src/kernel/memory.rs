@@ -231,3 +231,10 @@ pub fn init(info_phys: u64, features: CpuFeatures) -> BootInfo<'static> {
     );
     info
 }
+
+/// A boot module's bytes, read through the direct map (modules are reserved frames, never reused).
+pub fn module_bytes(m: &hypervisor::multiboot2::Module<'_>) -> &'static [u8] {
+    // SAFETY: GRUB loaded the module at [start, end) in RAM; `init` reserved those frames and
+    // added them to the direct map, and nothing writes them.
+    unsafe { core::slice::from_raw_parts((PHYS_OFFSET + u64::from(m.start)) as *const u8, m.len() as usize) }
+}

@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod cr;
 pub mod exit;
 pub mod gdt;
 pub mod idt;
@@ -12,3 +13,4 @@ pub mod memory;
 pub mod port;
 pub mod serial;
 pub mod tsc;
+pub mod vmm;

@@ -1,0 +1,58 @@
+//! Printing on the hypervisor console and exiting, through hypercalls.
+//!
+//! Guests print through the `ConsoleWrite` hypercall, not an emulated UART: one exit per write
+//! instead of two or more per byte, and the hypervisor prefixes every line with the guest's name.
+
+use crate::{call, Hypercall, Transport};
+use core::fmt;
+
+/// A `fmt::Write` sink over a transport. The text must live in guest memory the hypervisor can
+/// read, which any stack or static buffer of the guest is.
+pub struct Console<'a, T: Transport + ?Sized> {
+    transport: &'a mut T,
+}
+
+impl<'a, T: Transport + ?Sized> Console<'a, T> {
+    pub fn new(transport: &'a mut T) -> Self {
+        Self { transport }
+    }
+}
+
+impl<T: Transport + ?Sized> fmt::Write for Console<'_, T> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Guest-virtual equals guest-physical in the page tables tensorvisor sets up.
+        for chunk in s.as_bytes().chunks(tensor_hcall::call::MAX_CONSOLE_WRITE as usize) {
+            let gpa = chunk.as_ptr() as u64;
+            call(self.transport, Hypercall::ConsoleWrite { gpa, len: chunk.len() as u64 }).map_err(|_| fmt::Error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends the guest with `status`; the hypervisor logs it.
+#[cfg(target_arch = "x86_64")]
+pub fn exit(status: u32) -> ! {
+    let _ = call(&mut crate::arch::Vmcall, Hypercall::Exit { status });
+    // Only reached if the hypervisor ignored the exit: halting stops the guest.
+    loop {
+        // SAFETY: HLT in a guest exits to the hypervisor, which stops it.
+        unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Prints a line on the hypervisor console (guest builds only).
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let mut transport = $crate::arch::Vmcall;
+        let _ = writeln!($crate::console::Console::new(&mut transport), $($arg)*);
+    }};
+}
+
+#[cfg(all(feature = "panic-handler", target_os = "none"))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    crate::println!("guest panic: {info}");
+    exit(101)
+}

@@ -1,0 +1,261 @@
+//! Running guests: VMX root operation on this CPU, loading guest ELF images from boot modules
+//! into their own EPT-backed memory, and a round-robin run loop that applies the exit policy of
+//! [`hypervisor::vcpu::decide`] and stops misbehaving guests with one log line each.
+
+mod ram;
+mod services;
+mod vcpu;
+
+use super::cr;
+use super::tsc;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use ept::{Eptp, VpidAllocator};
+use hypervisor::elf::GuestImage;
+use hypervisor::multiboot2::{cmdline_value, Module};
+use hypervisor::vcpu::{decide, Decision, StopReason};
+use ram::{GuestRam, NULL_GUARD};
+use services::TenantServices;
+use tensor_hcall::boot::{GuestBootInfo, BOOT_INFO_GPA};
+use vcpu::{EntryFailure, GuestStart, Vcpu};
+use vmx::caps::VmxEnableState;
+use vmx::region::VmxonRegion;
+use vmx::VmxCapabilities;
+
+/// Guest-physical layout (see `tensor_hcall::boot`): page 0 unmapped, the boot-information page
+/// (read-only; its second half holds the guest's GDT), three pages of guest page tables, the
+/// image from 1 MiB, the stack at the top.
+const GDT_GPA: u64 = BOOT_INFO_GPA + 0x800;
+const PML4_GPA: u64 = 0x2000;
+const PDPT_GPA: u64 = 0x3000;
+const PD_GPA: u64 = 0x4000;
+const IMAGE_MIN_GPA: u64 = 0x10_0000;
+const STACK_SIZE: u64 = 64 * 1024;
+const DEFAULT_MEMORY_MIB: u64 = 4;
+const DEFAULT_BUDGET_MS: u64 = 2_000;
+const SLICE_MS: u64 = 5;
+
+/// VMX root operation on this CPU.
+pub struct VmxRoot {
+    caps: VmxCapabilities,
+    _vmxon: Box<VmxonRegion>,
+}
+
+/// Enables VMX: IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, CR4.VMXE, VMXON.
+pub fn enable(caps: VmxCapabilities) -> Result<VmxRoot, String> {
+    match caps.feature_control.vmx_state() {
+        VmxEnableState::Enabled => {}
+        VmxEnableState::DisabledByFirmware => return Err("VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked)".into()),
+        VmxEnableState::Unlocked => {
+            let v = caps.feature_control.bits() | 0b101; // VMX outside SMX + lock
+            // SAFETY: the MSR exists (CPUID reports VMX) and is unlocked; setting the VMX enable
+            // and lock bits is the documented way to allow VMXON (SDM 24.7).
+            unsafe { cr::wrmsr(cr::IA32_FEATURE_CONTROL, v) };
+        }
+    }
+    let cr0 = caps.cr0_fixed().apply(cr::read_cr0());
+    let cr4 = caps.cr4_fixed().apply(cr::read_cr4() | cr::CR4_VMXE);
+    // SAFETY: forcing the VMX fixed bits keeps PE, PG, WP and PAE set (they are fixed to 1 in
+    // VMX operation), so the kernel's mode does not change.
+    unsafe {
+        cr::write_cr0(cr0);
+        cr::write_cr4(cr4);
+    }
+    let mut region = Box::new(VmxonRegion::zeroed());
+    region.init(caps.revision_id);
+    let phys = &*region as *const VmxonRegion as u64 - super::memory::PHYS_OFFSET;
+    // SAFETY: CR4.VMXE is set, CR0/CR4 satisfy the fixed bits, the feature control MSR allows
+    // VMXON outside SMX, and `phys` is the physical address of a 4 KiB-aligned region with the
+    // right revision id that stays alive as long as the VmxRoot.
+    unsafe { vmx::instr::vmxon(phys) }.map_err(|e| alloc::format!("VMXON failed: {e:?}"))?;
+    log::info!("vmx: VMXON done (revision {:#x})", caps.revision_id);
+    Ok(VmxRoot { caps, _vmxon: region })
+}
+
+/// A loaded guest and its accounts.
+struct Guest {
+    name: String,
+    vcpu: Vcpu,
+    services: TenantServices,
+    budget_tsc: u64,
+    used_tsc: u64,
+    exits: u64,
+    stopped: Option<StopReason>,
+}
+
+/// Why a guest was not started.
+fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Module<'_>, bytes: &[u8]) -> Result<Guest, String> {
+    let cmdline = module.cmdline;
+    let name = cmdline.split_ascii_whitespace().next().unwrap_or("").trim_start_matches("guest:");
+    let args = cmdline.split_once(' ').map_or("", |(_, a)| a);
+    let mem_mib: u64 = cmdline_value(cmdline, "mem_mib").map_or(Ok(DEFAULT_MEMORY_MIB), str::parse).map_err(|_| "bad mem_mib")?;
+    let budget_ms: u64 = cmdline_value(cmdline, "budget_ms").map_or(Ok(DEFAULT_BUDGET_MS), str::parse).map_err(|_| "bad budget_ms")?;
+    if !(2..=1024).contains(&mem_mib) {
+        return Err(alloc::format!("mem_mib={mem_mib} is outside 2..=1024"));
+    }
+    let size = mem_mib << 20;
+    let image = GuestImage::parse(bytes, IMAGE_MIN_GPA, size - STACK_SIZE).map_err(|e| alloc::format!("bad ELF: {e}"))?;
+    let caps = root.caps.ept_vpid.ok_or("the CPU has no EPT")?;
+    let mut ram = GuestRam::new(size, caps, &[(BOOT_INFO_GPA, 0x1000)]).map_err(|e| alloc::format!("guest memory: {e:?}"))?;
+    let err = |e| alloc::format!("loading: {e:?}");
+    for seg in image.segments() {
+        ram.load(seg.guest_addr, &bytes[seg.file_offset..seg.file_offset + seg.file_size]).map_err(err)?;
+    }
+    // Guest page tables: identity map of the first GiB with 2 MiB pages, writable, executable.
+    ram.load(PML4_GPA, &(PDPT_GPA | 0x3).to_le_bytes()).map_err(err)?;
+    ram.load(PDPT_GPA, &(PD_GPA | 0x3).to_le_bytes()).map_err(err)?;
+    let mut pd = [0u8; 4096];
+    for (i, e) in pd.chunks_exact_mut(8).enumerate() {
+        e.copy_from_slice(&(((i as u64) << 21) | 0x83).to_le_bytes());
+    }
+    ram.load(PD_GPA, &pd).map_err(err)?;
+    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    ram.load(GDT_GPA, &gdt_bytes).map_err(err)?;
+    let info = GuestBootInfo::new(tensor_hcall::ABI_VERSION.to_u32(), id, size, args);
+    ram.load(BOOT_INFO_GPA, &info.to_bytes()).map_err(err)?;
+    let _ = NULL_GUARD;
+
+    let eptp = Eptp::new(ram.ept_root(), caps, false).map_err(|e| alloc::format!("EPTP: {e:?}"))?;
+    let vpid = vpids.allocate().ok_or("out of VPIDs")?;
+    let start = GuestStart {
+        rip: image.entry,
+        rsp: size,
+        cr3: PML4_GPA,
+        gdt_base: GDT_GPA,
+        gdt_limit: (gdt.len() * 8 - 1) as u32,
+        rdi: BOOT_INFO_GPA,
+    };
+    let vcpu = Vcpu::new(&root.caps, eptp.0, vpid.get(), start).map_err(|e| alloc::format!("vCPU: {e}"))?;
+    log::info!(
+        "guest {name}: loaded: {} segments, entry {:#x}, {mem_mib} MiB, VPID {}, CPU budget {budget_ms} ms",
+        image.segments().len(),
+        image.entry,
+        vpid.get()
+    );
+    Ok(Guest {
+        name: name.into(),
+        vcpu,
+        services: TenantServices::new(name, id, ram),
+        budget_tsc: budget_ms.saturating_mul(tsc::hz() / 1000),
+        used_tsc: 0,
+        exits: 0,
+        stopped: None,
+    })
+}
+
+/// Loads every `guest:` module and runs the guests until each has exited or been stopped.
+/// Returns `(finished, stopped)`: guests that exited with status 0, and the rest.
+pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])]) -> (usize, usize) {
+    let mut vpids = VpidAllocator::new();
+    let mut guests: Vec<Guest> = Vec::new();
+    let mut refused = 0;
+    for (i, (m, bytes)) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).enumerate() {
+        match load_guest(root, &mut vpids, i as u32 + 1, m, bytes) {
+            Ok(g) => guests.push(g),
+            Err(e) => {
+                log::error!("guest {}: not started: {e}", m.cmdline);
+                refused += 1;
+            }
+        }
+    }
+    let slice = SLICE_MS * (tsc::hz() / 1000);
+    loop {
+        let mut ran = false;
+        for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
+            ran = true;
+            run_slice(g, slice);
+        }
+        if !ran {
+            break;
+        }
+    }
+    let mut finished = 0;
+    for g in &guests {
+        let ok = matches!(g.stopped, Some(StopReason::Exited { status: 0 }));
+        finished += usize::from(ok);
+        log::info!(
+            "guest {}: {} exits, {} ms of CPU",
+            g.name,
+            g.exits,
+            g.used_tsc / (tsc::hz() / 1000).max(1)
+        );
+    }
+    (finished, guests.len() - finished + refused)
+}
+
+/// Runs `g` until it yields its slice or stops.
+fn run_slice(g: &mut Guest, slice: u64) {
+    if let Err(e) = g.vcpu.load() {
+        stop(g, StopReason::EntryFailed, 0);
+        log::error!("guest {}: VMPTRLD failed: {e:?}", g.name);
+        return;
+    }
+    loop {
+        let left = g.budget_tsc.saturating_sub(g.used_tsc).max(1);
+        let t0 = tsc::rdtsc();
+        let result = g.vcpu.run(slice.min(left));
+        g.used_tsc += tsc::rdtsc().wrapping_sub(t0);
+        g.exits += 1;
+        let info = match result {
+            Ok(info) => info,
+            Err(EntryFailure::Instruction { launched, error }) => {
+                log::error!(
+                    "guest {}: {} failed: VM-instruction error {error} ({})",
+                    g.name,
+                    if launched { "VMRESUME" } else { "VMLAUNCH" },
+                    vmx::VmInstructionError::from_number(error)
+                );
+                g.vcpu.report_guest_state(&g.name);
+                stop(g, StopReason::EntryFailed, 0);
+                return;
+            }
+            Err(EntryFailure::Vmx(e)) => {
+                log::error!("guest {}: VMCS access failed: {e:?}", g.name);
+                stop(g, StopReason::EntryFailed, 0);
+                return;
+            }
+        };
+        let rip = g.vcpu.rip();
+        let exit = match info.decode() {
+            Ok(exit) => exit,
+            Err(e) => {
+                log::error!("guest {}: undecodable exit {e:?} at RIP {rip:#x}", g.name);
+                stop(g, StopReason::EntryFailed, rip);
+                return;
+            }
+        };
+        let exhausted = (g.used_tsc >= g.budget_tsc).then(|| g.budget_tsc / (tsc::hz() / 1000).max(1));
+        let (rflags, cpl) = (g.vcpu.rflags(), g.vcpu.cpl());
+        let decision = decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut g.services);
+        let applied = match decision {
+            Decision::Advance => g.vcpu.advance(),
+            Decision::Resume => Ok(()),
+            Decision::InjectGp => g.vcpu.inject_gp(),
+            Decision::Yield => return,
+            Decision::Stop(reason) => {
+                if reason == StopReason::EntryFailed {
+                    g.vcpu.report_guest_state(&g.name);
+                }
+                stop(g, reason, rip);
+                return;
+            }
+        };
+        if let Err(e) = applied {
+            log::error!("guest {}: VMCS update failed: {e:?}", g.name);
+            stop(g, StopReason::EntryFailed, rip);
+            return;
+        }
+    }
+}
+
+/// Records and logs, once, why a guest stopped.
+fn stop(g: &mut Guest, reason: StopReason, rip: u64) {
+    g.services.flush_console();
+    match reason {
+        StopReason::Exited { status } => log::info!("guest {}: exited with status {status}", g.name),
+        _ => log::warn!("guest {}: stopped: {reason} at RIP {rip:#x}", g.name),
+    }
+    g.stopped = Some(reason);
+}

@@ -1,0 +1,96 @@
+//! What the hypervisor offers one tenant's vCPU: its CPUID view, its readable MSRs and its
+//! hypercalls. Guest memory is reached only through the tenant's [`GuestRam`] accessors.
+
+use super::ram::GuestRam;
+use super::tsc;
+use alloc::string::String;
+use hypervisor::vcpu::{GuestRegs, Services, StopReason};
+use tensor_hcall::boot::MSR_TENANT_ID;
+use tensor_hcall::call::MAX_CONSOLE_WRITE;
+use tensor_hcall::cpuid::{self, Features};
+use tensor_hcall::{encode_result, HcallError, HcallRegs, Hypercall, ABI_VERSION};
+
+/// The features this hypervisor offers guests so far.
+const FEATURES: Features = Features::CONSOLE;
+
+/// Console lines longer than this are split.
+const MAX_LINE: usize = 512;
+
+pub struct TenantServices {
+    name: String,
+    tenant_id: u32,
+    ram: GuestRam,
+    line: String,
+}
+
+impl TenantServices {
+    pub fn new(name: &str, tenant_id: u32, ram: GuestRam) -> Self {
+        Self { name: name.into(), tenant_id, ram, line: String::new() }
+    }
+
+    /// Prints what is left of an unterminated console line.
+    pub fn flush_console(&mut self) {
+        if !self.line.is_empty() {
+            log::info!("[{}] {}", self.name, self.line);
+            self.line.clear();
+        }
+    }
+
+    fn console_write(&mut self, gpa: u64, len: u64) -> Result<u64, HcallError> {
+        if len > MAX_CONSOLE_WRITE {
+            return Err(HcallError::InvalidArgument);
+        }
+        // Copy once into hypervisor memory, then use the copy.
+        let mut buf = alloc::vec![0u8; len as usize];
+        self.ram.read(gpa, &mut buf).map_err(|_| HcallError::BadAddress)?;
+        for &b in &buf {
+            match b {
+                b'\n' => self.flush_console(),
+                b'\r' => {}
+                // Control characters other than newline are shown as '?', so a guest cannot
+                // forge log lines or terminal escapes.
+                b if b < 0x20 || b == 0x7f => self.line.push('?'),
+                b => self.line.push(if b.is_ascii() { b as char } else { '?' }),
+            }
+            if self.line.len() >= MAX_LINE {
+                self.flush_console();
+            }
+        }
+        Ok(len)
+    }
+}
+
+impl Services for TenantServices {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn hypervisor_cpuid(&self, leaf: u32) -> Option<[u32; 4]> {
+        cpuid::leaf(leaf, ABI_VERSION, FEATURES)
+    }
+
+    fn read_msr(&self, msr: u32) -> Option<u64> {
+        match msr {
+            MSR_TENANT_ID => Some(u64::from(self.tenant_id)),
+            0x10 => Some(tsc::rdtsc()), // IA32_TIME_STAMP_COUNTER
+            _ => None,
+        }
+    }
+
+    fn hypercall(&mut self, regs: &mut GuestRegs, cpl: u8) -> Result<(), StopReason> {
+        let hregs = HcallRegs { rax: regs.rax, rbx: regs.rbx, rcx: regs.rcx, rdx: regs.rdx, rsi: regs.rsi };
+        let result = if cpl != 0 {
+            Err(HcallError::PermissionDenied)
+        } else {
+            match Hypercall::decode(&hregs) {
+                Ok(Hypercall::Exit { status }) => return Err(StopReason::Exited { status: u64::from(status) }),
+                Ok(Hypercall::ConsoleWrite { gpa, len }) => self.console_write(gpa, len),
+                Ok(_) => Err(HcallError::NotSupported),
+                Err(e) => Err(e),
+            }
+        };
+        regs.rax = encode_result(result);
+        Ok(())
+    }
+}
