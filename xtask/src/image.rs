@@ -87,9 +87,9 @@ pub fn build_hypervisor() -> Result<PathBuf, String> {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let root = crate::root();
     run(Command::new(env!("CARGO"))
-        .args(["build", "--package", "hypervisor", "--bin", "hypervisor", "--target", BARE_TARGET])
+        .args(["build", "--release", "--package", "hypervisor", "--bin", "hypervisor", "--target", BARE_TARGET])
         .current_dir(&root))?;
-    let elf = root.join("target").join(BARE_TARGET).join("debug").join("hypervisor");
+    let elf = root.join("target").join(BARE_TARGET).join("release").join("hypervisor");
     if elf.exists() { Ok(elf) } else { Err(format!("build produced no {}", elf.display())) }
 }
 

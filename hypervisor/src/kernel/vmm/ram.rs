@@ -85,10 +85,6 @@ impl GuestRam {
         Ok(Self { base, size, space })
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// The EPT root, for the EPTP.
     pub fn ept_root(&self) -> HostPhysAddr {
         self.space.root()
@@ -119,6 +115,7 @@ impl GuestRam {
     }
 
     /// Copies `data` into guest memory the guest can write.
+    #[allow(dead_code)] // the tensor hypercalls (issue 6) write results through it
     pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
         let hpa = self.checked(gpa, data.len() as u64, EptPerms::READ | EptPerms::WRITE)?;
         for (i, b) in data.iter().enumerate() {

@@ -196,7 +196,7 @@ impl Vcpu {
         HostNatural::IdtrBase.write(v, cr::idtr_base()).map_err(w)?;
         HostNatural::Ia32SysenterEsp.write(v, 0).map_err(w)?;
         HostNatural::Ia32SysenterEip.write(v, 0).map_err(w)?;
-        HostNatural::Rip.write(v, vmx_exit_landing as usize as u64).map_err(w)?;
+        HostNatural::Rip.write(v, vmx_exit_landing as *const () as u64).map_err(w)?;
         Host32::Ia32SysenterCs.write(v, 0).map_err(w)?;
         Host64::Ia32Efer.write(v, efer).map_err(w)?;
 
