@@ -15,19 +15,32 @@ pub struct Boot {
     pub emulator: Emulator,
     pub timeout: Duration,
     pub memory_mib: u32,
+    pub cpus: u32,
+    /// Extra QEMU arguments (devices).
+    pub qemu_args: Vec<String>,
 }
 
 impl Boot {
     pub fn qemu(name: &str, firmware: Firmware) -> Self {
-        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256 }
+        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256, cpus: 1, qemu_args: Vec::new() }
     }
 
     pub fn bochs(name: &str) -> Self {
-        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128 }
+        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128, cpus: 1, qemu_args: Vec::new() }
     }
 
     pub fn cmdline(mut self, cmdline: &str) -> Self {
         self.image = self.image.cmdline(cmdline);
+        self
+    }
+
+    pub fn qemu_args(mut self, args: &[&str]) -> Self {
+        self.qemu_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
         self
     }
 
@@ -43,6 +56,8 @@ impl Boot {
         let mut spec = RunSpec::new(iso, self.image.firmware, self.emulator, work);
         spec.timeout = self.timeout;
         spec.memory_mib = self.memory_mib;
+        spec.cpus = self.cpus;
+        spec.qemu_args = self.qemu_args;
         let outcome = emulator::boot(&spec).unwrap_or_else(|e| panic!("boot {}: {e}", self.image.name));
         Run { outcome }
     }

@@ -72,11 +72,13 @@ pub struct RunSpec {
     pub gdb: bool,
     /// Where the serial log and the emulator's own log are kept.
     pub work_dir: PathBuf,
+    /// Extra QEMU arguments (devices such as `-device intel-iommu`, `-drive`, `-device nvme`).
+    pub qemu_args: Vec<String>,
 }
 
 impl RunSpec {
     pub fn new(image: PathBuf, firmware: Firmware, emulator: Emulator, work_dir: PathBuf) -> Self {
-        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir }
+        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new() }
     }
 }
 
@@ -181,6 +183,7 @@ fn spawn(spec: &RunSpec, serial: &Path) -> Result<(Child, Option<PathBuf>), Stri
             if spec.gdb {
                 c.args(["-s", "-S"]);
             }
+            c.args(&spec.qemu_args);
             let child = c.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("qemu: {e}"))?;
             Ok((child, None))
         }

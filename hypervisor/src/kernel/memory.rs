@@ -238,3 +238,30 @@ pub fn module_bytes(m: &hypervisor::multiboot2::Module<'_>) -> &'static [u8] {
     // added them to the direct map, and nothing writes them.
     unsafe { core::slice::from_raw_parts((PHYS_OFFSET + u64::from(m.start)) as *const u8, m.len() as usize) }
 }
+
+/// Where device registers are mapped: `MMIO_BASE + physical address`.
+pub const MMIO_BASE: u64 = 0xffff_c000_0000_0000;
+
+/// Maps `[phys, phys + len)` of device registers uncached (PCD|PWT), read-write, never executable,
+/// and returns the virtual address of `phys`. Mapping a page that is already mapped is fine.
+pub fn map_mmio(phys: u64, len: u64) -> Result<u64, MapError> {
+    let start = phys & !(PAGE_SIZE - 1);
+    let end = phys.checked_add(len.max(1)).ok_or(MapError::Overflow)?.next_multiple_of(PAGE_SIZE);
+    let mut guard = KERNEL_TABLES.lock();
+    let tables = guard.as_mut().ok_or(MapError::OutOfTables)?;
+    let flags = PageFlags::WRITABLE | PageFlags::NO_CACHE | PageFlags::WRITE_THROUGH | PageFlags::NO_EXECUTE;
+    let mut page = start;
+    while page < end {
+        match tables.map(MMIO_BASE + page, page, PageSize::Size4K, flags) {
+            Ok(()) | Err(MapError::AlreadyMapped(_)) => {}
+            Err(e) => return Err(e),
+        }
+        page += PAGE_SIZE;
+    }
+    Ok(MMIO_BASE + phys)
+}
+
+/// The physical address of a heap or direct-map pointer (for DMA and hardware tables).
+pub fn virt_to_phys(virt: u64) -> Option<u64> {
+    virt.checked_sub(PHYS_OFFSET).filter(|&p| p < (1 << 46))
+}
