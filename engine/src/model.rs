@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo};
-use crate::half::{f16_to_f32, f32_to_f16, round_f16};
+use crate::half::round_f16;
 use crate::kernels;
 use crate::quant::dequantize_row;
 use crate::tensor::{Compute, Matrix};
@@ -287,9 +287,10 @@ fn rope(x: &mut [f32], pos: usize, base: f32, freq_scale: f32) {
 /// A generation session: the KV cache (f16) and the position reached.
 pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
-    /// Per layer: `[pos][kv_head * head_dim]` keys and values, f16 bits.
-    k_cache: Vec<Vec<u16>>,
-    v_cache: Vec<Vec<u16>>,
+    /// Per layer: `[pos][kv_head * head_dim]` keys and values, rounded to f16 precision (as
+    /// llama.cpp's f16 cache) but kept as f32 so attention needs no conversion.
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
     max_len: usize,
     /// Tokens processed so far (the next position).
     pub pos: usize,
@@ -324,8 +325,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let kv = c.n_head_kv * c.head_dim;
         Session {
             model,
-            k_cache: (0..c.n_layer).map(|_| vec![0u16; max_len * kv]).collect(),
-            v_cache: (0..c.n_layer).map(|_| vec![0u16; max_len * kv]).collect(),
+            k_cache: (0..c.n_layer).map(|_| vec![0.0f32; max_len * kv]).collect(),
+            v_cache: (0..c.n_layer).map(|_| vec![0.0f32; max_len * kv]).collect(),
             max_len,
             pos: 0,
         }
@@ -380,7 +381,6 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut scores = vec![0.0f32; start + n];
         let mut acc = vec![0.0f32; hd];
         let mut qh = vec![0.0f32; hd];
-        let mut kf = vec![0.0f32; hd];
 
         for (il, l) in m.layers.iter().enumerate() {
             let local = c.is_local(il);
@@ -411,11 +411,11 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
                 let kc = &mut self.k_cache[il][p * nkv..(p + 1) * nkv];
                 for (dst, &s) in kc.iter_mut().zip(&k[t * nkv..(t + 1) * nkv]) {
-                    *dst = f32_to_f16(s);
+                    *dst = round_f16(s);
                 }
                 let vc = &mut self.v_cache[il][p * nkv..(p + 1) * nkv];
                 for (dst, &s) in vc.iter_mut().zip(&v[t * nkv..(t + 1) * nkv]) {
-                    *dst = f32_to_f16(s);
+                    *dst = round_f16(s);
                 }
             }
             // Attention (causal; sliding window on local layers).
@@ -435,10 +435,7 @@ impl<'m, 'a> Session<'m, 'a> {
                     for (j, s) in sc.iter_mut().enumerate() {
                         let kp = first + j;
                         let krow = &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
-                        for (dst, &b) in kf.iter_mut().zip(krow) {
-                            *dst = f16_to_f32(b);
-                        }
-                        *s = kernels::dot_f32(comp.cpu, &qh, &kf);
+                        *s = kernels::dot_f32(comp.cpu, &qh, krow);
                         max = max.max(*s);
                     }
                     let mut sum = 0.0f64;
@@ -452,10 +449,7 @@ impl<'m, 'a> Session<'m, 'a> {
                         let kp = first + j;
                         let w = round_f16(*s * inv);
                         let vrow = &vcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
-                        for (dst, &b) in kf.iter_mut().zip(vrow) {
-                            *dst = f16_to_f32(b);
-                        }
-                        kernels::axpy(comp.cpu, w, &kf, &mut acc);
+                        kernels::axpy(comp.cpu, w, vrow, &mut acc);
                     }
                     attn[t * nq + h * hd..t * nq + (h + 1) * hd].copy_from_slice(&acc);
                 }

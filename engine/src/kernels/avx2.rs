@@ -5,7 +5,6 @@
 
 use core::arch::x86_64::*;
 
-use crate::half::f16_to_f32;
 use crate::quant::{scale_min_k4, Acts, BlockQ8K, BlockQ8_0, GgmlType};
 
 #[inline]
@@ -42,8 +41,14 @@ pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
     }
 }
 
+/// binary16 to f32 with F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn h2f(h: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
 /// Horizontal sum of eight f32 lanes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps::<1>(v);
@@ -54,7 +59,7 @@ fn hsum(v: __m256) -> f32 {
 }
 
 /// Sum of products of 32 signed bytes, as eight i32 lanes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
@@ -66,7 +71,7 @@ fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
 ///
 /// # Safety
 /// `p` must be valid for reading 32 bytes (any alignment).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load32(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
     unsafe { _mm256_loadu_si256(p as *const __m256i) }
@@ -76,7 +81,7 @@ unsafe fn load32(p: *const u8) -> __m256i {
 ///
 /// # Safety
 /// `p` must be valid for reading 16 bytes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes.
     let q = unsafe { _mm_loadu_si128(p as *const __m128i) };
@@ -88,28 +93,48 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 /// # Safety
 /// AVX2+FMA present; `w.len() == 34 * a.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in w.chunks_exact(34).zip(a) {
-        // SAFETY: each chunk has 34 bytes, so 32 bytes from offset 2 are readable; y.qs is 32.
-        let (qx, qy) = unsafe { (load32(b.as_ptr().add(2)), load32(y.qs.as_ptr() as *const u8)) };
-        let d = _mm256_set1_ps(f16_to_f32(le16(b, 0)) * y.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
+    // Two independent accumulators hide the FMA latency (rows are only 20 blocks long here).
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut pairs = w.chunks_exact(68).zip(a.chunks_exact(2));
+    for (b, y) in &mut pairs {
+        // SAFETY: each 68-byte chunk holds two 34-byte blocks: 32 bytes at offsets 2 and 36
+        // are readable; each y[k].qs is 32 bytes.
+        let (x0, x1, y0, y1) = unsafe {
+            (
+                load32(b.as_ptr().add(2)),
+                load32(b.as_ptr().add(36)),
+                load32(y[0].qs.as_ptr() as *const u8),
+                load32(y[1].qs.as_ptr() as *const u8),
+            )
+        };
+        let d0 = _mm256_set1_ps(h2f(le16(b, 0)) * y[0].d);
+        let d1 = _mm256_set1_ps(h2f(le16(b, 34)) * y[1].d);
+        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8(x0, y0)), acc0);
+        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(dot_i8(x1, y1)), acc1);
     }
-    hsum(acc)
+    let done = a.len() / 2 * 2;
+    for (b, y) in w[34 * done..].chunks_exact(34).zip(&a[done..]) {
+        // SAFETY: a 34-byte block: 32 bytes from offset 2; y.qs is 32 bytes.
+        let (qx, qy) = unsafe { (load32(b.as_ptr().add(2)), load32(y.qs.as_ptr() as *const u8)) };
+        let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
+        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
 }
 
 /// # Safety
 /// AVX2+FMA present; `w.len() == 18 * a.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(18).zip(a) {
         // SAFETY: 16 bytes from offset 2 of an 18-byte chunk; y.qs is 32 bytes.
         let (q, qy) = unsafe { (nibbles(b.as_ptr().add(2)), load32(y.qs.as_ptr() as *const u8)) };
         let qx = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
-        let d = _mm256_set1_ps(f16_to_f32(le16(b, 0)) * y.d);
+        let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
     }
     hsum(acc)
@@ -117,7 +142,7 @@ unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 
 /// # Safety
 /// AVX2+FMA present; `w.len() == 22 * a.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
@@ -131,7 +156,7 @@ unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
         let (q, qy) = unsafe { (nibbles(b.as_ptr().add(6)), load32(y.qs.as_ptr() as *const u8)) };
         let q = _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
         let qx = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-        let d = _mm256_set1_ps(f16_to_f32(le16(b, 0)) * y.d);
+        let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
     }
     hsum(acc)
@@ -139,7 +164,7 @@ unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 
 /// # Safety
 /// AVX2+FMA present; `w.len() == 144 * a.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins_acc = 0.0f32;
@@ -168,16 +193,16 @@ unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y2), _mm256_set1_epi16(sc2 as i16));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
         }
-        let d = f16_to_f32(le16(b, 0)) * y.d;
+        let d = h2f(le16(b, 0)) * y.d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins_acc += f16_to_f32(le16(b, 2)) * y.d * msum as f32;
+        mins_acc += h2f(le16(b, 2)) * y.d * msum as f32;
     }
     hsum(acc) - mins_acc
 }
 
 /// # Safety
 /// AVX2+FMA present; `w.len() == 210 * a.len()`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let m4 = _mm256_set1_epi8(0xf);
@@ -227,7 +252,7 @@ unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         // Σ sc·(q−32)·y = Σ sc·q·y − 32·Σ sc·bsum.
         let bias_v = _mm256_setr_epi32(-32 * bias, 0, 0, 0, 0, 0, 0, 0);
         sumi = _mm256_add_epi32(sumi, bias_v);
-        let d = f16_to_f32(le16(b, 208)) * y.d;
+        let d = h2f(le16(b, 208)) * y.d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc)
@@ -241,7 +266,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// # Safety
 /// AVX2+FMA present.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = _mm256_setzero_ps();
@@ -268,7 +293,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 
 /// # Safety
 /// AVX2+FMA present.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let av = _mm256_set1_ps(a);
