@@ -19,15 +19,8 @@ impl CpuFeatures {
 
     /// Reads the running CPU's features with CPUID and XGETBV.
     pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (avx2_fma, avx512) = crate::kernels::detect();
-            Self { avx2_fma, avx512 }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            Self::portable()
-        }
+        let (avx2_fma, avx512) = crate::kernels::detect();
+        Self { avx2_fma, avx512 }
     }
 
     /// Features as the caller states them.

@@ -484,7 +484,7 @@ impl<'a> Gguf<'a> {
             let ty = GgmlType::from_u32(r.type_id).ok_or_else(|| {
                 GgufError::UnsupportedTensorType { tensor: r.name.into(), type_id: r.type_id }
             })?;
-            if r.dims.iter().any(|&d| d == 0) {
+            if r.dims.contains(&0) {
                 return Err(GgufError::BadDimensions { tensor: r.name.into() });
             }
             let block = ty.block_size() as u64;

@@ -223,7 +223,7 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
         toks.push(w);
         types.push(1);
     }
-    while toks.len() % 32 != 0 {
+    while !toks.len().is_multiple_of(32) {
         toks.push(alloc::format!("<unused{}>", toks.len()));
         types.push(5);
         scores.push(0.0);

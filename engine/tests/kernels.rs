@@ -106,8 +106,8 @@ fn random_row(rng: &mut Rng, ty: GgmlType, n: usize, scale: Option<u16>) -> Vec<
                 let f = (rng.next_f32() - 0.5) * 4.0;
                 v[o..o + 4].copy_from_slice(&f.to_le_bytes());
             }
-            GgmlType::F16 => set(&mut v, o, 0x3000 + (rng.next_u64() % 0x1000) as u16 | (rng.next_u64() as u16 & 0x8000)),
-            GgmlType::BF16 => set(&mut v, o, 0x3e00 + (rng.next_u64() % 0x100) as u16 | (rng.next_u64() as u16 & 0x8000)),
+            GgmlType::F16 => set(&mut v, o, (0x3000 + (rng.next_u64() % 0x1000) as u16) | (rng.next_u64() as u16 & 0x8000)),
+            GgmlType::BF16 => set(&mut v, o, (0x3e00 + (rng.next_u64() % 0x100) as u16) | (rng.next_u64() as u16 & 0x8000)),
         }
     }
     v

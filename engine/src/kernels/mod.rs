@@ -3,7 +3,9 @@
 //! allowed to use `unsafe` (for `core::arch` intrinsics).
 #![allow(unsafe_code)]
 
-#[cfg(target_arch = "x86_64")]
+// SIMD kernels need an SSE-enabled float ABI: the plain `x86_64-unknown-none` target is
+// soft-float, so there (unless the build enables SSE) only the portable kernels exist.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod avx2;
 
 use crate::cpu::CpuFeatures;
@@ -13,7 +15,7 @@ use crate::quant::{dot_scalar, Acts, GgmlType};
 /// `cpu` allows. `None` if the activation format does not fit the weight type.
 #[inline]
 pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         if let Some(v) = avx2::dot(ty, w, acts) {
             return Some(v);
@@ -24,15 +26,17 @@ pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32>
 }
 
 /// CPUID-based detection: (AVX2+FMA+F16C, AVX-512 F/BW/VL).
-#[cfg(target_arch = "x86_64")]
 pub fn detect() -> (bool, bool) {
-    avx2::detect()
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    return avx2::detect();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    (false, false)
 }
 
 /// f32 dot product (attention scores, small vectors).
 #[inline]
 pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::dot_f32(a, b);
     }
@@ -43,7 +47,7 @@ pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
 /// `y += a * x` over f32 slices.
 #[inline]
 pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::axpy(a, x, y);
     }
