@@ -267,7 +267,7 @@ pub fn tiny_gemma3(seed: u64) -> Vec<u8> {
         let data = random_tensor(rng, ty, (cols * rows) as usize, mag);
         w.tensor(name, &[cols, rows], ty, data);
     };
-    mat(&mut w, &mut rng, "token_embd.weight", GgmlType::Q8_0, d, n_vocab as u64, 0.5);
+    mat(&mut w, &mut rng, "token_embd.weight", GgmlType::Q8_0, d, n_vocab as u64, 0.05);
     let norm = |rng: &mut Rng, n: u64| -> Vec<u8> {
         (0..n).flat_map(|_| (0.8 + 0.4 * rng.next_f32()).to_le_bytes()).collect()
     };
