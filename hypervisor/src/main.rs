@@ -16,7 +16,7 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod entry {
-    use crate::kernel::{cpu, exit, gdt, idt, logger, memory, serial, tsc, vmm};
+    use crate::kernel::{cpu, exit, fpu, gdt, idt, infer, logger, memory, serial, tsc, vmm};
     use crate::println;
     use hypervisor::multiboot2::{cmdline_value, BOOTLOADER_MAGIC};
 
@@ -54,6 +54,9 @@ mod entry {
         log::info!("modules: {modules}");
         let vmx_caps = cpu::report();
         let modules: alloc::vec::Vec<_> = info.modules().map(|m| (m, memory::module_bytes(&m))).collect();
+        let xcr0 = fpu::enable();
+        log::info!("fpu: SSE on, XCR0 {xcr0:#x}");
+        let inference_ok = infer::run(&modules);
         let guests = modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).count();
         if guests > 0 {
             match vmx_caps.map(vmm::enable) {
@@ -70,7 +73,7 @@ mod entry {
             run_scenario(scenario);
         }
         log::info!("boot complete");
-        exit::exit(exit::ExitCode::Success);
+        exit::exit(if inference_ok { exit::ExitCode::Success } else { exit::ExitCode::Failure });
     }
 
     /// Proves the heap works before anything relies on it.

@@ -1,0 +1,116 @@
+//! Inference inside the hypervisor, without any guest: a GGUF model delivered as a boot module
+//! (`model:NAME`) and a boot configuration module (`boot.cfg`, lines of `key=value`: `prompt`,
+//! `max_tokens`, and optionally `temperature`, `top_k`, `top_p`, `seed`) produce a continuation
+//! that is printed on the log, token ids and text. The kernel is soft-float, so the engine runs
+//! its portable kernels here: the result equals the host CLI's `tvgen --portable`.
+
+use super::tsc;
+use alloc::string::String;
+use engine::cpu::CpuFeatures;
+use engine::generate::generate;
+use engine::gguf::Gguf;
+use engine::model::{Model, Session};
+use engine::parallel::Serial;
+use engine::sampler::{Sampler, SamplerConfig};
+use engine::tensor::Compute;
+use engine::tokenizer::Tokenizer;
+use hypervisor::multiboot2::Module;
+
+/// A value from the boot configuration (`key=value` lines; the value runs to the end of line).
+pub fn config_value<'a>(cfg: &'a str, key: &str) -> Option<&'a str> {
+    cfg.lines().find_map(|l| l.trim().strip_prefix(key)?.trim_start().strip_prefix('=').map(str::trim))
+}
+
+fn ids(v: &[u32]) -> String {
+    let mut s = String::new();
+    for (i, t) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&alloc::format!("{t}"));
+    }
+    s
+}
+
+/// Runs the boot-configured generation if both a model and a prompt were delivered. Returns
+/// false when something was delivered but could not be used (the error is logged).
+pub fn run(modules: &[(Module<'_>, &'static [u8])]) -> bool {
+    let model = modules.iter().find(|(m, _)| m.cmdline.starts_with("model:"));
+    let cfg = modules.iter().find(|(m, _)| m.cmdline == "boot.cfg");
+    let (Some((m, bytes)), Some((_, cfg))) = (model, cfg) else { return true };
+    let cfg = core::str::from_utf8(cfg).unwrap_or("");
+    let Some(prompt) = config_value(cfg, "prompt") else {
+        log::error!("boot.cfg has no prompt= line");
+        return false;
+    };
+    let max_tokens: usize = config_value(cfg, "max_tokens").and_then(|v| v.parse().ok()).unwrap_or(16);
+    let name = m.cmdline.trim_start_matches("model:");
+    log::info!("loading model {name} ({} bytes)", bytes.len());
+    let gguf = match Gguf::parse(bytes) {
+        Ok(g) => g,
+        Err(e) => {
+            log::error!("model {name}: {e}");
+            return false;
+        }
+    };
+    let (model, tok) = match (Model::from_gguf(&gguf), Tokenizer::from_gguf(&gguf)) {
+        (Ok(m), Ok(t)) => (m, t),
+        (Err(e), _) | (_, Err(e)) => {
+            log::error!("model {name}: {e}");
+            return false;
+        }
+    };
+    let c = &model.config;
+    log::info!(
+        "model {name}: {} layers, embedding {}, {} heads ({} KV), vocab {}, context {}",
+        c.n_layer,
+        c.n_embd,
+        c.n_head,
+        c.n_head_kv,
+        tok.vocab_size(),
+        c.context_length
+    );
+    let cpu = CpuFeatures::detect();
+    log::info!("kernels: AVX2+FMA {}, AVX-512 {}", cpu.avx2_fma(), cpu.avx512());
+    let comp = Compute { cpu, par: &Serial };
+    let prompt_ids = tok.encode(prompt, true, false);
+    log::info!("prompt \"{prompt}\" = tokens [{}]", ids(&prompt_ids));
+    let mut session = Session::new(&model, prompt_ids.len() + max_tokens + 1);
+    let parse_f32 = |k: &str, d: f32| config_value(cfg, k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let sampling = SamplerConfig {
+        temperature: parse_f32("temperature", 0.0),
+        top_k: config_value(cfg, "top_k").and_then(|v| v.parse().ok()).unwrap_or(0),
+        top_p: parse_f32("top_p", 1.0),
+        seed: config_value(cfg, "seed").and_then(|v| v.parse().ok()).unwrap_or(0),
+        ..SamplerConfig::default()
+    };
+    log::info!(
+        "sampling: temperature {}, top-k {}, top-p {}, seed {}",
+        sampling.temperature,
+        sampling.top_k,
+        sampling.top_p,
+        sampling.seed
+    );
+    let mut sampler = Sampler::new(sampling);
+    let now = || tsc::micros_since_boot() * 1000;
+    let mut count = 0usize;
+    let mut on_token = |_t: u32| count += 1;
+    match generate(&mut session, comp, &tok, &mut sampler, &prompt_ids, max_tokens, true, &now, &mut on_token) {
+        Ok(g) => {
+            let text: String = tok.decode(&g.tokens).chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
+            log::info!("generated tokens [{}]", ids(&g.tokens));
+            log::info!("text \"{text}\"");
+            let per_s = |n: usize, ns: u64| if ns == 0 { 0.0 } else { n as f64 * 1e9 / ns as f64 };
+            log::info!(
+                "prefill {:.1} tok/s, decode {:.1} tok/s (emulated time)",
+                per_s(g.prompt_tokens.len(), g.prefill_ns),
+                per_s(g.decode_evals, g.decode_ns)
+            );
+            true
+        }
+        Err(e) => {
+            log::error!("generation failed: {e}");
+            false
+        }
+    }
+}

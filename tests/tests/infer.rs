@@ -1,0 +1,96 @@
+//! Inference inside the hypervisor (no guest): the tiny Gemma 3 model and a prompt delivered as
+//! boot modules; the tokens generated in QEMU TCG must equal the host CLI's (`tvgen --portable`,
+//! the kernels the soft-float hypervisor runs) for the same model, prompt and sampling.
+
+use std::path::PathBuf;
+use std::process::Command;
+use tests::Boot;
+use xtask::emulator::Verdict;
+use xtask::image::Firmware;
+
+fn work() -> PathBuf {
+    let d = xtask::image::build_dir().join("tests").join("infer");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs an engine CLI (tvtiny, tvgen) through cargo and returns its stdout.
+fn engine_cli(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--package", "engine", "--features", "std", "--bin", bin, "--"])
+        .args(args)
+        .current_dir(xtask::root())
+        .output()
+        .expect("cargo run");
+    assert!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes the tiny model under a per-test name (tests run in parallel).
+fn tiny_model(name: &str) -> PathBuf {
+    let path = work().join(name);
+    engine_cli("tvtiny", &["--seed", "1", path.to_str().unwrap()]);
+    path
+}
+
+/// The ids in `"key":[1,2,3]` of a JSON line.
+fn json_ids(json: &str, key: &str) -> Vec<u32> {
+    let start = json.find(&format!("\"{key}\":[")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 4;
+    let end = start + json[start..].find(']').unwrap();
+    json[start..end].split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+}
+
+/// The ids in a log line `... [1,2,3]`.
+fn log_ids(serial: &str, marker: &str) -> Vec<u32> {
+    let line = serial.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("no line with {marker}\n{serial}"));
+    let inner = &line[line.rfind('[').unwrap() + 1..line.rfind(']').unwrap()];
+    inner.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse().unwrap()).collect()
+}
+
+fn boot_cfg(name: &str, text: &str) -> PathBuf {
+    let p = work().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn hypervisor_generation_matches_the_host_cli_token_for_token() {
+    let model = tiny_model("tiny.gguf");
+    let prompt = "Once upon a time";
+    let host = engine_cli(
+        "tvgen",
+        &["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "16", "--temp", "0.9", "--seed", "42",
+          "--threads", "1", "--portable", "--json"],
+    );
+    let want_prompt = json_ids(&host, "prompt_tokens");
+    let want = json_ids(&host, "tokens");
+    assert_eq!(want.len(), 16, "host generated 16 tokens: {host}");
+    let distinct: std::collections::HashSet<_> = want.iter().collect();
+    assert!(distinct.len() >= 4, "the comparison needs varied tokens, got {want:?}");
+
+    let cfg = boot_cfg("boot.cfg", &format!("prompt={prompt}\nmax_tokens=16\ntemperature=0.9\nseed=42\n"));
+    let run = Boot::qemu("infer-tiny", Firmware::Bios).module(&model, "model:tiny.gguf").module(cfg, "boot.cfg").run();
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&["loading model tiny.gguf"])
+        .assert_line(&["model tiny.gguf: 6 layers"])
+        .assert_no_line("ERROR");
+    assert_eq!(log_ids(run.serial(), "= tokens ["), want_prompt, "prompt tokens\n{}", run.outcome.describe());
+    assert_eq!(log_ids(run.serial(), "generated tokens ["), want, "generated tokens\n{}", run.outcome.describe());
+}
+
+#[test]
+fn a_corrupt_model_is_a_clear_error_and_the_hypervisor_carries_on() {
+    let model = tiny_model("tiny-for-corruption.gguf");
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = work().join("truncated.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let cfg = boot_cfg("boot-bad.cfg", "prompt=hello\nmax_tokens=4\n");
+    let run = Boot::qemu("infer-corrupt", Firmware::Bios).module(&cut, "model:truncated.gguf").module(cfg, "boot.cfg").run();
+    run.assert_verdict(Verdict::Failure)
+        .assert_line(&["ERROR", "model truncated.gguf:"])
+        .assert_order("model truncated.gguf:", "boot complete")
+        .assert_no_line("generated tokens")
+        .assert_no_line("PANIC")
+        .assert_no_line("CPU exception");
+}
+
