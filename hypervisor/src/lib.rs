@@ -1,9 +1,13 @@
 //! The tensorvisor hypervisor's hardware-independent core: multiboot2 parsing, physical frame
-//! allocation and page-table building. These are plain functions over plain data, unit-tested on
+//! allocation, page-table building, guest ELF validation, the exit policy and the tensor
+//! hypercall dispatcher. These are plain functions over plain data, unit-tested on
 //! the host; the bare-metal binary (`src/main.rs`) wires them to the real machine.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
+pub mod dispatch;
 pub mod elf;
 pub mod frames;
 pub mod multiboot2;

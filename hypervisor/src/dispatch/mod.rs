@@ -1,0 +1,507 @@
+//! The tensor hypercall dispatcher: one tenant's calls, as plain logic over a [`GuestMemory`]
+//! (the tenant's EPT-checked accessors in the hypervisor, a fake in host tests) and a
+//! [`ModelHost`] (the engine), so the host tests run exactly the code the hypervisor runs.
+//!
+//! Rules it keeps:
+//! - **Copy, then validate, then use.** Every descriptor (tensor, ring setup, submission entry,
+//!   generate request) is read from guest memory exactly once into hypervisor memory, validated
+//!   with `tensor_hcall::validate`, and only that copy is used. A guest that rewrites a
+//!   descriptor after the doorbell cannot change what runs.
+//! - **Handles, not addresses.** Regions, tensors and sessions are named by handles that carry a
+//!   kind, the tenant's id, a generation and a slot: a forged, stale or another tenant's handle
+//!   is `BadHandle`.
+//! - **Quotas.** Registered bytes, operations per doorbell (in flight) and KV-cache bytes are
+//!   charged before anything is done; over quota is `QuotaExceeded`, never a hang.
+//! - **No copy of tensor data into hypercall buffers.** Operations stream their operands from the
+//!   registered memory where the guest put them, row by row into the engine's working buffers,
+//!   and write results in place; only descriptors are copied.
+
+pub mod fake;
+mod llm;
+mod ops;
+
+pub use llm::{EngineHost, ModelHost, SamplingParams};
+
+use alloc::vec::Vec;
+use tensor_hcall::cpuid::Features;
+use tensor_hcall::desc::{
+    AbiInfo, CqEntry, GenerateDesc, RegionFlags, RingControl, RingSetupDesc, RingSetupFlags, SqEntry, TensorDesc,
+    MAX_RANK, MAX_RING_ENTRIES,
+};
+use tensor_hcall::validate::{
+    check_op_shapes, ring_pending, ring_slot, validate_generate, validate_ring_setup, validate_sq_entry,
+    validate_tensor, RingLayout, TensorLayout, MAX_GENERATE_TOKENS,
+};
+use tensor_hcall::{encode_result, HcallError, HcallRegs, Hypercall, ABI_VERSION};
+
+/// Guest memory as the dispatcher sees it: bounds- and permission-checked copies. `write` takes
+/// `&self` because guest memory is shared with the guest (the hypervisor writes through its
+/// direct map; the host fake uses a cell).
+pub trait GuestMemory {
+    /// Copies `[gpa, gpa + buf.len())` if the guest may read all of it.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HcallError>;
+    /// Writes `data` at `gpa` if the guest may write all of it.
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), HcallError>;
+    /// Whether `[gpa, gpa + len)` is the guest's memory with read (and, if asked, write) access.
+    fn accessible(&self, gpa: u64, len: u64, write: bool) -> bool;
+}
+
+/// What the hypervisor features advertise for the dispatcher's calls.
+pub const DISPATCH_FEATURES: Features =
+    Features::CONSOLE.union(Features::QUERY).union(Features::MEMORY).union(Features::TENSORS).union(Features::RINGS).union(Features::SESSIONS);
+
+/// Per-tenant limits (from the tenant manifest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub registered_bytes: u64,
+    /// Submission entries one doorbell processes at most; the rest wait for the next doorbell.
+    pub inflight_ops: u32,
+    pub kv_cache_bytes: u64,
+    pub regions: usize,
+    pub tensors: usize,
+    pub sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { registered_bytes: 64 << 20, inflight_ops: 256, kv_cache_bytes: 64 << 20, regions: 64, tensors: 1024, sessions: 8 }
+    }
+}
+
+/// Per-tenant counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub hypercalls: u64,
+    pub errors: u64,
+    pub ops: u64,
+    pub tokens: u64,
+    /// Bytes of descriptors copied from guest memory (the only copies the ABI makes).
+    pub descriptor_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Region = 1,
+    Tensor = 2,
+    Session = 3,
+}
+
+/// Handle layout: kind (63:56), tenant (55:40), generation (39:32), slot (31:0). Never 0.
+fn make_handle(kind: Kind, tenant: u16, generation: u8, slot: usize) -> u64 {
+    (kind as u64) << 56 | u64::from(tenant) << 40 | u64::from(generation) << 32 | slot as u64
+}
+
+/// A slot table with generations, so a closed handle cannot reach a new occupant.
+struct Slots<T> {
+    items: Vec<(u8, Option<T>)>,
+    limit: usize,
+}
+
+impl<T> Slots<T> {
+    fn new(limit: usize) -> Self {
+        Self { items: Vec::new(), limit }
+    }
+
+    fn insert(&mut self, v: T) -> Result<(usize, u8), HcallError> {
+        if let Some(i) = self.items.iter().position(|(_, x)| x.is_none()) {
+            let g = self.items[i].0.wrapping_add(1);
+            self.items[i] = (g, Some(v));
+            return Ok((i, g));
+        }
+        if self.items.len() >= self.limit {
+            return Err(HcallError::QuotaExceeded);
+        }
+        self.items.push((1, Some(v)));
+        Ok((self.items.len() - 1, 1))
+    }
+
+    fn live(&self) -> usize {
+        self.items.iter().filter(|(_, x)| x.is_some()).count()
+    }
+}
+
+struct Region {
+    gpa: u64,
+    len: u64,
+    flags: RegionFlags,
+    tensors: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Tensor {
+    layout: TensorLayout,
+    /// Guest-physical address of the region's first byte.
+    region_gpa: u64,
+    writable: bool,
+}
+
+struct Ring {
+    layout: RingLayout,
+    sq_entries: u32,
+    cq_entries: u32,
+    /// The hypervisor's own indices: the guest's copies in the control block are informational.
+    sq_consumer: u32,
+    cq_producer: u32,
+}
+
+/// Session slot: which engine session it is and what its KV cache costs.
+struct SessionSlot {
+    engine_id: u32,
+    kv_bytes: u64,
+}
+
+/// One tenant's hypercall state.
+pub struct Tenant {
+    id: u16,
+    limits: Limits,
+    regions: Slots<Region>,
+    tensors: Slots<Tensor>,
+    sessions: Slots<SessionSlot>,
+    ring: Option<Ring>,
+    registered: u64,
+    kv_bytes: u64,
+    pub counters: Counters,
+}
+
+impl Tenant {
+    pub fn new(id: u16, limits: Limits) -> Self {
+        Self {
+            id,
+            limits,
+            regions: Slots::new(limits.regions),
+            tensors: Slots::new(limits.tensors),
+            sessions: Slots::new(limits.sessions),
+            ring: None,
+            registered: 0,
+            kv_bytes: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn registered_bytes(&self) -> u64 {
+        self.registered
+    }
+
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+
+    fn slot_of(&self, handle: u64, kind: Kind) -> Result<(usize, u8), HcallError> {
+        let k = (handle >> 56) as u8;
+        let tenant = (handle >> 40) as u16;
+        if k != kind as u8 || tenant != self.id {
+            return Err(HcallError::BadHandle);
+        }
+        Ok(((handle & 0xffff_ffff) as usize, (handle >> 32) as u8))
+    }
+
+    fn lookup<'s, T>(&self, slots: &'s Slots<T>, handle: u64, kind: Kind) -> Result<&'s T, HcallError> {
+        let (i, g) = self.slot_of(handle, kind)?;
+        match slots.items.get(i) {
+            Some((gen, Some(v))) if *gen == g => Ok(v),
+            _ => Err(HcallError::BadHandle),
+        }
+    }
+
+    /// Handles one hypercall (all but `ConsoleWrite` and `Exit`, which the vCPU layer handles)
+    /// and returns the value for RAX.
+    pub fn hypercall(&mut self, regs: &HcallRegs, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> u64 {
+        self.counters.hypercalls += 1;
+        let r = match Hypercall::decode(regs) {
+            Ok(call) => self.call(call, mem, models),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.counters.errors += 1;
+        }
+        encode_result(r)
+    }
+
+    fn read_desc<const N: usize>(&mut self, mem: &dyn GuestMemory, gpa: u64) -> Result<[u8; N], HcallError> {
+        let mut b = [0u8; N];
+        mem.read(gpa, &mut b)?;
+        self.counters.descriptor_bytes += N as u64;
+        Ok(b)
+    }
+
+    fn call(&mut self, call: Hypercall, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
+        match call {
+            Hypercall::ConsoleWrite { .. } | Hypercall::Exit { .. } => Err(HcallError::NotSupported),
+            Hypercall::Query { kind, out_gpa, out_len } => self.query(kind, out_gpa, out_len, mem, models),
+            Hypercall::RegisterMemory { gpa, len, flags } => self.register(gpa, len, flags, mem),
+            Hypercall::UnregisterMemory { handle } => self.unregister(handle),
+            Hypercall::TensorCreate { desc_gpa } => self.tensor_create(desc_gpa, mem),
+            Hypercall::TensorDestroy { handle } => self.tensor_destroy(handle),
+            Hypercall::RingSetup { desc_gpa } => self.ring_setup(desc_gpa, mem),
+            Hypercall::Doorbell { ring } => self.doorbell(ring, mem),
+            Hypercall::SessionOpen { model_id, max_context } => self.session_open(model_id, max_context, models),
+            Hypercall::SessionPrefill { session, region, offset, count } => {
+                self.session_prefill(session, region, offset, count, mem, models)
+            }
+            Hypercall::SessionGenerate { desc_gpa } => self.session_generate(desc_gpa, mem, models),
+            Hypercall::SessionClose { session } => self.session_close(session, models),
+        }
+    }
+
+    fn query(&mut self, kind: u64, out_gpa: u64, out_len: u64, mem: &dyn GuestMemory, models: &dyn ModelHost) -> Result<u64, HcallError> {
+        let bytes: Vec<u8> = if kind == 0 {
+            AbiInfo {
+                abi_version: ABI_VERSION.to_u32(),
+                reserved: 0,
+                features: DISPATCH_FEATURES.bits(),
+                max_rank: MAX_RANK as u32,
+                max_ring_entries: MAX_RING_ENTRIES,
+                models: models.model_count() as u32,
+                max_inflight: self.limits.inflight_ops,
+            }
+            .to_bytes()
+            .to_vec()
+        } else {
+            let index = usize::try_from(kind - 1).map_err(|_| HcallError::InvalidArgument)?;
+            models.model_info(index).ok_or(HcallError::NoSuchModel)?.to_bytes().to_vec()
+        };
+        if out_len < bytes.len() as u64 {
+            return Err(HcallError::InvalidArgument);
+        }
+        mem.write(out_gpa, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    fn register(&mut self, gpa: u64, len: u64, flags: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        let flags = RegionFlags::from_bits(flags).ok_or(HcallError::InvalidArgument)?;
+        if len == 0 || flags.is_empty() {
+            return Err(HcallError::InvalidArgument);
+        }
+        gpa.checked_add(len).ok_or(HcallError::BadAddress)?;
+        if !mem.accessible(gpa, len, flags.contains(RegionFlags::WRITE)) {
+            return Err(HcallError::BadAddress);
+        }
+        let total = self.registered.checked_add(len).ok_or(HcallError::QuotaExceeded)?;
+        if total > self.limits.registered_bytes {
+            return Err(HcallError::QuotaExceeded);
+        }
+        let (slot, generation) = self.regions.insert(Region { gpa, len, flags, tensors: 0 })?;
+        self.registered = total;
+        Ok(make_handle(Kind::Region, self.id, generation, slot))
+    }
+
+    fn unregister(&mut self, handle: u64) -> Result<u64, HcallError> {
+        let region = self.lookup(&self.regions, handle, Kind::Region)?;
+        if region.tensors > 0 {
+            return Err(HcallError::Busy);
+        }
+        let len = region.len;
+        let (i, _) = self.slot_of(handle, Kind::Region)?;
+        self.regions.items[i].1 = None;
+        self.registered -= len;
+        Ok(0)
+    }
+
+    fn tensor_create(&mut self, desc_gpa: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        let desc = TensorDesc::from_bytes(&self.read_desc::<{ TensorDesc::SIZE }>(mem, desc_gpa)?);
+        let region = self.lookup(&self.regions, desc.region, Kind::Region)?;
+        let layout = validate_tensor(&desc, region.len)?;
+        let tensor = Tensor { layout, region_gpa: region.gpa, writable: region.flags.contains(RegionFlags::WRITE) };
+        if !region.flags.contains(RegionFlags::READ) {
+            return Err(HcallError::PermissionDenied);
+        }
+        let (slot, generation) = self.tensors.insert(tensor)?;
+        let (ri, _) = self.slot_of(desc.region, Kind::Region)?;
+        if let Some((_, Some(r))) = self.regions.items.get_mut(ri) {
+            r.tensors += 1;
+        }
+        Ok(make_handle(Kind::Tensor, self.id, generation, slot))
+    }
+
+    fn tensor_destroy(&mut self, handle: u64) -> Result<u64, HcallError> {
+        let region = self.lookup(&self.tensors, handle, Kind::Tensor)?.layout.region;
+        let (i, _) = self.slot_of(handle, Kind::Tensor)?;
+        self.tensors.items[i].1 = None;
+        if let Ok((ri, _)) = self.slot_of(region, Kind::Region) {
+            if let Some((_, Some(r))) = self.regions.items.get_mut(ri) {
+                r.tensors = r.tensors.saturating_sub(1);
+            }
+        }
+        Ok(0)
+    }
+
+    fn ring_setup(&mut self, desc_gpa: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        let desc = RingSetupDesc::from_bytes(&self.read_desc::<{ RingSetupDesc::SIZE }>(mem, desc_gpa)?);
+        let layout = validate_ring_setup(&desc)?;
+        if RingSetupFlags::from_bits_truncate(desc.flags).contains(RingSetupFlags::INTERRUPT) {
+            // Completion interrupts are not offered yet (no COMPLETION_INTERRUPTS feature bit).
+            return Err(HcallError::NotSupported);
+        }
+        for (start, end) in [layout.control, layout.sq, layout.cq] {
+            if !mem.accessible(start, end - start, true) {
+                return Err(HcallError::BadAddress);
+            }
+        }
+        self.ring = Some(Ring { layout, sq_entries: desc.sq_entries, cq_entries: desc.cq_entries, sq_consumer: 0, cq_producer: 0 });
+        mem.write(layout.control.0 + 64, &0u32.to_le_bytes())?;
+        mem.write(layout.control.0 + 128, &0u32.to_le_bytes())?;
+        Ok(0)
+    }
+
+    /// Processes every new submission (up to the in-flight quota) and posts their completions.
+    /// Returns how many entries were consumed.
+    fn doorbell(&mut self, ring: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        if ring != 0 {
+            return Err(HcallError::BadHandle);
+        }
+        let Some(r) = self.ring.as_ref() else { return Err(HcallError::BadHandle) };
+        let (layout, sq_entries, cq_entries) = (r.layout, r.sq_entries, r.cq_entries);
+        let (mut sq_consumer, mut cq_producer) = (r.sq_consumer, r.cq_producer);
+        let control = RingControl::from_bytes(&self.read_desc::<{ RingControl::SIZE }>(mem, layout.control.0)?);
+        let pending = ring_pending(sq_consumer, control.sq_producer.value, sq_entries)?;
+        let cq_consumer = control.cq_consumer.value;
+        let mut done = 0u32;
+        while done < pending.min(self.limits.inflight_ops) {
+            if ring_pending(cq_consumer, cq_producer, cq_entries)? >= cq_entries {
+                break; // the guest has not consumed completions: stop, keep the rest queued
+            }
+            let slot = u64::from(ring_slot(sq_consumer, sq_entries));
+            let entry = SqEntry::from_bytes(&self.read_desc::<{ SqEntry::SIZE }>(mem, layout.sq.0 + slot * SqEntry::SIZE as u64)?);
+            let status = self.execute(&entry, mem);
+            self.counters.ops += 1;
+            let cqe = CqEntry {
+                user_data: entry.user_data,
+                status: match status {
+                    Ok(_) => 0,
+                    Err(e) => e.code(),
+                },
+                result: status.unwrap_or(0),
+                reserved: 0,
+            };
+            let cslot = u64::from(ring_slot(cq_producer, cq_entries));
+            mem.write(layout.cq.0 + cslot * CqEntry::SIZE as u64, &cqe.to_bytes())?;
+            sq_consumer = sq_consumer.wrapping_add(1);
+            cq_producer = cq_producer.wrapping_add(1);
+            done += 1;
+        }
+        if let Some(r) = self.ring.as_mut() {
+            r.sq_consumer = sq_consumer;
+            r.cq_producer = cq_producer;
+        }
+        mem.write(layout.control.0 + 64, &sq_consumer.to_le_bytes())?;
+        mem.write(layout.control.0 + 128, &cq_producer.to_le_bytes())?;
+        Ok(u64::from(done))
+    }
+
+    /// Runs one validated submission entry; the result is the output's byte size.
+    fn execute(&mut self, entry: &SqEntry, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        let op = validate_sq_entry(entry)?;
+        let n = op.op.inputs();
+        let mut inputs = [None; 3];
+        for (slot, &h) in inputs.iter_mut().zip(&op.inputs[..n]) {
+            *slot = Some(*self.lookup(&self.tensors, h, Kind::Tensor)?);
+        }
+        let out = *self.lookup(&self.tensors, op.output, Kind::Tensor)?;
+        if !out.writable {
+            return Err(HcallError::PermissionDenied);
+        }
+        let ins: Vec<Tensor> = inputs[..n].iter().flatten().copied().collect();
+        let layouts: Vec<TensorLayout> = ins.iter().map(|t| t.layout).collect();
+        check_op_shapes(op.op, &layouts, &out.layout)?;
+        ops::run(op.op, &ins, &out, op.params, mem)
+    }
+
+    fn session_open(&mut self, model: u64, max_context: u64, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
+        if max_context == 0 {
+            return Err(HcallError::InvalidArgument);
+        }
+        let kv = models.kv_bytes(model, max_context)?;
+        let total = self.kv_bytes.checked_add(kv).ok_or(HcallError::QuotaExceeded)?;
+        if total > self.limits.kv_cache_bytes || self.sessions.live() >= self.limits.sessions {
+            return Err(HcallError::QuotaExceeded);
+        }
+        let engine_id = models.open(model, max_context)?;
+        match self.sessions.insert(SessionSlot { engine_id, kv_bytes: kv }) {
+            Ok((slot, generation)) => {
+                self.kv_bytes = total;
+                Ok(make_handle(Kind::Session, self.id, generation, slot))
+            }
+            Err(e) => {
+                models.close(engine_id);
+                Err(e)
+            }
+        }
+    }
+
+    fn session_prefill(
+        &mut self,
+        session: u64,
+        region: u64,
+        offset: u64,
+        count: u64,
+        mem: &dyn GuestMemory,
+        models: &mut dyn ModelHost,
+    ) -> Result<u64, HcallError> {
+        let engine_id = self.lookup(&self.sessions, session, Kind::Session)?.engine_id;
+        let r = self.lookup(&self.regions, region, Kind::Region)?;
+        if count == 0 || count > u64::from(MAX_GENERATE_TOKENS) || !offset.is_multiple_of(4) {
+            return Err(HcallError::InvalidArgument);
+        }
+        let end = offset.checked_add(count * 4).ok_or(HcallError::OutOfBounds)?;
+        if end > r.len {
+            return Err(HcallError::OutOfBounds);
+        }
+        let mut bytes = alloc::vec![0u8; count as usize * 4];
+        mem.read(r.gpa + offset, &mut bytes)?;
+        let tokens: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        models.prefill(engine_id, &tokens)?;
+        self.counters.tokens += count;
+        Ok(count)
+    }
+
+    fn session_generate(&mut self, desc_gpa: u64, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
+        let d = GenerateDesc::from_bytes(&self.read_desc::<{ GenerateDesc::SIZE }>(mem, desc_gpa)?);
+        let out = self.lookup(&self.regions, d.out_region, Kind::Region)?;
+        validate_generate(&d, out.len)?;
+        if !out.flags.contains(RegionFlags::WRITE) {
+            return Err(HcallError::PermissionDenied);
+        }
+        let out_gpa = out.gpa + d.out_offset;
+        let engine_id = self.lookup(&self.sessions, d.session, Kind::Session)?.engine_id;
+        let params = SamplingParams {
+            temperature: f32::from_bits(d.temperature_bits),
+            top_k: d.top_k,
+            top_p: if d.top_p_bits == 0 { 1.0 } else { f32::from_bits(d.top_p_bits) },
+            seed: d.seed,
+            stop_token: (d.flags & 1 != 0).then_some(d.stop_token),
+        };
+        let mut written = 0u64;
+        let mut sink = |t: u32| {
+            mem.write(out_gpa + 4 * written, &t.to_le_bytes())?;
+            written += 1;
+            Ok(())
+        };
+        let n = models.generate(engine_id, &params, d.max_tokens, &mut sink)?;
+        self.counters.tokens += u64::from(n);
+        Ok(u64::from(n))
+    }
+
+    fn session_close(&mut self, session: u64, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
+        let s = self.lookup(&self.sessions, session, Kind::Session)?;
+        let (engine_id, kv) = (s.engine_id, s.kv_bytes);
+        let (i, _) = self.slot_of(session, Kind::Session)?;
+        self.sessions.items[i].1 = None;
+        self.kv_bytes -= kv;
+        models.close(engine_id);
+        Ok(0)
+    }
+
+    /// Closes every session (when the tenant stops), so KV caches are freed and never reused.
+    pub fn close_all(&mut self, models: &mut dyn ModelHost) {
+        for (_, s) in self.sessions.items.iter_mut() {
+            if let Some(s) = s.take() {
+                models.close(s.engine_id);
+            }
+        }
+        self.kv_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;
