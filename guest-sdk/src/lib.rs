@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod console;
+pub mod tensor;
 
 pub use tensor_hcall::boot::GuestBootInfo;
 pub use tensor_hcall::cpuid::HypervisorInfo;

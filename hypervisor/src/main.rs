@@ -56,12 +56,13 @@ mod entry {
         let modules: alloc::vec::Vec<_> = info.modules().map(|m| (m, memory::module_bytes(&m))).collect();
         let xcr0 = fpu::enable();
         log::info!("fpu: SSE on, XCR0 {xcr0:#x}");
-        let inference_ok = infer::run(&modules);
+        let (mut models, models_ok) = infer::load_models(&modules);
+        let inference_ok = infer::run(&models, &modules) && models_ok;
         let guests = modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).count();
         if guests > 0 {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {
-                    let (finished, stopped) = vmm::run_guests(&root, &modules);
+                    let (finished, stopped) = vmm::run_guests(&root, &modules, &mut models);
                     log::info!("guests: {finished} finished, {stopped} stopped or refused");
                 }
                 Some(Err(e)) => log::error!("vmx: cannot run guests: {e}"),

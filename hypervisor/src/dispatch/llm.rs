@@ -83,6 +83,11 @@ impl EngineHost {
         self.models.len() as u64 - 1
     }
 
+    /// Model `id`'s weights (shared, read-only).
+    pub fn model(&self, id: u64) -> Option<&'static Model<'static>> {
+        self.models.get(id as usize).map(|m| m.model)
+    }
+
     /// The tokenizer of model `id` (for logs and hosts that tokenize prompts).
     pub fn tokenizer(&self, id: u64) -> Option<&'static Tokenizer> {
         self.models.get(id as usize).map(|m| m.tokenizer)

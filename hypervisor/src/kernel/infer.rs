@@ -10,6 +10,7 @@ use engine::cpu::CpuFeatures;
 use engine::generate::generate;
 use engine::gguf::Gguf;
 use engine::model::{Model, Session};
+use hypervisor::dispatch::EngineHost;
 use engine::parallel::Serial;
 use engine::sampler::{Sampler, SamplerConfig};
 use engine::tensor::Compute;
@@ -32,50 +33,65 @@ fn ids(v: &[u32]) -> String {
     s
 }
 
-/// Runs the boot-configured generation if both a model and a prompt were delivered. Returns
-/// false when something was delivered but could not be used (the error is logged).
-pub fn run(modules: &[(Module<'_>, &'static [u8])]) -> bool {
-    let model = modules.iter().find(|(m, _)| m.cmdline.starts_with("model:"));
-    let cfg = modules.iter().find(|(m, _)| m.cmdline == "boot.cfg");
-    let (Some((m, bytes)), Some((_, cfg))) = (model, cfg) else { return true };
+/// Loads every `model:NAME` module into the engine host all tenants share. A model that
+/// cannot be loaded is logged and left out; returns false if that happened.
+pub fn load_models(modules: &[(Module<'_>, &'static [u8])]) -> (EngineHost, bool) {
+    let cpu = CpuFeatures::detect();
+    let mut host = EngineHost::new(cpu);
+    let mut ok = true;
+    for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("model:")) {
+        let name = m.cmdline.trim_start_matches("model:");
+        log::info!("loading model {name} ({} bytes)", bytes.len());
+        let loaded = Gguf::parse(bytes).map_err(|e| alloc::format!("{e}")).and_then(|g| {
+            match (Model::from_gguf(&g), Tokenizer::from_gguf(&g)) {
+                (Ok(m), Ok(t)) => Ok((m, t)),
+                (Err(e), _) | (_, Err(e)) => Err(alloc::format!("{e}")),
+            }
+        });
+        match loaded {
+            Ok((model, tok)) => {
+                let c = &model.config;
+                log::info!(
+                    "model {name}: {} layers, embedding {}, {} heads ({} KV), vocab {}, context {}; kernels: AVX2+FMA {}, AVX-512 {}",
+                    c.n_layer,
+                    c.n_embd,
+                    c.n_head,
+                    c.n_head_kv,
+                    tok.vocab_size(),
+                    c.context_length,
+                    cpu.avx2_fma(),
+                    cpu.avx512()
+                );
+                let id = host.add(name, model, tok);
+                log::info!("model {name}: id {id}, weights shared read-only by all tenants");
+            }
+            Err(e) => {
+                log::error!("model {name}: {e}");
+                ok = false;
+            }
+        }
+    }
+    (host, ok)
+}
+
+/// Runs the boot-configured generation on model 0 if a `boot.cfg` with a prompt was delivered.
+/// Returns false when it was asked for but could not run (the error is logged).
+pub fn run(host: &EngineHost, modules: &[(Module<'_>, &'static [u8])]) -> bool {
+    let Some((_, cfg)) = modules.iter().find(|(m, _)| m.cmdline == "boot.cfg") else { return true };
     let cfg = core::str::from_utf8(cfg).unwrap_or("");
     let Some(prompt) = config_value(cfg, "prompt") else {
         log::error!("boot.cfg has no prompt= line");
         return false;
     };
+    let (Some(model), Some(tok)) = (host.model(0), host.tokenizer(0)) else {
+        log::error!("boot.cfg asks for a generation but no model was loaded");
+        return false;
+    };
     let max_tokens: usize = config_value(cfg, "max_tokens").and_then(|v| v.parse().ok()).unwrap_or(16);
-    let name = m.cmdline.trim_start_matches("model:");
-    log::info!("loading model {name} ({} bytes)", bytes.len());
-    let gguf = match Gguf::parse(bytes) {
-        Ok(g) => g,
-        Err(e) => {
-            log::error!("model {name}: {e}");
-            return false;
-        }
-    };
-    let (model, tok) = match (Model::from_gguf(&gguf), Tokenizer::from_gguf(&gguf)) {
-        (Ok(m), Ok(t)) => (m, t),
-        (Err(e), _) | (_, Err(e)) => {
-            log::error!("model {name}: {e}");
-            return false;
-        }
-    };
-    let c = &model.config;
-    log::info!(
-        "model {name}: {} layers, embedding {}, {} heads ({} KV), vocab {}, context {}",
-        c.n_layer,
-        c.n_embd,
-        c.n_head,
-        c.n_head_kv,
-        tok.vocab_size(),
-        c.context_length
-    );
-    let cpu = CpuFeatures::detect();
-    log::info!("kernels: AVX2+FMA {}, AVX-512 {}", cpu.avx2_fma(), cpu.avx512());
-    let comp = Compute { cpu, par: &Serial };
+    let comp = Compute { cpu: CpuFeatures::detect(), par: &Serial };
     let prompt_ids = tok.encode(prompt, true, false);
     log::info!("prompt \"{prompt}\" = tokens [{}]", ids(&prompt_ids));
-    let mut session = Session::new(&model, prompt_ids.len() + max_tokens + 1);
+    let mut session = Session::new(model, prompt_ids.len() + max_tokens + 1);
     let parse_f32 = |k: &str, d: f32| config_value(cfg, k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let sampling = SamplerConfig {
         temperature: parse_f32("temperature", 0.0),
@@ -93,9 +109,7 @@ pub fn run(modules: &[(Module<'_>, &'static [u8])]) -> bool {
     );
     let mut sampler = Sampler::new(sampling);
     let now = || tsc::micros_since_boot() * 1000;
-    let mut count = 0usize;
-    let mut on_token = |_t: u32| count += 1;
-    match generate(&mut session, comp, &tok, &mut sampler, &prompt_ids, max_tokens, true, &now, &mut on_token) {
+    match generate(&mut session, comp, tok, &mut sampler, &prompt_ids, max_tokens, true, &now, &mut |_| {}) {
         Ok(g) => {
             let text: String = tok.decode(&g.tokens).chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
             log::info!("generated tokens [{}]", ids(&g.tokens));

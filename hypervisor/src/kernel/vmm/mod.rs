@@ -16,7 +16,8 @@ use hypervisor::elf::GuestImage;
 use hypervisor::multiboot2::{cmdline_value, Module};
 use hypervisor::vcpu::{decide, Decision, StopReason};
 use ram::GuestRam;
-use services::TenantServices;
+use hypervisor::dispatch::EngineHost;
+use services::{ExitServices, TenantServices};
 use tensor_hcall::boot::{GuestBootInfo, BOOT_INFO_GPA};
 use vcpu::{EntryFailure, GuestStart, Vcpu};
 use vmx::caps::VmxEnableState;
@@ -80,6 +81,8 @@ struct Guest {
     services: TenantServices,
     budget_tsc: u64,
     used_tsc: u64,
+    /// TSC ticks the hypervisor spent handling this guest's exits (hypercalls run the engine).
+    handling_tsc: u64,
     exits: u64,
     stopped: Option<StopReason>,
 }
@@ -139,6 +142,7 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Modul
         services: TenantServices::new(name, id, ram),
         budget_tsc: budget_ms.saturating_mul(tsc::hz() / 1000),
         used_tsc: 0,
+        handling_tsc: 0,
         exits: 0,
         stopped: None,
     })
@@ -146,7 +150,7 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Modul
 
 /// Loads every `guest:` module and runs the guests until each has exited or been stopped.
 /// Returns `(finished, stopped)`: guests that exited with status 0, and the rest.
-pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])]) -> (usize, usize) {
+pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])], models: &mut EngineHost) -> (usize, usize) {
     let mut vpids = VpidAllocator::new();
     let mut guests: Vec<Guest> = Vec::new();
     let mut refused = 0;
@@ -165,7 +169,7 @@ pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])]) -> (usize, us
         let mut ran = false;
         for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
             ran = true;
-            run_slice(g, slice);
+            run_slice(g, slice, models);
         }
         if !ran {
             break;
@@ -175,20 +179,27 @@ pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])]) -> (usize, us
     for g in &guests {
         let ok = matches!(g.stopped, Some(StopReason::Exited { status: 0 }));
         finished += usize::from(ok);
+        let c = g.services.tensors.counters;
         log::info!(
-            "guest {}: {} exits, {} ms of CPU",
+            "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} tensor hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied",
             g.name,
             g.exits,
-            g.used_tsc / (tsc::hz() / 1000).max(1)
+            g.used_tsc / (tsc::hz() / 1_000_000).max(1),
+            g.handling_tsc / (tsc::hz() / 1_000_000).max(1),
+            c.hypercalls,
+            c.errors,
+            c.ops,
+            c.tokens,
+            c.descriptor_bytes
         );
     }
     (finished, guests.len() - finished + refused)
 }
 
 /// Runs `g` until it yields its slice or stops.
-fn run_slice(g: &mut Guest, slice: u64) {
+fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
     if let Err(e) = g.vcpu.load() {
-        stop(g, StopReason::EntryFailed, 0);
+        stop(g, StopReason::EntryFailed, 0, models);
         log::error!("guest {}: VMPTRLD failed: {e:?}", g.name);
         return;
     }
@@ -208,12 +219,12 @@ fn run_slice(g: &mut Guest, slice: u64) {
                     vmx::VmInstructionError::from_number(error)
                 );
                 g.vcpu.report_guest_state(&g.name);
-                stop(g, StopReason::EntryFailed, 0);
+                stop(g, StopReason::EntryFailed, 0, models);
                 return;
             }
             Err(EntryFailure::Vmx(e)) => {
                 log::error!("guest {}: VMCS access failed: {e:?}", g.name);
-                stop(g, StopReason::EntryFailed, 0);
+                stop(g, StopReason::EntryFailed, 0, models);
                 return;
             }
         };
@@ -222,13 +233,16 @@ fn run_slice(g: &mut Guest, slice: u64) {
             Ok(exit) => exit,
             Err(e) => {
                 log::error!("guest {}: undecodable exit {e:?} at RIP {rip:#x}", g.name);
-                stop(g, StopReason::EntryFailed, rip);
+                stop(g, StopReason::EntryFailed, rip, models);
                 return;
             }
         };
         let exhausted = (g.used_tsc >= g.budget_tsc).then(|| g.budget_tsc / (tsc::hz() / 1000).max(1));
         let (rflags, cpl) = (g.vcpu.rflags(), g.vcpu.cpl());
-        let decision = decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut g.services);
+        let mut services = ExitServices { tenant: &mut g.services, models: &mut *models };
+        let t_handle = tsc::rdtsc();
+        let decision = decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut services);
+        g.handling_tsc += tsc::rdtsc().wrapping_sub(t_handle);
         let applied = match decision {
             Decision::Advance => g.vcpu.advance(),
             Decision::Resume => Ok(()),
@@ -238,21 +252,23 @@ fn run_slice(g: &mut Guest, slice: u64) {
                 if reason == StopReason::EntryFailed {
                     g.vcpu.report_guest_state(&g.name);
                 }
-                stop(g, reason, rip);
+                stop(g, reason, rip, models);
                 return;
             }
         };
         if let Err(e) = applied {
             log::error!("guest {}: VMCS update failed: {e:?}", g.name);
-            stop(g, StopReason::EntryFailed, rip);
+            stop(g, StopReason::EntryFailed, rip, models);
             return;
         }
     }
 }
 
 /// Records and logs, once, why a guest stopped.
-fn stop(g: &mut Guest, reason: StopReason, rip: u64) {
+fn stop(g: &mut Guest, reason: StopReason, rip: u64, models: &mut EngineHost) {
     g.services.flush_console();
+    // Its sessions close with it: KV caches are freed, never handed to anyone else.
+    g.services.tensors.close_all(models);
     match reason {
         StopReason::Exited { status } => log::info!("guest {}: exited with status {status}", g.name),
         _ => log::warn!("guest {}: stopped: {reason} at RIP {rip:#x}", g.name),

@@ -114,9 +114,15 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Copies `data` into guest memory the guest can write.
-    #[allow(dead_code)] // the tensor hypercalls (issue 6) write results through it
-    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
+    /// Whether the guest may access `[gpa, gpa + len)` (read, and write if asked).
+    pub fn check_access(&self, gpa: u64, len: u64, write: bool) -> bool {
+        let need = if write { EptPerms::READ | EptPerms::WRITE } else { EptPerms::READ };
+        self.checked(gpa, len, need).is_ok()
+    }
+
+    /// Copies `data` into guest memory the guest can write. `&self`: guest memory is shared
+    /// with the guest; the copy is volatile.
+    pub fn write_shared(&self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
         let hpa = self.checked(gpa, data.len() as u64, EptPerms::READ | EptPerms::WRITE)?;
         for (i, b) in data.iter().enumerate() {
             // SAFETY: as in `read`; the range is guest-writable memory of this guest.

@@ -4,14 +4,15 @@
 use super::ram::GuestRam;
 use super::tsc;
 use alloc::string::String;
+use hypervisor::dispatch::{EngineHost, GuestMemory, Limits, Tenant, DISPATCH_FEATURES};
 use hypervisor::vcpu::{GuestRegs, Services, StopReason};
 use tensor_hcall::boot::MSR_TENANT_ID;
 use tensor_hcall::call::MAX_CONSOLE_WRITE;
 use tensor_hcall::cpuid::{self, Features};
 use tensor_hcall::{encode_result, HcallError, HcallRegs, Hypercall, ABI_VERSION};
 
-/// The features this hypervisor offers guests so far.
-const FEATURES: Features = Features::CONSOLE;
+/// The features this hypervisor offers guests.
+const FEATURES: Features = DISPATCH_FEATURES;
 
 /// Console lines longer than this are split.
 const MAX_LINE: usize = 512;
@@ -21,11 +22,34 @@ pub struct TenantServices {
     tenant_id: u32,
     ram: GuestRam,
     line: String,
+    /// The tensor hypercall state: handles, quotas, ring, sessions.
+    pub tensors: Tenant,
+}
+
+/// A tenant's services together with the models all tenants share, for one exit.
+pub struct ExitServices<'a> {
+    pub tenant: &'a mut TenantServices,
+    pub models: &'a mut EngineHost,
+}
+
+impl GuestMemory for GuestRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HcallError> {
+        GuestRam::read(self, gpa, buf).map_err(|_| HcallError::BadAddress)
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), HcallError> {
+        self.write_shared(gpa, data).map_err(|_| HcallError::BadAddress)
+    }
+
+    fn accessible(&self, gpa: u64, len: u64, write: bool) -> bool {
+        self.check_access(gpa, len, write)
+    }
 }
 
 impl TenantServices {
     pub fn new(name: &str, tenant_id: u32, ram: GuestRam) -> Self {
-        Self { name: name.into(), tenant_id, ram, line: String::new() }
+        let tensors = Tenant::new(tenant_id as u16, Limits::default());
+        Self { name: name.into(), tenant_id, ram, line: String::new(), tensors }
     }
 
     /// Prints what is left of an unterminated console line.
@@ -60,7 +84,7 @@ impl TenantServices {
     }
 }
 
-impl Services for TenantServices {
+impl Services for ExitServices<'_> {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]
@@ -72,7 +96,7 @@ impl Services for TenantServices {
 
     fn read_msr(&self, msr: u32) -> Option<u64> {
         match msr {
-            MSR_TENANT_ID => Some(u64::from(self.tenant_id)),
+            MSR_TENANT_ID => Some(u64::from(self.tenant.tenant_id)),
             0x10 => Some(tsc::rdtsc()), // IA32_TIME_STAMP_COUNTER
             _ => None,
         }
@@ -85,9 +109,16 @@ impl Services for TenantServices {
         } else {
             match Hypercall::decode(&hregs) {
                 Ok(Hypercall::Exit { status }) => return Err(StopReason::Exited { status: u64::from(status) }),
-                Ok(Hypercall::ConsoleWrite { gpa, len }) => self.console_write(gpa, len),
-                Ok(_) => Err(HcallError::NotSupported),
-                Err(e) => Err(e),
+                Ok(Hypercall::ConsoleWrite { gpa, len }) => self.tenant.console_write(gpa, len),
+                Ok(_) => {
+                    let t = &mut *self.tenant;
+                    regs.rax = t.tensors.hypercall(&hregs, &t.ram, self.models);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.tenant.tensors.counters.errors += 1;
+                    Err(e)
+                }
             }
         };
         regs.rax = encode_result(result);

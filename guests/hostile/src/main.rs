@@ -1,0 +1,143 @@
+//! The hostile guest: tries each class of bad call and descriptor and checks it gets the
+//! documented error, never more: bad and forged handles, another tenant's handle (`victim=ID`),
+//! memory it does not own, overflowing shapes, strides reaching outside their region, ring
+//! indices beyond the ring, a descriptor rewritten after the doorbell, and quota exhaustion.
+//! It exits with the number of checks that did not get the expected answer.
+#![no_std]
+#![no_main]
+
+use guest_sdk::arch::Vmcall;
+use guest_sdk::console::exit;
+use guest_sdk::tensor::{create_tensor, Ring, SharedRegion};
+use guest_sdk::{call, println, GuestBootInfo, Hypercall};
+use tensor_hcall::desc::{DType, OpCode, RegionFlags, SqEntry, TensorDesc};
+use tensor_hcall::HcallError;
+
+const DATA_GPA: u64 = 0x30_0000;
+const RING_GPA: u64 = 0x34_0000;
+
+struct Checks {
+    failures: u32,
+}
+
+impl Checks {
+    fn expect<T: core::fmt::Debug>(&mut self, what: &str, got: Result<T, HcallError>, want: &[HcallError]) {
+        let ok = matches!(&got, Err(e) if want.contains(e));
+        println!("hostile: {what}: {got:?} -> {}", if ok { "refused as documented" } else { "WRONG" });
+        self.failures += u32::from(!ok);
+    }
+}
+
+/// A handle as the hypervisor lays them out (kind, tenant, generation, slot), forged.
+fn forge(kind: u64, tenant: u64, generation: u64, slot: u64) -> u64 {
+    kind << 56 | tenant << 40 | generation << 32 | slot
+}
+
+fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
+    let mut t = Vmcall;
+    let mut c = Checks { failures: 0 };
+    let me = u64::from(boot.tenant_id);
+    let victim: u64 = boot.arg("victim").and_then(|v| v.parse().ok()).unwrap_or(1);
+
+    // Memory that is not ours: beyond our RAM, the hypervisor's range, our read-only page.
+    c.expect("register memory beyond its RAM", call(&mut t, Hypercall::RegisterMemory { gpa: 0x4000_0000, len: 0x1000, flags: 3 }), &[HcallError::BadAddress]);
+    c.expect("register the hypervisor's direct map", call(&mut t, Hypercall::RegisterMemory { gpa: 0xffff_8000_0000_0000, len: 0x1000, flags: 1 }), &[HcallError::BadAddress]);
+    c.expect("register its read-only boot page writable", call(&mut t, Hypercall::RegisterMemory { gpa: 0x1000, len: 0x1000, flags: 3 }), &[HcallError::BadAddress]);
+
+    // SAFETY: our RAM, used for nothing else.
+    let data = unsafe { SharedRegion::register(&mut t, DATA_GPA, 0x1_0000, RegionFlags::READ | RegionFlags::WRITE)? };
+
+    // Handles: made up, another kind, another tenant's.
+    c.expect("destroy a made-up tensor handle", call(&mut t, Hypercall::TensorDestroy { handle: 0x1234_5678 }), &[HcallError::BadHandle]);
+    c.expect("use a region handle as a tensor", call(&mut t, Hypercall::TensorDestroy { handle: data.handle }), &[HcallError::BadHandle]);
+    let theirs = forge(1, victim, 1, 0);
+    c.expect("unregister the victim's region", call(&mut t, Hypercall::UnregisterMemory { handle: theirs }), &[HcallError::BadHandle]);
+    let mut d = TensorDesc { dtype: DType::F32 as u32, rank: 1, region: theirs, ..TensorDesc::default() };
+    d.shape[0] = 16;
+    d.strides[0] = 1;
+    c.expect("a tensor over the victim's region", create_tensor(&mut t, &d), &[HcallError::BadHandle]);
+    c.expect("close the victim's session", call(&mut t, Hypercall::SessionClose { session: forge(3, victim, 1, 0) }), &[HcallError::BadHandle]);
+    c.expect("a handle with our tenant id but a guessed slot", call(&mut t, Hypercall::TensorDestroy { handle: forge(2, me, 1, 7) }), &[HcallError::BadHandle]);
+
+    // Shapes and strides.
+    c.expect("overflowing shape", data.tensor(&mut t, DType::F32, 0, &[1 << 40, 1 << 40]), &[HcallError::BadShape, HcallError::BadStrides]);
+    let mut d = TensorDesc { dtype: DType::F32 as u32, rank: 1, region: data.handle, ..TensorDesc::default() };
+    d.shape[0] = 16;
+    d.strides[0] = 1 << 20;
+    c.expect("strides reaching outside the region", create_tensor(&mut t, &d), &[HcallError::OutOfBounds]);
+    c.expect("a tensor past the region's end", data.tensor(&mut t, DType::F32, 0xfff0, &[16]), &[HcallError::OutOfBounds]);
+    c.expect("a zero dimension", data.tensor(&mut t, DType::F32, 0, &[0, 16]), &[HcallError::BadShape]);
+    d.strides[0] = 1;
+    d.dtype = 77;
+    c.expect("an unknown dtype", create_tensor(&mut t, &d), &[HcallError::BadDtype]);
+
+    // Rings: indices beyond the ring, and a descriptor rewritten after the doorbell.
+    let x = data.tensor(&mut t, DType::F32, 0, &[16])?;
+    let y = data.tensor(&mut t, DType::F32, 0x100, &[16])?;
+    let out = data.tensor(&mut t, DType::F32, 0x200, &[16])?;
+    data.write_f32s(0, &[1.0; 16])?;
+    data.write_f32s(0x100, &[2.0; 16])?;
+    // SAFETY: our RAM, used for nothing else.
+    let mut ring = unsafe { Ring::new(&mut t, RING_GPA, 16)? };
+    ring.publish(16 + 5)?;
+    c.expect("SQ producer index beyond the ring", call(&mut t, Hypercall::Doorbell { ring: 0 }), &[HcallError::BadRingIndex]);
+    c.expect("a ring that does not exist", call(&mut t, Hypercall::Doorbell { ring: 3 }), &[HcallError::BadHandle]);
+    ring.publish(0)?;
+    ring.push(7, OpCode::Add, &[x, y], out, [0, 0])?;
+    let ran = ring.submit(&mut t)?;
+    let evil = SqEntry { user_data: 666, opcode: OpCode::Mul as u16, tensors: [x, y, 0, out], ..SqEntry::default() };
+    ring.rewrite(0, &evil)?;
+    let again = call(&mut t, Hypercall::Doorbell { ring: 0 })?;
+    let mut got = [0f32; 16];
+    data.read_f32s(0x200, &mut got)?;
+    let cqe = ring.complete();
+    let kept = ran == 1 && again == 0 && got == [3.0; 16] && cqe.map(|c| c.user_data) == Some(7);
+    println!("hostile: descriptor rewritten after the doorbell: ran {ran}, re-ring ran {again}, result {}, completion {:?} -> {}", got[0], cqe.map(|c| c.user_data), if kept { "the submitted op ran, the rewrite did nothing" } else { "WRONG" });
+    c.failures += u32::from(!kept);
+    ring.push(8, OpCode::Softmax, &[x], x, [0, 0])?;
+    let mut bad = SqEntry { user_data: 9, opcode: 200, tensors: [x, 0, 0, out], ..SqEntry::default() };
+    ring.push_entry(&bad)?;
+    bad.opcode = OpCode::Add as u16;
+    bad.tensors = [x, theirs, 0, out];
+    bad.user_data = 10;
+    ring.push_entry(&bad)?;
+    ring.submit(&mut t)?;
+    let mut statuses = [0i64; 3];
+    for s in statuses.iter_mut() {
+        *s = ring.complete().map_or(1, |c| c.status);
+    }
+    let want = [0, HcallError::NotSupported.code(), HcallError::BadHandle.code()];
+    println!("hostile: ring entries (ok, unknown op, victim's handle) completed with {statuses:?} -> {}", if statuses == want { "as documented" } else { "WRONG" });
+    c.failures += u32::from(statuses != want);
+
+    // Quotas: register until refused.
+    let mut n = 0;
+    let quota = loop {
+        match call(&mut t, Hypercall::RegisterMemory { gpa: DATA_GPA, len: 0x10_0000, flags: 1 }) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        if n > 1000 {
+            break HcallError::Internal;
+        }
+    };
+    c.expect("register more than the quota", Err::<u64, _>(quota), &[HcallError::QuotaExceeded]);
+    println!("hostile: {n} more regions were accepted before the quota refused");
+    c.expect("a session with a huge context on a missing model", call(&mut t, Hypercall::SessionOpen { model_id: 99, max_context: 1 << 30 }), &[HcallError::NoSuchModel]);
+    Ok(c.failures)
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text._start")]
+extern "C" fn _start(boot: &'static GuestBootInfo) -> ! {
+    match run(boot) {
+        Ok(f) => {
+            println!("hostile: {f} checks got an unexpected answer");
+            exit(f)
+        }
+        Err(e) => {
+            println!("hostile: setup failed: {e:?}");
+            exit(100)
+        }
+    }
+}
