@@ -5,6 +5,7 @@
 pub mod bench_engine;
 pub mod bench_hypercall;
 pub mod emulator;
+pub mod fuzz;
 pub mod image;
 pub mod model;
 pub mod setup;

@@ -25,6 +25,7 @@ cargo xtask <command>
   bench hypercall       null VMCALL round trip in Bochs: instructions and exits/s, as JSON
       --count N               round trips (default 200000)
   bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
+  fuzz hcall --cases N  randomized adversarial hypercalls against the real dispatcher
   test                  host unit tests of every crate, then the emulator integration tests;
                         ends with `N passed, N failed`
 ";
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         "run" => cmd_run(rest),
         "test" => cmd_test(rest),
         "model" => xtask::model::run(rest),
+        "fuzz" => xtask::fuzz::run(rest),
         "bench" => match rest.first().map(String::as_str) {
             Some("hypercall") => xtask::bench_hypercall::run(&rest[1..]),
             Some("engine") => xtask::bench_engine::run(&rest[1..]),

@@ -17,6 +17,7 @@
 //!   and write results in place; only descriptors are copied.
 
 pub mod fake;
+pub mod fuzz;
 mod llm;
 mod ops;
 

@@ -495,3 +495,15 @@ fn thousands_of_hostile_calls_never_panic_and_keep_the_accounts() {
     }
     assert!(e.t.counters.errors > 1000 && e.t.counters.hypercalls == 20_000 + 2);
 }
+
+#[test]
+fn the_fuzzer_finds_no_violations_in_thousands_of_structured_cases() {
+    let (mut host, _) = tiny_host();
+    for seed in 1..=4 {
+        let r = super::fuzz::run(seed, 5_000, &mut host);
+        assert_eq!(r.cases, 5_000);
+        assert_eq!(r.violations, 0, "{r:?}");
+        assert!(r.ok > 200 && r.errors > 1_000 && r.ring_entries > 0, "the cases reach both success and error paths: {r:?}");
+        println!("seed {seed}: {r:?}");
+    }
+}
