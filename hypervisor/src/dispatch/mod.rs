@@ -78,6 +78,8 @@ pub struct Counters {
     pub tokens: u64,
     /// Bytes of descriptors copied from guest memory (the only copies the ABI makes).
     pub descriptor_bytes: u64,
+    /// Of those, the bytes doorbells copied (ring control blocks and submission entries).
+    pub doorbell_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +359,7 @@ impl Tenant {
         let control = RingControl::from_bytes(&self.read_desc::<{ RingControl::SIZE }>(mem, layout.control.0)?);
         let pending = ring_pending(sq_consumer, control.sq_producer.value, sq_entries)?;
         let cq_consumer = control.cq_consumer.value;
+        let before = self.counters.descriptor_bytes - RingControl::SIZE as u64;
         let mut done = 0u32;
         while done < pending.min(self.limits.inflight_ops) {
             if ring_pending(cq_consumer, cq_producer, cq_entries)? >= cq_entries {
@@ -381,6 +384,7 @@ impl Tenant {
             cq_producer = cq_producer.wrapping_add(1);
             done += 1;
         }
+        self.counters.doorbell_bytes += self.counters.descriptor_bytes - before;
         if let Some(r) = self.ring.as_mut() {
             r.sq_consumer = sq_consumer;
             r.cq_producer = cq_producer;

@@ -181,7 +181,7 @@ pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])], models: &mut 
         finished += usize::from(ok);
         let c = g.services.tensors.counters;
         log::info!(
-            "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} tensor hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied",
+            "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} tensor hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied ({} by doorbells)",
             g.name,
             g.exits,
             g.used_tsc / (tsc::hz() / 1_000_000).max(1),
@@ -190,7 +190,8 @@ pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])], models: &mut 
             c.errors,
             c.ops,
             c.tokens,
-            c.descriptor_bytes
+            c.descriptor_bytes,
+            c.doorbell_bytes
         );
     }
     (finished, guests.len() - finished + refused)
