@@ -10,6 +10,7 @@ extern crate alloc;
 pub mod dispatch;
 pub mod elf;
 pub mod frames;
+pub mod madt;
 pub mod multiboot2;
 pub mod paging;
 pub mod vcpu;

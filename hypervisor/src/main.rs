@@ -16,7 +16,7 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod entry {
-    use crate::kernel::{cpu, exit, fpu, gdt, idt, infer, logger, memory, serial, tsc, vmm};
+    use crate::kernel::{cpu, exit, fpu, gdt, idt, infer, logger, memory, serial, smp, tsc, vmm};
     use crate::println;
     use hypervisor::multiboot2::{cmdline_value, BOOTLOADER_MAGIC};
 
@@ -56,12 +56,14 @@ mod entry {
         let modules: alloc::vec::Vec<_> = info.modules().map(|m| (m, memory::module_bytes(&m))).collect();
         let xcr0 = fpu::enable();
         log::info!("fpu: SSE on, XCR0 {xcr0:#x}");
+        start_cpus(&info, vmx_caps.is_some());
         let (mut models, models_ok) = infer::load_models(&modules);
         let inference_ok = infer::run(&models, &modules) && models_ok;
         let guests = modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).count();
         if guests > 0 {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {
+                    smp::boot_cpu_vmx_on();
                     let (finished, stopped) = vmm::run_guests(&root, &modules, &mut models);
                     log::info!("guests: {finished} finished, {stopped} stopped or refused");
                 }
@@ -75,6 +77,27 @@ mod entry {
         }
         log::info!("boot complete");
         exit::exit(if inference_ok { exit::ExitCode::Success } else { exit::ExitCode::Failure });
+    }
+
+    /// Finds the CPUs in the ACPI MADT and starts the others.
+    fn start_cpus(info: &hypervisor::multiboot2::BootInfo<'_>, vmx: bool) {
+        // `vmx`: the boot CPU has VMX, so every CPU should enter VMX root operation.
+        let Some(rsdp) = info.acpi_rsdp() else {
+            log::warn!("smp: no ACPI RSDP from the boot loader: running on the boot CPU only");
+            return;
+        };
+        match hypervisor::madt::processors(rsdp, &mut memory::read_phys) {
+            Ok(cpus) => {
+                let ids: alloc::vec::Vec<u32> = cpus.iter().filter(|c| c.enabled).map(|c| c.apic_id).collect();
+                log::info!("smp: MADT lists {} CPUs ({} enabled), APIC ids {:?}", cpus.len(), ids.len(), ids);
+                let online = smp::start_aps(&ids);
+                log::info!("smp: {online} of {} CPUs online; VMXON done on {} application processors", ids.len(), smp::vmx_cpus());
+                if vmx && smp::vmx_cpus() + 1 < online {
+                    log::warn!("smp: some CPUs could not enter VMX root operation");
+                }
+            }
+            Err(e) => log::error!("smp: cannot read the MADT ({e:?}): running on the boot CPU only"),
+        }
     }
 
     /// Proves the heap works before anything relies on it.

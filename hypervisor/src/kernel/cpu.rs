@@ -82,3 +82,13 @@ pub fn report() -> Option<VmxCapabilities> {
         }
     }
 }
+
+/// The VMX capabilities of this CPU, read quietly (None without VMX or with inconsistent MSRs).
+pub fn vmx_capabilities() -> Option<VmxCapabilities> {
+    if !CpuId::new().get_feature_info().is_some_and(|f| f.has_vmx()) {
+        return None;
+    }
+    // SAFETY: CPUID.1:ECX.VMX is set (checked above) and we run at CPL 0.
+    let raw = unsafe { read_raw_msrs() };
+    VmxCapabilities::from_raw(&raw).ok()
+}

@@ -53,14 +53,28 @@ struct Pointer {
     base: u64,
 }
 
-/// Installs the GDT, reloads the segment registers and loads the TSS.
+/// Installs the boot CPU's GDT (static storage, usable before the heap), reloads the segment
+/// registers and loads the TSS.
 pub fn init() {
     let tables = TABLES.0.get();
     // SAFETY: single-threaded boot, nothing else holds a reference to TABLES (see BootCell).
     let t = unsafe { &mut *tables };
-    t.tss.ist[(IST_DOUBLE_FAULT - 1) as usize] = symbol_addr!(ist1_top);
-    t.tss.ist[(IST_NMI - 1) as usize] = symbol_addr!(ist2_top);
-    t.tss.ist[(IST_MACHINE_CHECK - 1) as usize] = symbol_addr!(ist3_top);
+    load(t, [symbol_addr!(ist1_top), symbol_addr!(ist2_top), symbol_addr!(ist3_top)]);
+}
+
+/// Installs a fresh GDT and TSS for an application processor, with its own interrupt stacks.
+pub fn init_ap(ist_tops: [u64; 3]) {
+    let t = alloc::boxed::Box::leak(alloc::boxed::Box::new(Tables {
+        gdt: [0; 5],
+        tss: Tss { reserved0: 0, rsp: [0; 3], reserved1: 0, ist: [0; 7], reserved2: 0, reserved3: 0, iomap_base: 0 },
+    }));
+    load(t, ist_tops);
+}
+
+fn load(t: &'static mut Tables, ist_tops: [u64; 3]) {
+    t.tss.ist[(IST_DOUBLE_FAULT - 1) as usize] = ist_tops[0];
+    t.tss.ist[(IST_NMI - 1) as usize] = ist_tops[1];
+    t.tss.ist[(IST_MACHINE_CHECK - 1) as usize] = ist_tops[2];
     t.tss.iomap_base = size_of::<Tss>() as u16; // no I/O permission bitmap
     let tss_base = core::ptr::addr_of!(t.tss) as u64;
     let tss_limit = (size_of::<Tss>() - 1) as u64;
@@ -78,7 +92,7 @@ pub fn init() {
     let ptr = Pointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: core::ptr::addr_of!(t.gdt) as u64 };
     // SAFETY: the GDT above is valid and 'static; CS is reloaded through a far return to the
     // same code selector layout the boot GDT used, the data segments are reloaded, and the TSS
-    // descriptor points at a valid, 'static TSS.
+    // descriptor points at a valid, 'static TSS used by this CPU alone.
     unsafe {
         core::arch::asm!(
             "lgdt [{ptr}]",
@@ -100,10 +114,16 @@ pub fn init() {
     }
 }
 
-/// The TSS's linear address (the VMCS host-state TR base).
+/// The running CPU's TSS linear address (the VMCS host-state TR base), read from its GDT.
 pub fn tss_base() -> u64 {
-    // SAFETY: only the address of the TSS inside TABLES is taken.
-    unsafe { core::ptr::addr_of!((*TABLES.0.get()).tss) as u64 }
+    let gdt = super::cr::gdtr_base();
+    let at = |i: u64| {
+        // SAFETY: the GDTR points at this CPU's 'static GDT, which has 5 entries; entries 3 and
+        // 4 are the TSS descriptor.
+        unsafe { core::ptr::read_volatile((gdt + 8 * i) as *const u64) }
+    };
+    let (lo, hi) = (at(3), at(4));
+    ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | (hi << 32)
 }
 
 /// The TSS selector.

@@ -139,12 +139,17 @@ pub fn init() {
         };
         idt.0[vector] = Gate::interrupt(stub, ist);
     }
+    load();
+}
+
+/// Loads the (shared, already filled) IDT on this CPU.
+pub fn load() {
     #[repr(C, packed(2))]
     struct Pointer {
         limit: u16,
         base: u64,
     }
-    let ptr = Pointer { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: idt as *const Idt as u64 };
+    let ptr = Pointer { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: IDT.0.get() as u64 };
     // SAFETY: the IDT is 'static and every present gate points at a stub defined above.
     unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
 }

@@ -265,3 +265,79 @@ pub fn map_mmio(phys: u64, len: u64) -> Result<u64, MapError> {
 pub fn virt_to_phys(virt: u64) -> Option<u64> {
     virt.checked_sub(PHYS_OFFSET).filter(|&p| p < (1 << 46))
 }
+
+/// Where kernel stacks made after boot live: slots of [`STACK_SLOT`] bytes, each starting with an
+/// unmapped guard page.
+const STACKS_BASE: u64 = 0xffff_d000_0000_0000;
+const STACK_SLOT: u64 = 256 * 1024;
+static NEXT_STACK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Maps a new kernel stack of `pages` 4 KiB pages above an unmapped guard page; returns its top.
+pub fn new_stack(pages: u64) -> Result<u64, MapError> {
+    if pages == 0 || (pages + 1) * PAGE_SIZE > STACK_SLOT {
+        return Err(MapError::Overflow);
+    }
+    let slot = NEXT_STACK.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let base = STACKS_BASE + slot * STACK_SLOT;
+    let mut guard = KERNEL_TABLES.lock();
+    let tables = guard.as_mut().ok_or(MapError::OutOfTables)?;
+    let nx = if super::cpu::features().nx { PageFlags::NO_EXECUTE } else { PageFlags::empty() };
+    for i in 1..=pages {
+        let frame = FRAMES.lock().alloc_frame().map_err(|_| MapError::OutOfTables)?;
+        tables.map(base + i * PAGE_SIZE, frame, PageSize::Size4K, PageFlags::WRITABLE | nx)?;
+    }
+    Ok(base + (pages + 1) * PAGE_SIZE)
+}
+
+/// Identity-maps one low page executable (the AP start-up trampoline runs there while paging is
+/// switched on); [`unmap_identity`] removes it again.
+pub fn map_identity(page: u64) -> Result<(), MapError> {
+    let mut guard = KERNEL_TABLES.lock();
+    let tables = guard.as_mut().ok_or(MapError::OutOfTables)?;
+    tables.map(page, page, PageSize::Size4K, PageFlags::WRITABLE)
+}
+
+pub fn unmap_identity(page: u64) {
+    if let Some(tables) = KERNEL_TABLES.lock().as_mut() {
+        if tables.unmap_4k(page).is_ok() {
+            // SAFETY: INVLPG only drops a TLB entry of the page just unmapped.
+            unsafe { core::arch::asm!("invlpg [{}]", in(reg) page, options(nostack, preserves_flags)) };
+        }
+    }
+}
+
+/// The physical address of the kernel's PML4 (for CPUs that start later).
+pub fn kernel_cr3() -> u64 {
+    super::cr::read_cr3()
+}
+
+/// Copies physical memory (firmware tables): through the direct map where it covers the range,
+/// else through an uncached device mapping. `false` if the range cannot be mapped.
+pub fn read_phys(phys: u64, buf: &mut [u8]) -> bool {
+    let Some(end) = phys.checked_add(buf.len() as u64) else { return false };
+    let in_direct_map = {
+        let mut guard = KERNEL_TABLES.lock();
+        let Some(t) = guard.as_mut() else { return false };
+        let mut page = phys & !(PAGE_SIZE - 1);
+        let mut all = true;
+        while page < end {
+            all &= t.translate(PHYS_OFFSET + page).is_some();
+            page += PAGE_SIZE;
+        }
+        all
+    };
+    let virt = if in_direct_map {
+        PHYS_OFFSET + phys
+    } else {
+        match map_mmio(phys, buf.len() as u64) {
+            Ok(v) => v,
+            Err(_) => return false,
+        }
+    };
+    for (i, b) in buf.iter_mut().enumerate() {
+        // SAFETY: `[virt, virt + len)` is mapped (checked or just mapped above) and reading
+        // firmware tables has no side effects.
+        *b = unsafe { core::ptr::read_volatile((virt + i as u64) as *const u8) };
+    }
+    true
+}

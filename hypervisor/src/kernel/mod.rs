@@ -14,5 +14,6 @@ pub mod logger;
 pub mod memory;
 pub mod port;
 pub mod serial;
+pub mod smp;
 pub mod tsc;
 pub mod vmm;

@@ -37,14 +37,21 @@ const DEFAULT_MEMORY_MIB: u64 = 4;
 const DEFAULT_BUDGET_MS: u64 = 2_000;
 const SLICE_MS: u64 = 5;
 
-/// VMX root operation on this CPU.
+/// VMX root operation on the boot CPU.
 pub struct VmxRoot {
     caps: VmxCapabilities,
-    _vmxon: Box<VmxonRegion>,
 }
 
-/// Enables VMX: IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, CR4.VMXE, VMXON.
+/// Enables VMX on the boot CPU.
 pub fn enable(caps: VmxCapabilities) -> Result<VmxRoot, String> {
+    enable_on_this_cpu(&caps)?;
+    log::info!("vmx: VMXON done (revision {:#x})", caps.revision_id);
+    Ok(VmxRoot { caps })
+}
+
+/// Enables VMX on the running CPU: IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, CR4.VMXE and
+/// VMXON with a VMXON region that lives as long as the hypervisor.
+pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<(), String> {
     match caps.feature_control.vmx_state() {
         VmxEnableState::Enabled => {}
         VmxEnableState::DisabledByFirmware => return Err("VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked)".into()),
@@ -70,8 +77,8 @@ pub fn enable(caps: VmxCapabilities) -> Result<VmxRoot, String> {
     // VMXON outside SMX, and `phys` is the physical address of a 4 KiB-aligned region with the
     // right revision id that stays alive as long as the VmxRoot.
     unsafe { vmx::instr::vmxon(phys) }.map_err(|e| alloc::format!("VMXON failed: {e:?}"))?;
-    log::info!("vmx: VMXON done (revision {:#x})", caps.revision_id);
-    Ok(VmxRoot { caps, _vmxon: region })
+    Box::leak(region);
+    Ok(())
 }
 
 /// A loaded guest and its accounts.

@@ -1,0 +1,262 @@
+//! Starting the application processors.
+//!
+//! The boot CPU copies a trampoline to physical page 0x8000, identity-maps that page, and for each
+//! other CPU writes its start parameters (kernel CR3, EFER bits, stack, index) into the
+//! trampoline and sends INIT, then two start-up IPIs with vector 0x08 through the local APIC
+//! (Intel SDM Vol. 3A, 9.4.4; the MP start-up protocol). The AP runs the trampoline from real mode
+//! to protected mode to long mode on the kernel's own page tables, then enters [`ap_main`], which
+//! gives it its own GDT, TSS and interrupt stacks, the shared IDT, SSE, and (where the CPU has
+//! VMX) VMX root operation, and reports in. APs are started one at a time.
+
+use super::{cpu, cr, fpu, gdt, idt, memory, tsc};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Where the trampoline runs (SIPI vector 0x08 = 0x8000); inside the first megabyte, which the
+/// frame allocator never hands out.
+const TRAMPOLINE: u64 = 0x8000;
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_ID: u64 = 0x20;
+const APIC_ICR_LOW: u64 = 0x300;
+const APIC_ICR_HIGH: u64 = 0x310;
+const APIC_SVR: u64 = 0xf0;
+
+core::arch::global_asm!(
+    r#"
+    .section .rodata.trampoline, "a"
+    .global ap_trampoline_start, ap_trampoline_end, ap_tramp_cr3, ap_tramp_efer, ap_tramp_stack, ap_tramp_index, ap_tramp_entry
+    .set TBASE, 0x8000
+    .code16
+ap_trampoline_start:
+    cli
+    cld
+    xorw %ax, %ax
+    movw %ax, %ds
+    lgdtl (ap_tramp_gdt_ptr - ap_trampoline_start + TBASE)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, $(ap_tramp32 - ap_trampoline_start + TBASE)
+    .code32
+ap_tramp32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl %cr4, %eax
+    orl $(1 << 5), %eax
+    movl %eax, %cr4
+    movl (ap_tramp_cr3 - ap_trampoline_start + TBASE), %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl (ap_tramp_efer - ap_trampoline_start + TBASE), %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80010001, %eax
+    movl %eax, %cr0
+    ljmpl $0x18, $(ap_tramp64 - ap_trampoline_start + TBASE)
+    .code64
+ap_tramp64:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    xorw %ax, %ax
+    movw %ax, %fs
+    movw %ax, %gs
+    movq (ap_tramp_stack - ap_trampoline_start + TBASE), %rsp
+    movq (ap_tramp_index - ap_trampoline_start + TBASE), %rdi
+    movq (ap_tramp_entry - ap_trampoline_start + TBASE), %rax
+    xorl %ebp, %ebp
+    callq *%rax
+1:  cli
+    hlt
+    jmp 1b
+    .balign 8
+ap_tramp_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff
+    .quad 0x00cf92000000ffff
+    .quad 0x00af9a000000ffff
+ap_tramp_gdt_ptr:
+    .short 31
+    .long ap_tramp_gdt - ap_trampoline_start + TBASE
+    .balign 8
+ap_tramp_cr3: .long 0
+ap_tramp_efer: .long 0
+ap_tramp_stack: .quad 0
+ap_tramp_index: .quad 0
+ap_tramp_entry: .quad 0
+ap_trampoline_end:
+    .text
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+    static ap_tramp_cr3: u8;
+    static ap_tramp_efer: u8;
+    static ap_tramp_stack: u8;
+    static ap_tramp_index: u8;
+    static ap_tramp_entry: u8;
+}
+
+/// CPUs that reported in (the boot CPU counts as one).
+static ONLINE: AtomicU32 = AtomicU32::new(1);
+/// CPUs whose VMXON succeeded.
+static VMX_ON: AtomicU32 = AtomicU32::new(0);
+/// The index of the AP that last reported in (the boot CPU waits for it).
+static STARTED: AtomicU64 = AtomicU64::new(0);
+
+fn offset(sym: *const u8) -> u64 {
+    sym as u64 - core::ptr::addr_of!(ap_trampoline_start) as u64
+}
+
+/// The local APIC's registers, mapped uncached.
+struct Lapic {
+    base: u64,
+}
+
+impl Lapic {
+    fn new() -> Option<Self> {
+        // SAFETY: IA32_APIC_BASE exists on every CPU with a local APIC (all x86_64 CPUs).
+        let msr = unsafe { cr::rdmsr(IA32_APIC_BASE) };
+        let phys = msr & 0x000f_ffff_ffff_f000;
+        let base = memory::map_mmio(phys, 0x1000).ok()?;
+        Some(Self { base })
+    }
+
+    fn read(&self, reg: u64) -> u32 {
+        // SAFETY: `reg` is a local APIC register offset inside the mapped 4 KiB page.
+        unsafe { core::ptr::read_volatile((self.base + reg) as *const u32) }
+    }
+
+    fn write(&self, reg: u64, v: u32) {
+        // SAFETY: as in `read`; writing APIC registers is how IPIs are sent.
+        unsafe { core::ptr::write_volatile((self.base + reg) as *mut u32, v) }
+    }
+
+    fn id(&self) -> u32 {
+        self.read(APIC_ID) >> 24
+    }
+
+    /// Sends an IPI with `low` as the ICR low word to the APIC `dest`, waiting for delivery.
+    fn ipi(&self, dest: u32, low: u32) {
+        self.write(APIC_ICR_HIGH, dest << 24);
+        self.write(APIC_ICR_LOW, low);
+        for _ in 0..1_000_000 {
+            if self.read(APIC_ICR_LOW) & (1 << 12) == 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+fn wait_us(us: u64) {
+    let end = tsc::rdtsc() + us * (tsc::hz() / 1_000_000).max(1);
+    while tsc::rdtsc() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// Starts every CPU in `apic_ids` other than the boot CPU; returns how many CPUs are online.
+pub fn start_aps(apic_ids: &[u32]) -> u32 {
+    let Some(lapic) = Lapic::new() else {
+        log::error!("smp: cannot map the local APIC");
+        return 1;
+    };
+    // Software-enable the boot CPU's APIC (spurious vector 0xff) so it can send IPIs.
+    lapic.write(APIC_SVR, lapic.read(APIC_SVR) | 0x1ff);
+    let me = lapic.id();
+    let start = core::ptr::addr_of!(ap_trampoline_start);
+    let len = offset(core::ptr::addr_of!(ap_trampoline_end)) as usize;
+    if memory::map_identity(TRAMPOLINE).is_err() {
+        log::error!("smp: cannot map the trampoline page");
+        return 1;
+    }
+    // SAFETY: page 0x8000 is in the reserved first megabyte (never handed out) and identity-
+    // mapped writable just above; the trampoline is `len` (< 4 KiB) bytes of this image.
+    unsafe { core::ptr::copy_nonoverlapping(start, TRAMPOLINE as *mut u8, len) };
+    let var = |sym: *const u8| TRAMPOLINE + offset(sym);
+    let efer_bits: u32 = (1 << 8) | if cpu::features().nx { 1 << 11 } else { 0 };
+    // SAFETY: the variables lie inside the copied trampoline page (offsets below `len`).
+    unsafe {
+        core::ptr::write_volatile(var(core::ptr::addr_of!(ap_tramp_cr3)) as *mut u32, memory::kernel_cr3() as u32);
+        core::ptr::write_volatile(var(core::ptr::addr_of!(ap_tramp_efer)) as *mut u32, efer_bits);
+        core::ptr::write_volatile(var(core::ptr::addr_of!(ap_tramp_entry)) as *mut u64, ap_main as *const () as u64);
+    }
+    let mut index = 0u64;
+    for &id in apic_ids.iter().filter(|&&id| id != me) {
+        index += 1;
+        let stack = match memory::new_stack(16) {
+            Ok(top) => top,
+            Err(e) => {
+                log::error!("smp: no stack for CPU {index}: {e:?}");
+                break;
+            }
+        };
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(var(core::ptr::addr_of!(ap_tramp_stack)) as *mut u64, stack);
+            core::ptr::write_volatile(var(core::ptr::addr_of!(ap_tramp_index)) as *mut u64, index);
+        }
+        let before = ONLINE.load(Ordering::Acquire);
+        lapic.ipi(id, 0x4500); // INIT, level assert
+        wait_us(10_000);
+        for _ in 0..2 {
+            lapic.ipi(id, 0x4600 | (TRAMPOLINE >> 12) as u32); // start-up, vector 0x08
+            wait_us(200);
+        }
+        let deadline = tsc::rdtsc() + 500 * (tsc::hz() / 1000);
+        while ONLINE.load(Ordering::Acquire) == before && tsc::rdtsc() < deadline {
+            core::hint::spin_loop();
+        }
+        if STARTED.load(Ordering::Acquire) != index {
+            log::error!("smp: CPU {index} (APIC id {id}) did not start");
+        }
+    }
+    memory::unmap_identity(TRAMPOLINE);
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// How many CPUs entered VMX root operation (the boot CPU included when it did).
+pub fn vmx_cpus() -> u32 {
+    VMX_ON.load(Ordering::Acquire)
+}
+
+/// Records that the boot CPU is in VMX root operation.
+pub fn boot_cpu_vmx_on() {
+    VMX_ON.fetch_add(1, Ordering::AcqRel);
+}
+
+/// An application processor's first Rust code, on its own stack, interrupts off.
+extern "C" fn ap_main(index: u64) -> ! {
+    let ist = [memory::new_stack(4), memory::new_stack(4), memory::new_stack(4)];
+    match ist {
+        [Ok(a), Ok(b), Ok(c)] => gdt::init_ap([a, b, c]),
+        _ => log::error!("smp: CPU {index}: no interrupt stacks"),
+    }
+    idt::load();
+    fpu::enable();
+    let apic = Lapic::new().map_or(u32::MAX, |l| l.id());
+    let vmx = match cpu::vmx_capabilities() {
+        Some(caps) => match super::vmm::enable_on_this_cpu(&caps) {
+            Ok(()) => {
+                VMX_ON.fetch_add(1, Ordering::AcqRel);
+                "VMXON done"
+            }
+            Err(_) => "VMXON failed",
+        },
+        None => "no VMX",
+    };
+    log::info!("smp: CPU {index} online (APIC id {apic}), {vmx}");
+    STARTED.store(index, Ordering::Release);
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    loop {
+        // SAFETY: with interrupts off this parks the CPU until the scheduler gives it work.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}
