@@ -2,7 +2,8 @@
 //! documented error, never more: bad and forged handles, another tenant's handle (`victim=ID`),
 //! memory it does not own, overflowing shapes, strides reaching outside their region, ring
 //! indices beyond the ring, a descriptor rewritten after the doorbell, and quota exhaustion.
-//! It exits with the number of checks that did not get the expected answer.
+//! It exits with the number of checks that did not get the expected answer, or with `spin=1`
+//! then spins with interrupts off until its CPU budget stops it.
 #![no_std]
 #![no_main]
 
@@ -133,6 +134,11 @@ extern "C" fn _start(boot: &'static GuestBootInfo) -> ! {
     match run(boot) {
         Ok(f) => {
             println!("hostile: {f} checks got an unexpected answer");
+            if boot.arg("spin") == Some("1") {
+                println!("hostile: now spinning with interrupts off");
+                // SAFETY: deliberately hogging the CPU; the hypervisor's budget must stop this.
+                unsafe { core::arch::asm!("cli", "2:", "jmp 2b", options(noreturn)) };
+            }
             exit(f)
         }
         Err(e) => {
