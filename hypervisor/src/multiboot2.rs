@@ -272,7 +272,7 @@ mod tests {
             self.bytes.extend_from_slice(&typ.to_le_bytes());
             self.bytes.extend_from_slice(&(8 + payload.len() as u32).to_le_bytes());
             self.bytes.extend_from_slice(payload);
-            while self.bytes.len() % 8 != 0 {
+            while !self.bytes.len().is_multiple_of(8) {
                 self.bytes.push(0);
             }
             self

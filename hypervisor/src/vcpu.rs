@@ -246,7 +246,7 @@ mod tests {
 
     impl Services for Fake {
         fn host_cpuid(&self, leaf: u32, _: u32) -> [u32; 4] {
-            [leaf, 0x11, 0xffff_ffff & !CPUID1_ECX_HYPERVISOR, 0x22]
+            [leaf, 0x11, !CPUID1_ECX_HYPERVISOR, 0x22]
         }
         fn hypervisor_cpuid(&self, leaf: u32) -> Option<[u32; 4]> {
             (leaf == 0x4000_0000).then_some([0x4000_0001, 1, 2, 3])

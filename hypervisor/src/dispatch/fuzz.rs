@@ -89,32 +89,32 @@ pub fn run(seed: u64, cases: u64, models: &mut dyn ModelHost) -> FuzzReport {
             }
         }
         let all = CallNumber::ALL;
-        let number = if rng.next() % 16 == 0 { rng.next() % 0x50 } else { all[(rng.next() % all.len() as u64) as usize] as u64 };
+        let number = if rng.next().is_multiple_of(16) { rng.next() % 0x50 } else { all[(rng.next() % all.len() as u64) as usize] as u64 };
         let mut args = [pick(&mut rng, &handles), pick(&mut rng, &handles), pick(&mut rng, &handles), pick(&mut rng, &handles)];
         if let Ok(n) = CallNumber::try_from(number) {
             // Usually a well-formed call: unused arguments zero, descriptors where they live.
-            if rng.next() % 8 != 0 {
+            if !rng.next().is_multiple_of(8) {
                 for a in args.iter_mut().skip(Hypercall::arg_count(n)) {
                     *a = 0;
                 }
             }
             match n {
-                CallNumber::TensorCreate | CallNumber::RingSetup | CallNumber::SessionGenerate if rng.next() % 4 != 0 => args[0] = SCRATCH,
+                CallNumber::TensorCreate | CallNumber::RingSetup | CallNumber::SessionGenerate if !rng.next().is_multiple_of(4) => args[0] = SCRATCH,
                 CallNumber::Query => {
                     args[0] = rng.next() % 3;
                     args[1] = SCRATCH;
                     args[2] = 64;
                 }
-                CallNumber::RegisterMemory if rng.next() % 2 == 0 => {
+                CallNumber::RegisterMemory if rng.next().is_multiple_of(2) => {
                     args[0] = REGION + (rng.next() % 16) * 0x1000;
                     args[1] = 0x1000 * (1 + rng.next() % 32);
                     args[2] = 1 + rng.next() % 3;
                 }
-                CallNumber::SessionOpen if rng.next() % 2 == 0 => {
+                CallNumber::SessionOpen if rng.next().is_multiple_of(2) => {
                     args[0] = rng.next() % 2;
                     args[1] = 1 + rng.next() % 64;
                 }
-                CallNumber::Doorbell if rng.next() % 2 == 0 => args[0] = 0,
+                CallNumber::Doorbell if rng.next().is_multiple_of(2) => args[0] = 0,
                 _ => {}
             }
         }

@@ -261,11 +261,6 @@ pub fn map_mmio(phys: u64, len: u64) -> Result<u64, MapError> {
     Ok(MMIO_BASE + phys)
 }
 
-/// The physical address of a heap or direct-map pointer (for DMA and hardware tables).
-pub fn virt_to_phys(virt: u64) -> Option<u64> {
-    virt.checked_sub(PHYS_OFFSET).filter(|&p| p < (1 << 46))
-}
-
 /// Where kernel stacks made after boot live: slots of [`STACK_SLOT`] bytes, each starting with an
 /// unmapped guard page.
 const STACKS_BASE: u64 = 0xffff_d000_0000_0000;

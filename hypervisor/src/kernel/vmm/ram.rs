@@ -105,10 +105,10 @@ impl GuestRam {
     /// Copies guest memory the guest can read into `buf`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RamError> {
         let hpa = self.checked(gpa, buf.len() as u64, EptPerms::READ)?;
-        // SAFETY: `checked` proved the range is inside this guest's block in the direct map;
-        // the guest may change it concurrently, so the copy is volatile byte by byte and the
-        // result is only ever treated as plain bytes.
         for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `checked` proved the range is inside this guest's block in the direct map;
+            // the guest may change it concurrently, so the copy is volatile byte by byte and the
+            // result is only ever treated as plain bytes.
             *b = unsafe { core::ptr::read_volatile((PHYS_OFFSET + hpa + i as u64) as *const u8) };
         }
         Ok(())
