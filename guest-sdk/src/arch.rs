@@ -2,8 +2,23 @@
 
 use crate::{HcallRegs, Transport};
 
-/// The transport of a guest running under tensorvisor: VMCALL and CPUID.
-pub struct Vmcall;
+/// The transport of a guest running under tensorvisor: VMCALL, CPUID, and a staging buffer on
+/// the guest's stack (guest-virtual equals guest-physical under tensorvisor's identity map).
+pub struct Vmcall {
+    stage: [u8; crate::STAGE_BYTES],
+}
+
+impl Vmcall {
+    pub const fn new() -> Self {
+        Self { stage: [0; crate::STAGE_BYTES] }
+    }
+}
+
+impl Default for Vmcall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 impl Transport for Vmcall {
@@ -31,6 +46,20 @@ impl Transport for Vmcall {
     fn cpuid(&mut self, leaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, 0);
         [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn stage(&mut self, bytes: &[u8]) -> u64 {
+        let n = bytes.len().min(crate::STAGE_BYTES);
+        self.stage[..n].copy_from_slice(&bytes[..n]);
+        self.stage.as_ptr() as u64
+    }
+
+    fn read_staged(&mut self, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().take(crate::STAGE_BYTES).enumerate() {
+            // SAFETY: `i` is inside `stage`, which the hypervisor may have written during the
+            // last hypercall: read it volatilely, not from what the compiler remembers.
+            *b = unsafe { core::ptr::read_volatile(self.stage.as_ptr().add(i)) };
+        }
     }
 }
 

@@ -20,9 +20,8 @@ impl<'a, T: Transport + ?Sized> Console<'a, T> {
 
 impl<T: Transport + ?Sized> fmt::Write for Console<'_, T> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Guest-virtual equals guest-physical in the page tables tensorvisor sets up.
-        for chunk in s.as_bytes().chunks(tensor_hcall::call::MAX_CONSOLE_WRITE as usize) {
-            let gpa = chunk.as_ptr() as u64;
+        for chunk in s.as_bytes().chunks(crate::STAGE_BYTES) {
+            let gpa = self.transport.stage(chunk);
             call(self.transport, Hypercall::ConsoleWrite { gpa, len: chunk.len() as u64 }).map_err(|_| fmt::Error)?;
         }
         Ok(())
@@ -32,7 +31,7 @@ impl<T: Transport + ?Sized> fmt::Write for Console<'_, T> {
 /// Ends the guest with `status`; the hypervisor logs it.
 #[cfg(target_arch = "x86_64")]
 pub fn exit(status: u32) -> ! {
-    let _ = call(&mut crate::arch::Vmcall, Hypercall::Exit { status });
+    let _ = call(&mut crate::arch::Vmcall::new(), Hypercall::Exit { status });
     // Only reached if the hypervisor ignored the exit: halting stops the guest.
     loop {
         // SAFETY: HLT in a guest exits to the hypervisor, which stops it.
@@ -45,7 +44,7 @@ pub fn exit(status: u32) -> ! {
 macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let mut transport = $crate::arch::Vmcall;
+        let mut transport = $crate::arch::Vmcall::new();
         let _ = writeln!($crate::console::Console::new(&mut transport), $($arg)*);
     }};
 }

@@ -8,18 +8,29 @@
 
 pub mod arch;
 pub mod console;
+#[cfg(feature = "in-process")]
+pub mod in_process;
 pub mod tensor;
 
 pub use tensor_hcall::boot::GuestBootInfo;
 pub use tensor_hcall::cpuid::HypervisorInfo;
 pub use tensor_hcall::{CallNumber, HcallError, HcallRegs, Hypercall};
 
-/// How hypercalls reach the hypervisor: VMCALL in a guest, something else in host tests.
+/// Bytes a transport can stage at once (descriptors, query results, console chunks).
+pub const STAGE_BYTES: usize = 256;
+
+/// How hypercalls reach the hypervisor: VMCALL in a guest ([`arch::Vmcall`]), or the real
+/// dispatcher and engine in this process (`in_process::InProcess`, feature `in-process`).
 pub trait Transport {
     /// Makes a hypercall and returns RAX.
     fn hypercall(&mut self, regs: HcallRegs) -> u64;
     /// CPUID as the guest sees it.
     fn cpuid(&mut self, leaf: u32) -> [u32; 4];
+    /// Copies `bytes` (at most [`STAGE_BYTES`]) into memory the hypervisor can read and returns
+    /// its guest-physical address; valid until the next `stage`.
+    fn stage(&mut self, bytes: &[u8]) -> u64;
+    /// Reads the staging area back (after the hypervisor wrote a result there).
+    fn read_staged(&mut self, out: &mut [u8]);
 }
 
 /// Makes `call` and decodes RAX into a value or an [`HcallError`].
@@ -59,6 +70,10 @@ mod tests {
                 Err(e) => Err(e),
             })
         }
+        fn stage(&mut self, _: &[u8]) -> u64 {
+            0x1000
+        }
+        fn read_staged(&mut self, _: &mut [u8]) {}
         fn cpuid(&mut self, l: u32) -> [u32; 4] {
             match l {
                 1 => [0, 0, if self.present { 1 << 31 } else { 0 }, 0],

@@ -3,8 +3,8 @@
 //! Everything here is allocation-free. Memory the hypervisor reads or writes is a
 //! [`SharedRegion`]: a guest-physical range the guest dedicates to it and registers once; data
 //! moves in and out through bounds-checked volatile accessors (the hypervisor writes results in
-//! place, so plain references into the region would be unsound). Descriptors are built on the
-//! stack and passed by address: the hypervisor copies them once.
+//! place, so plain references into the region would be unsound). Descriptors are staged by the
+//! transport and passed by address: the hypervisor copies them once.
 
 use crate::{call, Transport};
 use tensor_hcall::desc::{
@@ -13,11 +13,6 @@ use tensor_hcall::desc::{
 };
 use tensor_hcall::{HcallError, Hypercall};
 
-/// The address the hypervisor sees for a guest buffer (tensorvisor identity-maps guests, so a
-/// guest-virtual address is its guest-physical address).
-fn gpa_of<T>(v: &T) -> u64 {
-    v as *const T as u64
-}
 
 /// A registered range of guest memory shared with the hypervisor's engine.
 pub struct SharedRegion {
@@ -128,31 +123,26 @@ impl SharedRegion {
 
 /// Creates a tensor from a full descriptor (any strides).
 pub fn create_tensor<T: Transport + ?Sized>(t: &mut T, d: &TensorDesc) -> Result<u64, HcallError> {
-    let bytes = d.to_bytes();
-    call(t, Hypercall::TensorCreate { desc_gpa: gpa_of(&bytes) })
+    let desc_gpa = t.stage(&d.to_bytes());
+    call(t, Hypercall::TensorCreate { desc_gpa })
 }
 
 /// The ABI information (`Query` kind 0).
 pub fn abi_info<T: Transport + ?Sized>(t: &mut T) -> Result<AbiInfo, HcallError> {
+    let out_gpa = t.stage(&[0u8; AbiInfo::SIZE]);
+    call(t, Hypercall::Query { kind: 0, out_gpa, out_len: AbiInfo::SIZE as u64 })?;
     let mut out = [0u8; AbiInfo::SIZE];
-    call(t, Hypercall::Query { kind: 0, out_gpa: gpa_of(&out), out_len: out.len() as u64 })?;
-    // The hypervisor wrote `out` behind the compiler's back: read it back volatilely.
-    let copy: [u8; AbiInfo::SIZE] = core::array::from_fn(|i| {
-        // SAFETY: `i` indexes inside `out`, a live stack array.
-        unsafe { core::ptr::read_volatile(out.as_mut_ptr().add(i)) }
-    });
-    Ok(AbiInfo::from_bytes(&copy))
+    t.read_staged(&mut out);
+    Ok(AbiInfo::from_bytes(&out))
 }
 
 /// Model `index`'s information (`Query` kind `1 + index`).
 pub fn model_info<T: Transport + ?Sized>(t: &mut T, index: u64) -> Result<ModelInfo, HcallError> {
+    let out_gpa = t.stage(&[0u8; ModelInfo::SIZE]);
+    call(t, Hypercall::Query { kind: index + 1, out_gpa, out_len: ModelInfo::SIZE as u64 })?;
     let mut out = [0u8; ModelInfo::SIZE];
-    call(t, Hypercall::Query { kind: index + 1, out_gpa: gpa_of(&out), out_len: out.len() as u64 })?;
-    let copy: [u8; ModelInfo::SIZE] = core::array::from_fn(|i| {
-        // SAFETY: `i` indexes inside `out`, a live stack array.
-        unsafe { core::ptr::read_volatile(out.as_mut_ptr().add(i)) }
-    });
-    Ok(ModelInfo::from_bytes(&copy))
+    t.read_staged(&mut out);
+    Ok(ModelInfo::from_bytes(&out))
 }
 
 /// A submission/completion ring pair in a dedicated memory area. Many operations go in with one
@@ -188,8 +178,8 @@ impl Ring {
             cq_entries: entries,
             ..RingSetupDesc::default()
         };
-        let bytes = d.to_bytes();
-        call(t, Hypercall::RingSetup { desc_gpa: gpa_of(&bytes) })?;
+        let desc_gpa = t.stage(&d.to_bytes());
+        call(t, Hypercall::RingSetup { desc_gpa })?;
         Ok(Self { area, entries, sq_tail: 0, cq_head: 0 })
     }
 
@@ -301,8 +291,8 @@ impl Session {
             flags: u32::from(s.stop_token.is_some()),
             reserved: 0,
         };
-        let bytes = d.to_bytes();
-        call(t, Hypercall::SessionGenerate { desc_gpa: gpa_of(&bytes) })
+        let desc_gpa = t.stage(&d.to_bytes());
+        call(t, Hypercall::SessionGenerate { desc_gpa })
     }
 
     /// Prefills `prompt` and generates up to `max_tokens`, handing each token to `on_token` as

@@ -23,7 +23,7 @@ extern "C" fn _start(boot: &'static GuestBootInfo) -> ! {
     unsafe { core::arch::asm!("2:", "dec {n}", "jnz 2b", n = inout(reg) loops => _, options(nomem, nostack)) };
     let baseline = rdtsc() - t0;
     println!("bench: baseline {loops} iterations x 2 instructions: {baseline} TSC ticks");
-    let mut t = Vmcall;
+    let mut t = Vmcall::new();
     // A hypercall number no call uses: the hypervisor decodes it and answers NotSupported, the
     // shortest complete round trip through the exit path.
     let null = HcallRegs { rax: 0xffff_ffff, rbx: 0, rcx: 0, rdx: 0, rsi: 0 };

@@ -20,7 +20,7 @@ extern "C" fn _start(boot: &'static GuestBootInfo) -> ! {
     println!("hello from a tensorvisor guest: tenant {}, {} KiB of memory, args \"{}\"", boot.tenant_id, boot.memory_size / 1024, boot.args());
     check(boot.magic == BOOT_MAGIC, "boot information has the magic");
 
-    let mut t = Vmcall;
+    let mut t = Vmcall::new();
     match detect(&mut t) {
         Some(info) => {
             println!("hypervisor: TensorVisor ABI {}.{}, features {:#x}", info.version.major, info.version.minor, info.features.bits());

@@ -35,7 +35,7 @@ fn forge(kind: u64, tenant: u64, generation: u64, slot: u64) -> u64 {
 }
 
 fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
-    let mut t = Vmcall;
+    let mut t = Vmcall::new();
     let mut c = Checks { failures: 0 };
     let me = u64::from(boot.tenant_id);
     let victim: u64 = boot.arg("victim").and_then(|v| v.parse().ok()).unwrap_or(1);

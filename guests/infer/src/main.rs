@@ -16,7 +16,7 @@ const IO_GPA: u64 = 0x30_0000;
 const IO_LEN: u64 = 0x1000;
 
 fn run(boot: &GuestBootInfo) -> Result<(), tensor_hcall::HcallError> {
-    let mut t = Vmcall;
+    let mut t = Vmcall::new();
     let abi = abi_info(&mut t)?;
     println!("infer: ABI {:#x}, {} model(s), in-flight quota {}", abi.abi_version, abi.models, abi.max_inflight);
     let model = model_info(&mut t, 0)?;

@@ -138,7 +138,7 @@ fn rdtsc() -> u64 {
 }
 
 fn run(unbatched: bool) -> Result<u32, HcallError> {
-    let mut t = Vmcall;
+    let mut t = Vmcall::new();
     // SAFETY: both areas are this guest's RAM, above its image and below its stack, used for
     // nothing else.
     let data = unsafe { SharedRegion::register(&mut t, DATA_GPA, DATA_LEN, RegionFlags::READ | RegionFlags::WRITE)? };
