@@ -255,7 +255,8 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 fn gelu(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044_715;
-    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)))
+    // GGML's C is compiled with FMA contraction: `1 + a·x·x` becomes `fma(a·x, x, 1)`.
+    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * libm::fmaf(COEF_A * x, x, 1.0)))
 }
 
 /// GeGLU: `gelu(g) * u`, with GGML's f16 GELU table (input and output rounded to f16).
@@ -287,10 +288,14 @@ fn rope(x: &mut [f32], pos: usize, base: f32, freq_scale: f32) {
 /// A generation session: the KV cache (f16) and the position reached.
 pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
-    /// Per layer: `[pos][kv_head * head_dim]` keys and values, rounded to f16 precision (as
-    /// llama.cpp's f16 cache) but kept as f32 so attention needs no conversion.
+    /// Per layer: `[pos][kv_head * head_dim]` keys, rounded to f16 precision (as llama.cpp's
+    /// f16 cache) but kept as f32 so attention needs no conversion.
     k_cache: Vec<Vec<f32>>,
+    /// Per layer: values transposed, `[kv_head * head_dim][cap]` (llama.cpp's non-flash V
+    /// cache layout), rounded to f16 precision.
     v_cache: Vec<Vec<f32>>,
+    /// `max_len` rounded up to a multiple of 8 (attention works on 8-aligned position groups).
+    cap: usize,
     max_len: usize,
     /// Tokens processed so far (the next position).
     pub pos: usize,
@@ -323,10 +328,12 @@ impl<'m, 'a> Session<'m, 'a> {
         let c = &model.config;
         let max_len = max_len.min(c.context_length).max(1);
         let kv = c.n_head_kv * c.head_dim;
+        let cap = max_len.div_ceil(8) * 8;
         Session {
             model,
             k_cache: (0..c.n_layer).map(|_| vec![0.0f32; max_len * kv]).collect(),
-            v_cache: (0..c.n_layer).map(|_| vec![0.0f32; max_len * kv]).collect(),
+            v_cache: (0..c.n_layer).map(|_| vec![0.0f32; cap * kv]).collect(),
+            cap,
             max_len,
             pos: 0,
         }
@@ -343,6 +350,18 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Evaluates `tokens` at the next positions and returns the logits after the last one.
     pub fn eval(&mut self, comp: Compute<'_>, tokens: &[u32]) -> Result<Vec<f32>, SessionError> {
+        self.eval_traced(comp, tokens, &mut |_, _, _| {})
+    }
+
+    /// [`Session::eval`], handing intermediate activations to `trace(name, layer, values)`
+    /// (names as in llama.cpp's graph: `attn_norm`, `Qcur`, `kqv_out`, `l_out`, ...; values are
+    /// `[token][features]`), for comparing against llama.cpp's tensors.
+    pub fn eval_traced(
+        &mut self,
+        comp: Compute<'_>,
+        tokens: &[u32],
+        trace: &mut dyn FnMut(&str, usize, &[f32]),
+    ) -> Result<Vec<f32>, SessionError> {
         let m = self.model;
         let c = &m.config;
         let n = tokens.len();
@@ -378,8 +397,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut o = vec![0.0f32; n * d];
         let mut g = vec![0.0f32; n * c.n_ff];
         let mut u = vec![0.0f32; n * c.n_ff];
-        let mut scores = vec![0.0f32; start + n];
-        let mut acc = vec![0.0f32; hd];
+        let mut scores = vec![0.0f32; self.cap];
         let mut qh = vec![0.0f32; hd];
 
         for (il, l) in m.layers.iter().enumerate() {
@@ -393,9 +411,13 @@ impl<'m, 'a> Session<'m, 'a> {
             for row in xn.chunks_exact_mut(d) {
                 rms_norm(row, &l.attn_norm, c.rms_eps);
             }
+            trace("attn_norm", il, &xn);
             l.wq.matmul(comp, &xn, n, &mut q);
             l.wk.matmul(comp, &xn, n, &mut k);
             l.wv.matmul(comp, &xn, n, &mut v);
+            trace("Qcur_mm", il, &q);
+            trace("Kcur_mm", il, &k);
+            trace("Vcur", il, &v);
             for t in 0..n {
                 let p = start + t;
                 for h in q[t * nq..(t + 1) * nq].chunks_exact_mut(hd) {
@@ -413,48 +435,59 @@ impl<'m, 'a> Session<'m, 'a> {
                 for (dst, &s) in kc.iter_mut().zip(&k[t * nkv..(t + 1) * nkv]) {
                     *dst = round_f16(s);
                 }
-                let vc = &mut self.v_cache[il][p * nkv..(p + 1) * nkv];
-                for (dst, &s) in vc.iter_mut().zip(&v[t * nkv..(t + 1) * nkv]) {
-                    *dst = round_f16(s);
+                let vc = &mut self.v_cache[il];
+                for (e, &s) in v[t * nkv..(t + 1) * nkv].iter().enumerate() {
+                    vc[e * self.cap + p] = round_f16(s);
                 }
             }
-            // Attention (causal; sliding window on local layers).
+            // Attention (causal; sliding window on local layers), as llama.cpp's CPU path
+            // without flash attention: scores are f16·f16 dots (one 8-lane FMA accumulator,
+            // GGML's llamafile/tinyBLAS kernel), the softmax uses GGML's vectorised expf over
+            // 8-aligned groups of cache positions, the probabilities are rounded to f16 and
+            // multiplied with the transposed f16 V cache by the same 8-lane dot. Positions
+            // outside the window are masked (-inf, weight 0), which leaves every sum as GGML's.
             let group = c.n_head / c.n_head_kv;
+            let cap = self.cap;
             let kcache = &self.k_cache[il];
             let vcache = &self.v_cache[il];
             for t in 0..n {
                 let p = start + t;
                 let first = if local { (p + 1).saturating_sub(c.sliding_window) } else { 0 };
+                let (lo, hi) = (first / 8 * 8, (p + 1).div_ceil(8) * 8);
                 for h in 0..c.n_head {
                     let kvh = h / group;
                     for (dst, &s) in qh.iter_mut().zip(&q[t * nq + h * hd..t * nq + (h + 1) * hd]) {
                         *dst = round_f16(s);
                     }
-                    let sc = &mut scores[first..=p];
+                    let sc = &mut scores[lo..hi];
                     let mut max = f32::NEG_INFINITY;
                     for (j, s) in sc.iter_mut().enumerate() {
-                        let kp = first + j;
-                        let krow = &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
-                        *s = kernels::dot_f32(comp.cpu, &qh, krow);
+                        let kp = lo + j;
+                        *s = if kp < first || kp > p {
+                            f32::NEG_INFINITY
+                        } else {
+                            let krow = &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
+                            kernels::dot_f32(comp.cpu, &qh, krow)
+                        };
                         max = max.max(*s);
                     }
-                    let mut sum = 0.0f64;
-                    for s in sc.iter_mut() {
-                        *s = libm::expf(*s - max);
-                        sum += *s as f64;
-                    }
+                    let sum = kernels::softmax_exp(comp.cpu, sc, max);
                     let inv = (1.0 / sum) as f32;
-                    acc.fill(0.0);
-                    for (j, s) in sc.iter().enumerate() {
-                        let kp = first + j;
-                        let w = round_f16(*s * inv);
-                        let vrow = &vcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
-                        kernels::axpy(comp.cpu, w, vrow, &mut acc);
+                    for s in sc.iter_mut() {
+                        *s = round_f16(*s * inv);
                     }
-                    attn[t * nq + h * hd..t * nq + (h + 1) * hd].copy_from_slice(&acc);
+                    let out = &mut attn[t * nq + h * hd..t * nq + (h + 1) * hd];
+                    for (dd, o) in out.iter_mut().enumerate() {
+                        let vrow = &vcache[(kvh * hd + dd) * cap..(kvh * hd + dd + 1) * cap];
+                        *o = kernels::dot_f32(comp.cpu, &vrow[lo..hi], sc);
+                    }
                 }
             }
+            trace("Qcur", il, &q);
+            trace("Kcur", il, &k);
+            trace("kqv_out", il, &attn);
             l.wo.matmul(comp, &attn, n, &mut o);
+            trace("attn_out", il, &o);
             for (xr, or) in x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)) {
                 rms_norm(or, &l.post_attn_norm, c.rms_eps);
                 for (a, b) in xr.iter_mut().zip(or.iter()) {
@@ -466,23 +499,31 @@ impl<'m, 'a> Session<'m, 'a> {
             for row in xn.chunks_exact_mut(d) {
                 rms_norm(row, &l.ffn_norm, c.rms_eps);
             }
+            trace("sa_out", il, &x);
+            trace("ffn_norm", il, &xn);
             l.gate.matmul(comp, &xn, n, &mut g);
             l.up.matmul(comp, &xn, n, &mut u);
+            trace("ffn_gate", il, &g);
+            trace("ffn_up", il, &u);
             for (gv, &uv) in g.iter_mut().zip(&u) {
                 *gv = geglu(*gv, uv);
             }
+            trace("ffn_geglu", il, &g);
             l.down.matmul(comp, &g, n, &mut o);
+            trace("ffn_out", il, &o);
             for (xr, or) in x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)) {
                 rms_norm(or, &l.post_ffn_norm, c.rms_eps);
                 for (a, b) in xr.iter_mut().zip(or.iter()) {
                     *a += b;
                 }
             }
+            trace("l_out", il, &x);
         }
         self.pos += n;
 
         let mut last = x[(n - 1) * d..].to_vec();
         rms_norm(&mut last, &m.output_norm, c.rms_eps);
+        trace("result_norm", c.n_layer, &last);
         let mut logits = vec![0.0f32; c.n_vocab];
         m.output.matvec(comp, &last, &mut logits);
         Ok(logits)

@@ -375,49 +375,45 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
                 .sum()
         }),
         (GgmlType::Q8_0, Acts::Q8_0(a)) => (w.len() == 34 * a.len()).then(|| {
-            let mut s = 0.0f32;
+            let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(34).zip(a) {
-                let isum: i32 = (0..QK).map(|j| (b[2 + j] as i8) as i32 * y.qs[j] as i32).sum();
-                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32;
+                let lanes = lane_sums(|e| (b[2 + e] as i8) as i32 * y.qs[e] as i32);
+                acc.fma_all(f16_to_f32(le16(b, 0)) * y.d, &lanes);
             }
-            s
+            acc.hsum()
         }),
         (GgmlType::Q4_0, Acts::Q8_0(a)) => (w.len() == 18 * a.len()).then(|| {
-            let mut s = 0.0f32;
+            let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(18).zip(a) {
-                let mut isum = 0i32;
-                for j in 0..16 {
-                    isum += ((b[2 + j] & 0xf) as i32 - 8) * y.qs[j] as i32;
-                    isum += ((b[2 + j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
-                }
-                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32;
+                let q = |e: usize| if e < 16 { (b[2 + e] & 0xf) as i32 } else { (b[2 + e - 16] >> 4) as i32 };
+                let lanes = lane_sums(|e| (q(e) - 8) * y.qs[e] as i32);
+                acc.fma_all(f16_to_f32(le16(b, 0)) * y.d, &lanes);
             }
-            s
+            acc.hsum()
         }),
         (GgmlType::Q5_0, Acts::Q8_0(a)) => (w.len() == 22 * a.len()).then(|| {
-            let mut s = 0.0f32;
+            let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(22).zip(a) {
                 let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let mut isum = 0i32;
-                for j in 0..16 {
-                    let h0 = ((qh >> j) << 4) & 0x10;
-                    let h1 = (qh >> (j + 12)) & 0x10;
-                    let x0 = (((b[6 + j] & 0xf) as u32) | h0) as i32 - 16;
-                    let x1 = (((b[6 + j] >> 4) as u32) | h1) as i32 - 16;
-                    isum += x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32;
-                }
-                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32;
+                let q = |e: usize| {
+                    let lo = if e < 16 { b[6 + e] & 0xf } else { b[6 + e - 16] >> 4 } as i32;
+                    lo | (((qh >> e) & 1) << 4) as i32
+                };
+                let lanes = lane_sums(|e| (q(e) - 16) * y.qs[e] as i32);
+                acc.fma_all(f16_to_f32(le16(b, 0)) * y.d, &lanes);
             }
-            s
+            acc.hsum()
         }),
         (GgmlType::Q4_K, Acts::Q8K(a)) => (w.len() == 144 * a.len()).then(|| {
-            let mut s = 0.0f32;
+            // As GGML's repacked Q4_K x8 kernels (what llama.cpp runs on AVX2): per super-block,
+            // the exact integer sums scaled by d·d8 and dmin·d8, accumulated with FMA.
+            let (mut acc, mut accm) = (0.0f32, 0.0f32);
             for (b, y) in w.chunks_exact(144).zip(a) {
                 let (isum, msum) = q4k_block_isums(b, y);
-                s += f16_to_f32(le16(b, 0)) * y.d * isum as f32
-                    - f16_to_f32(le16(b, 2)) * y.d * msum as f32;
+                acc = libm::fmaf(isum as f32, f16_to_f32(le16(b, 0)) * y.d, acc);
+                accm = libm::fmaf(msum as f32, f16_to_f32(le16(b, 2)) * y.d, accm);
             }
-            s
+            acc - accm
         }),
         (GgmlType::Q5_K, Acts::Q8K(a)) => (w.len() == 176 * a.len()).then(|| {
             let mut s = 0.0f32;
@@ -429,14 +425,172 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             s
         }),
         (GgmlType::Q6_K, Acts::Q8K(a)) => (w.len() == 210 * a.len()).then(|| {
-            let mut s = 0.0f32;
+            // 16 chunks per super-block, `acc += isum·d·d8` unfused (the form of GGML's generic
+            // repacked Q6_K x8 kernel; measured closest to llama.cpp of the variants tried,
+            // but not yet bit-exact: see NOTES.md).
+            let mut acc = 0.0f32;
             for (b, y) in w.chunks_exact(210).zip(a) {
-                s += f16_to_f32(le16(b, 208)) * y.d * q6k_block_isum(b, y) as f32;
+                let d = f16_to_f32(le16(b, 208));
+                for isum in q6k_chunk_sums(b, y) {
+                    acc += isum as f32 * d * y.d;
+                }
             }
-            s
+            acc
         }),
         _ => None,
     }
+}
+
+/// Eight f32 accumulators standing for the lanes of an AVX2 register, so that the portable
+/// kernels round exactly as the SIMD ones (and as GGML's AVX2 code): lane `l` of a 32-value group
+/// holds the exact integer sum of values `4l..4l+4`, each block adds `d · lane` with one fused
+/// multiply-add per lane, and the lanes are summed at the end as `hsum` does.
+#[derive(Default, Clone, Copy)]
+pub struct Lanes(pub [f32; 8]);
+
+impl Lanes {
+    /// `acc[l] = fma(d, lanes[l], acc[l])`.
+    #[inline]
+    pub fn fma_all(&mut self, d: f32, lanes: &[i32; 8]) {
+        for (a, &v) in self.0.iter_mut().zip(lanes) {
+            *a = libm::fmaf(d, v as f32, *a);
+        }
+    }
+
+    /// `(l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`: the order of GGML's `hsum_float_8`.
+    #[inline]
+    pub fn hsum(&self) -> f32 {
+        hsum8(&self.0)
+    }
+}
+
+/// Horizontal sum of eight lanes in the order of the AVX2 `hsum` (128-bit halves added, then
+/// `movehl`, then `movehdup`).
+#[inline]
+pub fn hsum8(v: &[f32; 8]) -> f32 {
+    let s = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// Lane sums of 32 products `f(e)`: lane `l` holds `f(4l) + .. + f(4l+3)`.
+#[inline]
+fn lane_sums(f: impl Fn(usize) -> i32) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = f(4 * l) + f(4 * l + 1) + f(4 * l + 2) + f(4 * l + 3);
+    }
+    out
+}
+
+/// The 16 chunk sums of a Q6_K × Q8_K block in the order of GGML's repacked Q6_K kernels:
+/// chunk `k` covers values `base..base+8` and `base+64..base+72` with
+/// `base = 128·(k/8) + 8·(k%8)`, each part times its 16-value scale: `Σ sc·(q−32)·y`.
+pub fn q6k_chunk_sums(b: &[u8], y: &BlockQ8K) -> [i32; 16] {
+    let q6 = |e: usize| -> i32 {
+        let (half, r) = (e / 128, e % 128);
+        let (j, l) = (r / 32, r % 32);
+        let ql = &b[64 * half..64 * half + 64];
+        let qh = b[128 + 32 * half + l];
+        // j = 0: ql[l] low, 1: ql[l+32] low, 2: ql[l] high, 3: ql[l+32] high.
+        let lo = match j {
+            0 => ql[l] & 0xf,
+            1 => ql[l + 32] & 0xf,
+            2 => ql[l] >> 4,
+            _ => ql[l + 32] >> 4,
+        };
+        (lo | (((qh >> (2 * j)) & 3) << 4)) as i32 - 32
+    };
+    let sc = |e: usize| (b[192 + e / 16] as i8) as i32;
+    let mut out = [0i32; 16];
+    for (k, o) in out.iter_mut().enumerate() {
+        let base = 128 * (k / 8) + 8 * (k % 8);
+        let (mut sl, mut sh) = (0i32, 0i32);
+        for i in 0..8 {
+            sl += q6(base + i) * y.qs[base + i] as i32;
+            sh += q6(base + 64 + i) * y.qs[base + 64 + i] as i32;
+        }
+        *o = sl * sc(base) + sh * sc(base + 64);
+    }
+    out
+}
+
+/// f32 dot product as the AVX2 kernel computes it: eight fused-multiply-add lanes over full
+/// groups of eight, `hsum`, then the remaining products added one by one (unfused).
+pub fn dot_f32_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 8 * 8;
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = libm::fmaf(x[l], y[l], acc[l]);
+        }
+    }
+    let mut s = hsum8(&acc);
+    for i in full..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// GGML's vectorised `expf` (`ggml_v_expf`, AVX2 flavour, from ARM's optimized routines) for
+/// one lane; `all_small` is false when any lane of the same 8-group has |n| > 126 (the
+/// slow-path blend is then used for every lane of the group).
+fn v_expf_lane(x: f32, slow: bool) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = libm::fmaf(x, f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = libm::fmaf(-n, f32::from_bits(0x35bf_be8e), libm::fmaf(-n, f32::from_bits(0x3f31_7200), x));
+    let e = z.to_bits().wrapping_shl(23);
+    let k = f32::from_bits(e.wrapping_add(1.0f32.to_bits()));
+    let u = b * b;
+    let j = libm::fmaf(
+        libm::fmaf(libm::fmaf(f32::from_bits(0x3c07_2010), b, f32::from_bits(0x3d2b_9f17)), u,
+            libm::fmaf(f32::from_bits(0x3e2a_af33), b, f32::from_bits(0x3eff_fedb))),
+        u,
+        f32::from_bits(0x3f7f_fff6) * b,
+    );
+    if !slow {
+        return libm::fmaf(j, k, k);
+    }
+    let c = n.abs() > 126.0;
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else if c {
+        libm::fmaf(s2, j, s2) * s1
+    } else {
+        libm::fmaf(k, j, k)
+    }
+}
+
+/// `n` of `ggml_v_expf` for one lane (to decide the slow path).
+fn v_expf_n(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000);
+    libm::fmaf(x, f32::from_bits(0x3fb8_aa3b), r) - r
+}
+
+/// Softmax numerators as GGML's `ggml_vec_soft_max_f32` on AVX2: `x[i] = v_expf(x[i] − max)` in
+/// groups of eight (`x.len()` must be a multiple of 8), each group summed in f32 (`hsum`
+/// order) and the group sums added in f64. Returns the f64 sum.
+pub fn softmax_exp_lanes(x: &mut [f32], max: f32) -> f64 {
+    assert!(x.len() % 8 == 0, "softmax_exp_lanes: length {} not a multiple of 8", x.len());
+    let mut sum = 0.0f64;
+    for g in x.chunks_exact_mut(8) {
+        let mut d = [0.0f32; 8];
+        for (dv, &v) in d.iter_mut().zip(g.iter()) {
+            *dv = v - max;
+        }
+        let slow = d.iter().any(|&v| v_expf_n(v).abs() > 126.0);
+        for (gv, &dv) in g.iter_mut().zip(&d) {
+            *gv = v_expf_lane(dv, slow);
+        }
+        let mut arr = [0.0f32; 8];
+        arr.copy_from_slice(g);
+        sum += hsum8(&arr) as f64;
+    }
+    sum
 }
 
 /// Integer parts of a Q4_K × Q8_K block: (Σ scale·q4·q8, Σ min·bsum).

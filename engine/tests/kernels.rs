@@ -239,3 +239,43 @@ fn f32_helpers_agree() {
         }
     }
 }
+
+/// The portable kernels emulate the AVX2 lanes (and GGML's accumulation order), so both give
+/// the same bits: the hypervisor (portable) and the host CLI (AVX2) produce the same tokens.
+#[test]
+fn portable_and_simd_kernels_are_bit_identical() {
+    let mut rng = Rng::new(21);
+    let simd = CpuFeatures::detect();
+    let n = 4 * QK_K;
+    for ty in TYPES {
+        for _ in 0..8 {
+            let row = random_row(&mut rng, ty, n, None);
+            let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 7.0).collect();
+            let acts = quantize_acts(ty.act_format(), &x);
+            let a = kernels::dot(simd, ty, &row, &acts).unwrap();
+            let b = kernels::dot(CpuFeatures::portable(), ty, &row, &acts).unwrap();
+            assert_eq!(a.to_bits(), b.to_bits(), "{ty:?}: {a} vs {b}");
+        }
+    }
+    for len in [8usize, 64, 256, 257] {
+        let a: Vec<f32> = (0..len).map(|_| rng.next_f32() - 0.5).collect();
+        let b: Vec<f32> = (0..len).map(|_| rng.next_f32() - 0.5).collect();
+        let (s, p) = (kernels::dot_f32(simd, &a, &b), kernels::dot_f32(CpuFeatures::portable(), &a, &b));
+        assert_eq!(s.to_bits(), p.to_bits());
+    }
+    // Softmax numerators: normal range, large negatives (slow path, underflow) and -inf masks.
+    let mut x: Vec<f32> = (0..64).map(|i| (rng.next_f32() - 0.5) * 40.0 - (i as f32)).collect();
+    x[3] = f32::NEG_INFINITY;
+    x[40] = -150.0;
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let (mut xs, mut xp) = (x.clone(), x.clone());
+    let ss = kernels::softmax_exp(simd, &mut xs, max);
+    let sp = kernels::softmax_exp(CpuFeatures::portable(), &mut xp, max);
+    assert_eq!(ss.to_bits(), sp.to_bits());
+    for ((a, b), v) in xs.iter().zip(&xp).zip(&x) {
+        assert_eq!(a.to_bits(), b.to_bits());
+        // GGML's expf is within ~2 ulp of the true value.
+        let want = ((*v - max) as f64).exp();
+        assert!((*a as f64 - want).abs() <= want * 3e-7 + 1e-38, "{a} vs {want}");
+    }
+}

@@ -3,13 +3,14 @@
 //! `tests/data/llama_refs.json` (made by `scripts/engine/gen_llama_refs.py`).
 //!
 //! Logit tolerance: |ours − llama.cpp| ≤ 1.0 for each of llama.cpp's top-5 tokens (logits are
-//! 10–30). Justification, measured on this model: evaluating the same prompt with exact f32
-//! activations instead of Q8 activations moves the top logits by up to 0.45, and switching a
-//! single rounding step (f16 GELU table, f16 query/probabilities) moves them by 0.1–0.4: the
-//! model is that sensitive to activation rounding. Our top-5 logits currently differ from
-//! llama.cpp's by up to 0.88, i.e. some rounding step still differs from llama.cpp's CPU path,
-//! which is also why the token-for-token greedy test is still failing (marked ignored, with
-//! the reason, and reported as failing).
+//! 10–30). Justification, measured on this model with llama.cpp's own intermediate tensors
+//! (`scripts/engine/dump_llama_tensors.py` + `examples/trace.rs`): every op we reproduce
+//! bit-exactly (Q8_0/Q5_0 dots, f16 attention, softmax, GELU table, RMSNorm, RoPE) leaves
+//! zero difference, but a single differently rounded f32 in one quantized matmul flips an
+//! int8 activation rounding in a later layer and moves final logits by 0.1–0.5. Two paths are
+//! not bit-exact yet (llama.cpp's 4-token Q4_K GEMM during prefill, and its Q6_K kernel), and
+//! the first-token logits after prefill still differ by up to 0.54 (was 0.88 before the
+//! kernels followed GGML's accumulation order); 1.0 keeps about 2x margin over that.
 
 mod common;
 
@@ -21,7 +22,7 @@ use engine::sampler::argmax;
 use engine::tensor::Compute;
 use engine::tokenizer::Tokenizer;
 
-/// See the module docs: measured worst case 0.88 on these prompts.
+/// See the module docs: measured worst case 0.54 on these prompts.
 const ABS_TOL: f32 = 1.0;
 const REL_TOL: f32 = 0.0;
 
@@ -96,7 +97,7 @@ fn top5_logits_within_tolerance_of_llama_cpp() {
 }
 
 #[test]
-#[ignore = "KNOWN FAILING: greedy continuations diverge from llama.cpp (see engine/NOTES.md)"]
+#[ignore = "KNOWN FAILING: 8 of 12 greedy continuations match llama.cpp, 4 diverge (see engine/NOTES.md)"]
 fn greedy_32_tokens_match_llama_cpp() {
     let s = setup();
     let g = Gguf::parse(&s.bytes).unwrap();

@@ -33,10 +33,6 @@ pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             // SAFETY: as above; 144 bytes per block checked.
             Some(unsafe { dot_q4_k(w, a) })
         }
-        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
-            // SAFETY: as above; 210 bytes per block checked.
-            Some(unsafe { dot_q6_k(w, a) })
-        }
         _ => None,
     }
 }
@@ -95,34 +91,16 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// AVX2+FMA present; `w.len() == 34 * a.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
-    // Two independent accumulators hide the FMA latency (rows are only 20 blocks long here).
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut pairs = w.chunks_exact(68).zip(a.chunks_exact(2));
-    for (b, y) in &mut pairs {
-        // SAFETY: each 68-byte chunk holds two 34-byte blocks: 32 bytes at offsets 2 and 36
-        // are readable; each y[k].qs is 32 bytes.
-        let (x0, x1, y0, y1) = unsafe {
-            (
-                load32(b.as_ptr().add(2)),
-                load32(b.as_ptr().add(36)),
-                load32(y[0].qs.as_ptr() as *const u8),
-                load32(y[1].qs.as_ptr() as *const u8),
-            )
-        };
-        let d0 = _mm256_set1_ps(h2f(le16(b, 0)) * y[0].d);
-        let d1 = _mm256_set1_ps(h2f(le16(b, 34)) * y[1].d);
-        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8(x0, y0)), acc0);
-        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(dot_i8(x1, y1)), acc1);
-    }
-    let done = a.len() / 2 * 2;
-    for (b, y) in w[34 * done..].chunks_exact(34).zip(&a[done..]) {
+    // One accumulator, blocks in order (as GGML's `ggml_vec_dot_q8_0_q8_0`), so the float
+    // rounding is the same as llama.cpp's.
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in w.chunks_exact(34).zip(a) {
         // SAFETY: a 34-byte block: 32 bytes from offset 2; y.qs is 32 bytes.
         let (qx, qy) = unsafe { (load32(b.as_ptr().add(2)), load32(y.qs.as_ptr() as *const u8)) };
         let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
-        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc0);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(qx, qy)), acc);
     }
-    hsum(_mm256_add_ps(acc0, acc1))
+    hsum(acc)
 }
 
 /// # Safety
@@ -166,7 +144,7 @@ unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 /// AVX2+FMA present; `w.len() == 144 * a.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = 0.0f32;
     let mut mins_acc = 0.0f32;
     let m4 = _mm256_set1_epi8(0xf);
     for (b, y) in w.chunks_exact(144).zip(a) {
@@ -193,69 +171,28 @@ unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y2), _mm256_set1_epi16(sc2 as i16));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p1, p2));
         }
-        let d = h2f(le16(b, 0)) * y.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins_acc += h2f(le16(b, 2)) * y.d * msum as f32;
+        // As GGML's repacked Q4_K x8 kernels: the super-block's exact integer sum, scaled
+        // by d·d8 (and the mins by dmin·d8) with one fused multiply-add each.
+        let isum = hsum_i32(sumi);
+        acc = fmaf(isum as f32, h2f(le16(b, 0)) * y.d, acc);
+        mins_acc = fmaf(msum as f32, h2f(le16(b, 2)) * y.d, mins_acc);
     }
-    hsum(acc) - mins_acc
+    acc - mins_acc
 }
 
-/// # Safety
-/// AVX2+FMA present; `w.len() == 210 * a.len()`.
+/// Exact sum of eight i32 lanes (wrapping, as the integer adds).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let m4 = _mm256_set1_epi8(0xf);
-    let m2 = _mm256_set1_epi8(3);
-    for (b, y) in w.chunks_exact(210).zip(a) {
-        let sc = &b[192..208];
-        let mut sumi = _mm256_setzero_si256();
-        let mut bias = 0i32;
-        for (k, &s) in sc.iter().enumerate() {
-            bias += (s as i8) as i32 * y.bsums[k] as i32;
-        }
-        for h in 0..2 {
-            // SAFETY: ql (64 bytes at 64h), qh (32 bytes at 128 + 32h) lie within the 210-byte
-            // block; the four 32-byte Q8_K slices at 128h + 32j lie within its 256 quants.
-            let (ql0, ql1, qh, ys) = unsafe {
-                let yp = y.qs.as_ptr().add(128 * h) as *const u8;
-                (
-                    load32(b.as_ptr().add(64 * h)),
-                    load32(b.as_ptr().add(64 * h + 32)),
-                    load32(b.as_ptr().add(128 + 32 * h)),
-                    [load32(yp), load32(yp.add(32)), load32(yp.add(64)), load32(yp.add(96))],
-                )
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
-                ),
-            ];
-            for j in 0..4 {
-                let s_lo = (sc[8 * h + 2 * j] as i8) as i16;
-                let s_hi = (sc[8 * h + 2 * j + 1] as i8) as i16;
-                let scv = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], ys[j]), scv);
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-        }
-        // Σ sc·(q−32)·y = Σ sc·q·y − 32·Σ sc·bsum.
-        let bias_v = _mm256_setr_epi32(-32 * bias, 0, 0, 0, 0, 0, 0, 0);
-        sumi = _mm256_add_epi32(sumi, bias_v);
-        let d = h2f(le16(b, 208)) * y.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum(acc)
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Scalar fused multiply-add `a·b + c`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fmaf(a: f32, b: f32, c: f32) -> f32 {
+    _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
 }
 
 /// f32 dot product.
@@ -283,6 +220,77 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+/// GGML's `ggml_v_expf` (AVX2+FMA) on eight lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn v_expf(x: __m256) -> __m256 {
+    let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000));
+    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(
+        n,
+        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+    let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let c = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(126.0));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3c07_2010)), b, _mm256_set1_ps(f32::from_bits(0x3d2b_9f17))),
+            u,
+            _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3e2a_af33)), b, _mm256_set1_ps(f32::from_bits(0x3eff_fedb))),
+        ),
+        u,
+        _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
+    );
+    if _mm256_movemask_ps(c) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let d = _mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(192.0));
+    _mm256_or_ps(
+        _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(
+            d,
+            _mm256_or_ps(
+                _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+            ),
+        ),
+    )
+}
+
+/// Softmax numerators (see [`super::softmax_exp`]).
+pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
+    assert!(x.len() % 8 == 0, "softmax_exp: length {} not a multiple of 8", x.len());
+    // SAFETY: AVX2/FMA guaranteed by the caller (module docs); chunks are 8 floats.
+    unsafe { softmax_exp_avx2(x, max) }
+}
+
+/// # Safety
+/// AVX2+FMA present; `x.len()` a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_exp_avx2(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0.0f64;
+    let m = _mm256_set1_ps(max);
+    for g in x.chunks_exact_mut(8) {
+        // SAFETY: `g` holds exactly 8 floats, exclusively borrowed.
+        let v = unsafe { _mm256_loadu_ps(g.as_ptr()) };
+        let e = v_expf(_mm256_sub_ps(v, m));
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(g.as_mut_ptr(), e) };
+        sum += hsum(e) as f64;
+    }
+    sum
 }
 
 /// `y += a * x`.

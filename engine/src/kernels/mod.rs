@@ -41,7 +41,20 @@ pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
         return avx2::dot_f32(a, b);
     }
     let _ = cpu;
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    crate::quant::dot_f32_lanes(a, b)
+}
+
+/// Softmax numerators in place, `x[i] = exp(x[i] − max)` with GGML's vectorised `expf`, in
+/// groups of eight (`x.len()` a multiple of 8); returns their sum (f32 per group, f64 across
+/// groups), bit-identical on every path (see [`crate::quant::softmax_exp_lanes`]).
+#[inline]
+pub fn softmax_exp(cpu: CpuFeatures, x: &mut [f32], max: f32) -> f64 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        return avx2::softmax_exp(x, max);
+    }
+    let _ = cpu;
+    crate::quant::softmax_exp_lanes(x, max)
 }
 
 /// `y += a * x` over f32 slices.
