@@ -8,7 +8,7 @@
 
 use crate::{call, Transport};
 use tensor_hcall::desc::{
-    AbiInfo, CqEntry, DType, GenerateDesc, ModelInfo, OpCode, RegionFlags, RingControl, RingSetupDesc, SqEntry,
+    AbiInfo, CqEntry, DType, GenerateDesc, ModelInfo, OpCode, RegionFlags, RingControl, RingSetupDesc, RingSetupFlags, SqEntry,
     TensorDesc, MAX_RANK,
 };
 use tensor_hcall::{HcallError, Hypercall};
@@ -168,6 +168,17 @@ impl Ring {
     /// # Safety
     /// The area must be this guest's memory, used for nothing else while the ring lives.
     pub unsafe fn new<T: Transport + ?Sized>(t: &mut T, gpa: u64, entries: u32) -> Result<Self, HcallError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::with_notify(t, gpa, entries, None) }
+    }
+
+    /// Like [`Ring::new`], and with `Some(vector)` (32..=255) the hypervisor injects that
+    /// interrupt when a doorbell posts completions (unless suppressed with
+    /// [`Ring::suppress_interrupts`] or before the CQ producer passes [`Ring::set_event_index`]).
+    ///
+    /// # Safety
+    /// As for [`Ring::new`]; and the guest must have an interrupt handler for `vector`.
+    pub unsafe fn with_notify<T: Transport + ?Sized>(t: &mut T, gpa: u64, entries: u32, vector: Option<u8>) -> Result<Self, HcallError> {
         let area = SharedRegion { handle: 0, gpa, len: Self::area_bytes(entries) };
         area.write_bytes(0, &[0u8; RingControl::SIZE])?;
         let d = RingSetupDesc {
@@ -176,6 +187,8 @@ impl Ring {
             cq_gpa: gpa + SQ_OFF + u64::from(entries) * SqEntry::SIZE as u64,
             sq_entries: entries,
             cq_entries: entries,
+            notify_vector: vector.map_or(0, u32::from),
+            flags: if vector.is_some() { RingSetupFlags::INTERRUPT.bits() } else { 0 },
             ..RingSetupDesc::default()
         };
         let desc_gpa = t.stage(&d.to_bytes());
@@ -206,6 +219,16 @@ impl Ring {
     pub fn submit<T: Transport + ?Sized>(&mut self, t: &mut T) -> Result<u64, HcallError> {
         self.publish(self.sq_tail)?;
         call(t, Hypercall::Doorbell { ring: 0 })
+    }
+
+    /// Turns completion interrupts off (the guest polls) or back on.
+    pub fn suppress_interrupts(&self, suppress: bool) -> Result<(), HcallError> {
+        self.area.write_bytes(256, &u32::from(suppress).to_le_bytes())
+    }
+
+    /// Asks for an interrupt only once the CQ producer passes `index`.
+    pub fn set_event_index(&self, index: u32) -> Result<(), HcallError> {
+        self.area.write_bytes(260, &index.to_le_bytes())
     }
 
     /// Writes an SQ producer index (hostile tests publish impossible ones).

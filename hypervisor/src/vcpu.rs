@@ -198,6 +198,8 @@ pub fn decide(
         // Host interrupts are acknowledged on exit and dropped (guests get no devices yet); an
         // NMI is the host's and changes nothing for the guest.
         Exit::ExternalInterrupt { .. } => Decision::Resume,
+        // The guest can take an interrupt now: the run loop injects the pending one.
+        Exit::InterruptWindow => Decision::Resume,
         Exit::ExceptionOrNmi { .. } => Decision::Resume,
         Exit::InvalidGuestState(_) | Exit::MsrLoadingFailed { .. } | Exit::MachineCheckDuringEntry => {
             Decision::Stop(StopReason::EntryFailed)
@@ -211,7 +213,6 @@ fn exit_reason_of(exit: &Exit) -> ExitReason {
     match exit {
         Exit::Init => ExitReason::InitSignal,
         Exit::Sipi { .. } => ExitReason::StartupIpi,
-        Exit::InterruptWindow => ExitReason::InterruptWindow,
         Exit::NmiWindow => ExitReason::NmiWindow,
         Exit::MovDr(_) => ExitReason::MovDr,
         _ => ExitReason::TripleFault,

@@ -78,3 +78,15 @@ fn a_guest_generates_what_the_host_engine_generates_while_a_hostile_guest_is_ref
         .assert_line(&["[hostile] hostile: register more than the quota: Err(QuotaExceeded)"])
         .assert_no_line("-> WRONG");
 }
+
+#[test]
+fn completion_interrupts_reach_the_guest_on_its_vector() {
+    let run = Boot::bochs("abi-notify").module(guest_elf("notify").unwrap(), "guest:notify").run();
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&["[notify] notify: one doorbell with two completions: 1 interrupt(s) so far, expected 1 -> ok"])
+        .assert_line(&["[notify] notify: a doorbell with interrupts suppressed: 1 interrupt(s) so far, expected 1 -> ok"])
+        .assert_line(&["[notify] notify: a completion before the event index: 1 interrupt(s) so far, expected 1 -> ok"])
+        .assert_line(&["[notify] notify: completions passing the event index: 2 interrupt(s) so far, expected 2 -> ok"])
+        .assert_line(&["guest notify: exited with status 0"])
+        .assert_no_line("-> WRONG");
+}

@@ -26,7 +26,8 @@ pub use llm::{EngineHost, ModelHost, SamplingParams};
 use alloc::vec::Vec;
 use tensor_hcall::cpuid::Features;
 use tensor_hcall::desc::{
-    AbiInfo, CqEntry, GenerateDesc, RegionFlags, RingControl, RingSetupDesc, RingSetupFlags, SqEntry, TensorDesc,
+    AbiInfo, CqEntry, GenerateDesc, RegionFlags, RingControl, RingControlFlags, RingSetupDesc, RingSetupFlags, SqEntry,
+    TensorDesc,
     MAX_RANK, MAX_RING_ENTRIES,
 };
 use tensor_hcall::validate::{
@@ -48,8 +49,13 @@ pub trait GuestMemory {
 }
 
 /// What the hypervisor features advertise for the dispatcher's calls.
-pub const DISPATCH_FEATURES: Features =
-    Features::CONSOLE.union(Features::QUERY).union(Features::MEMORY).union(Features::TENSORS).union(Features::RINGS).union(Features::SESSIONS);
+pub const DISPATCH_FEATURES: Features = Features::CONSOLE
+    .union(Features::QUERY)
+    .union(Features::MEMORY)
+    .union(Features::TENSORS)
+    .union(Features::RINGS)
+    .union(Features::SESSIONS)
+    .union(Features::COMPLETION_INTERRUPTS);
 
 /// Per-tenant limits (from the tenant manifest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +152,8 @@ struct Ring {
     /// The hypervisor's own indices: the guest's copies in the control block are informational.
     sq_consumer: u32,
     cq_producer: u32,
+    /// Completion interrupt vector, if the guest asked for one.
+    vector: Option<u8>,
 }
 
 /// Session slot: which engine session it is and what its KV cache costs.
@@ -164,6 +172,8 @@ pub struct Tenant {
     ring: Option<Ring>,
     registered: u64,
     kv_bytes: u64,
+    /// A completion interrupt the vCPU layer should inject.
+    pending_interrupt: Option<u8>,
     pub counters: Counters,
 }
 
@@ -178,8 +188,14 @@ impl Tenant {
             ring: None,
             registered: 0,
             kv_bytes: 0,
+            pending_interrupt: None,
             counters: Counters::default(),
         }
+    }
+
+    /// The completion interrupt vector to inject, if a doorbell asked for one (taken once).
+    pub fn take_pending_interrupt(&mut self) -> Option<u8> {
+        self.pending_interrupt.take()
     }
 
     pub fn registered_bytes(&self) -> u64 {
@@ -332,16 +348,16 @@ impl Tenant {
     fn ring_setup(&mut self, desc_gpa: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
         let desc = RingSetupDesc::from_bytes(&self.read_desc::<{ RingSetupDesc::SIZE }>(mem, desc_gpa)?);
         let layout = validate_ring_setup(&desc)?;
-        if RingSetupFlags::from_bits_truncate(desc.flags).contains(RingSetupFlags::INTERRUPT) {
-            // Completion interrupts are not offered yet (no COMPLETION_INTERRUPTS feature bit).
-            return Err(HcallError::NotSupported);
-        }
+        // The validator allows vectors 32..=255 with the flag, and none without it.
+        let vector = RingSetupFlags::from_bits_truncate(desc.flags)
+            .contains(RingSetupFlags::INTERRUPT)
+            .then_some(desc.notify_vector as u8);
         for (start, end) in [layout.control, layout.sq, layout.cq] {
             if !mem.accessible(start, end - start, true) {
                 return Err(HcallError::BadAddress);
             }
         }
-        self.ring = Some(Ring { layout, sq_entries: desc.sq_entries, cq_entries: desc.cq_entries, sq_consumer: 0, cq_producer: 0 });
+        self.ring = Some(Ring { layout, sq_entries: desc.sq_entries, cq_entries: desc.cq_entries, sq_consumer: 0, cq_producer: 0, vector });
         mem.write(layout.control.0 + 64, &0u32.to_le_bytes())?;
         mem.write(layout.control.0 + 128, &0u32.to_le_bytes())?;
         Ok(0)
@@ -354,7 +370,7 @@ impl Tenant {
             return Err(HcallError::BadHandle);
         }
         let Some(r) = self.ring.as_ref() else { return Err(HcallError::BadHandle) };
-        let (layout, sq_entries, cq_entries) = (r.layout, r.sq_entries, r.cq_entries);
+        let (layout, sq_entries, cq_entries, vector) = (r.layout, r.sq_entries, r.cq_entries, r.vector);
         let (mut sq_consumer, mut cq_producer) = (r.sq_consumer, r.cq_producer);
         let control = RingControl::from_bytes(&self.read_desc::<{ RingControl::SIZE }>(mem, layout.control.0)?);
         let pending = ring_pending(sq_consumer, control.sq_producer.value, sq_entries)?;
@@ -391,6 +407,14 @@ impl Tenant {
         }
         mem.write(layout.control.0 + 64, &sq_consumer.to_le_bytes())?;
         mem.write(layout.control.0 + 128, &cq_producer.to_le_bytes())?;
+        // Completion interrupt, unless suppressed, and only when the CQ producer passed the
+        // guest's event index (the virtio event-index rule: new - event - 1 < new - old).
+        let suppressed = RingControlFlags::from_bits_truncate(control.flags).contains(RingControlFlags::SUPPRESS_COMPLETION_INTERRUPTS);
+        let old = cq_producer.wrapping_sub(done);
+        let crossed = cq_producer.wrapping_sub(control.cq_event_index).wrapping_sub(1) < cq_producer.wrapping_sub(old);
+        if let (Some(v), false, true, true) = (vector, suppressed, done > 0, crossed) {
+            self.pending_interrupt = Some(v);
+        }
         Ok(u64::from(done))
     }
 

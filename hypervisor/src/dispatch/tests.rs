@@ -507,3 +507,47 @@ fn the_fuzzer_finds_no_violations_in_thousands_of_structured_cases() {
         println!("seed {seed}: {r:?}");
     }
 }
+
+#[test]
+fn completion_interrupts_follow_suppression_and_the_event_index() {
+    let mut e = Env::new(Limits::default());
+    let t = e.tensor(0, DType::F32, &[4]).unwrap();
+    let d = RingSetupDesc {
+        control_gpa: CONTROL,
+        sq_gpa: SQ,
+        cq_gpa: CQ,
+        sq_entries: ENTRIES,
+        cq_entries: ENTRIES,
+        notify_vector: 0x40,
+        flags: RingSetupFlags::INTERRUPT.bits(),
+        ..Default::default()
+    };
+    e.mem.poke(SCRATCH, &d.to_bytes());
+    e.call(Hypercall::RingSetup { desc_gpa: SCRATCH }).unwrap();
+    let op = |i| sqe(i, OpCode::Softmax, &[t], t, [0, 0]);
+    e.submit(0, &[op(0), op(1)]);
+    e.call(Hypercall::Doorbell { ring: 0 }).unwrap();
+    assert_eq!(e.t.take_pending_interrupt(), Some(0x40));
+    assert_eq!(e.t.take_pending_interrupt(), None, "taken once");
+    // Nothing new: no interrupt.
+    e.call(Hypercall::Doorbell { ring: 0 }).unwrap();
+    assert_eq!(e.t.take_pending_interrupt(), None);
+    // Event index 5: completions 2..=3 do not cross it, 4..=5 do.
+    e.mem.poke(CONTROL + 260, &5u32.to_le_bytes());
+    e.submit(2, &[op(2), op(3)]);
+    e.call(Hypercall::Doorbell { ring: 0 }).unwrap();
+    assert_eq!(e.t.take_pending_interrupt(), None);
+    e.submit(4, &[op(4), op(5)]);
+    e.call(Hypercall::Doorbell { ring: 0 }).unwrap();
+    assert_eq!(e.t.take_pending_interrupt(), Some(0x40));
+    // Suppressed.
+    e.mem.poke(CONTROL + 256, &1u32.to_le_bytes());
+    e.mem.poke(CONTROL + 260, &0u32.to_le_bytes());
+    e.submit(6, &[op(6)]);
+    e.call(Hypercall::Doorbell { ring: 0 }).unwrap();
+    assert_eq!(e.t.take_pending_interrupt(), None);
+    // A vector below 32 is refused.
+    let bad = RingSetupDesc { notify_vector: 8, ..d };
+    e.mem.poke(SCRATCH, &bad.to_bytes());
+    assert_eq!(e.call(Hypercall::RingSetup { desc_gpa: SCRATCH }), Err(HcallError::InvalidArgument));
+}

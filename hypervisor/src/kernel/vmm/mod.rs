@@ -90,6 +90,8 @@ struct Guest {
     used_tsc: u64,
     /// TSC ticks the hypervisor spent handling this guest's exits (hypercalls run the engine).
     handling_tsc: u64,
+    /// A completion interrupt waiting until the guest can take it.
+    pending_vector: Option<u8>,
     exits: u64,
     stopped: Option<StopReason>,
 }
@@ -150,6 +152,7 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Modul
         budget_tsc: budget_ms.saturating_mul(tsc::hz() / 1000),
         used_tsc: 0,
         handling_tsc: 0,
+        pending_vector: None,
         exits: 0,
         stopped: None,
     })
@@ -251,6 +254,9 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         let t_handle = tsc::rdtsc();
         let decision = decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut services);
         g.handling_tsc += tsc::rdtsc().wrapping_sub(t_handle);
+        if let Some(v) = g.services.tensors.take_pending_interrupt() {
+            g.pending_vector = Some(v);
+        }
         let applied = match decision {
             Decision::Advance => g.vcpu.advance(),
             Decision::Resume => Ok(()),
@@ -264,7 +270,15 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
                 return;
             }
         };
-        if let Err(e) = applied {
+        let offered = match g.pending_vector {
+            Some(v) => g.vcpu.offer_interrupt(v).map(|injected| {
+                if injected {
+                    g.pending_vector = None;
+                }
+            }),
+            None => Ok(()),
+        };
+        if let Err(e) = applied.and(offered) {
             log::error!("guest {}: VMCS update failed: {e:?}", g.name);
             stop(g, StopReason::EntryFailed, rip, models);
             return;

@@ -306,6 +306,26 @@ impl Vcpu {
         Control32::EntryExceptionErrorCode.write(v, 0)
     }
 
+    /// Injects external interrupt `vector` on the next entry if the guest can take it now
+    /// (RFLAGS.IF set, no STI/MOV-SS blocking, no other event queued); otherwise arms
+    /// interrupt-window exiting so the hypervisor hears when it can. Returns whether it injected.
+    pub fn offer_interrupt(&mut self, vector: u8) -> Result<bool, VmFail> {
+        let v = &mut Self::vmcs();
+        let can = GuestNatural::Rflags.read(v)? & (1 << 9) != 0
+            && Guest32::InterruptibilityState.read(v)? & 0b11 == 0
+            && Control32::EntryInterruptionInfo.read(v)? & (1 << 31) == 0;
+        let primary = Control32::PrimaryProcessorBasedControls.read(v)?;
+        let window = PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+        if can {
+            // Valid (31), type 0 = external interrupt, the vector (SDM 27.6).
+            Control32::EntryInterruptionInfo.write(v, (1 << 31) | u32::from(vector))?;
+            Control32::PrimaryProcessorBasedControls.write(v, primary & !window)?;
+        } else {
+            Control32::PrimaryProcessorBasedControls.write(v, primary | window)?;
+        }
+        Ok(can)
+    }
+
     /// Logs the guest state that VM-entry checks look at, so a failed entry can be diagnosed.
     pub fn report_guest_state(&self, name: &str) {
         let v = &Self::vmcs();
