@@ -33,6 +33,10 @@ pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             // SAFETY: as above; 144 bytes per block checked.
             Some(unsafe { dot_q4_k(w, a) })
         }
+        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+            // SAFETY: as above; 210 bytes per block checked.
+            Some(unsafe { dot_q6_k(w, a) })
+        }
         _ => None,
     }
 }
@@ -193,6 +197,65 @@ fn hsum_i32(v: __m256i) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn fmaf(a: f32, b: f32, c: f32) -> f32 {
     _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
+}
+
+/// # Safety
+/// AVX2+FMA present; `w.len() == 210 * a.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    // Same chunk sums and unfused accumulation as the portable `dot_scalar` (see
+    // `quant::q6k_chunk_sums`): the lanes of quarter vectors j and j+2 hold the chunks.
+    let mut acc = 0.0f32;
+    let m4 = _mm256_set1_epi8(0xf);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut p = [[0i32; 8]; 4];
+    for (b, y) in w.chunks_exact(210).zip(a) {
+        let sc = &b[192..208];
+        let d = h2f(le16(b, 208));
+        for h in 0..2 {
+            // SAFETY: ql (64 bytes at 64h), qh (32 bytes at 128 + 32h) lie within the 210-byte
+            // block; the four 32-byte Q8_K slices at 128h + 32j lie within its 256 quants.
+            let (ql0, ql1, qh, ys) = unsafe {
+                let yp = y.qs.as_ptr().add(128 * h) as *const u8;
+                (
+                    load32(b.as_ptr().add(64 * h)),
+                    load32(b.as_ptr().add(64 * h + 32)),
+                    load32(b.as_ptr().add(128 + 32 * h)),
+                    [load32(yp), load32(yp.add(32)), load32(yp.add(64)), load32(yp.add(96))],
+                )
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
+                ),
+            ];
+            for j in 0..4 {
+                let s_lo = (sc[8 * h + 2 * j] as i8) as i16;
+                let s_hi = (sc[8 * h + 2 * j + 1] as i8) as i16;
+                let scv = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
+                let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[j], ys[j]), _mm256_maddubs_epi16(m32, ys[j]));
+                // SAFETY: p[j] is 8 i32 = 32 writable bytes.
+                unsafe { _mm256_storeu_si256(p[j].as_mut_ptr() as *mut __m256i, _mm256_madd_epi16(p16, scv)) };
+            }
+            for kk in 0..8 {
+                let (j, l) = (kk / 4, 2 * (kk % 4));
+                let isum = p[j][l] + p[j][l + 1] + p[j + 2][l] + p[j + 2][l + 1];
+                acc += isum as f32 * d * y.d;
+            }
+        }
+    }
+    acc
 }
 
 /// f32 dot product.
