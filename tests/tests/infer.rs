@@ -55,7 +55,16 @@ fn boot_cfg(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn hypervisor_generation_matches_the_host_cli_token_for_token() {
-    let model = tiny_model("tiny.gguf");
+    generation_matches_host(1, "tiny.gguf", "infer-tiny");
+}
+
+#[test]
+fn four_hypervisor_cpus_split_the_work_and_generate_the_same_tokens() {
+    generation_matches_host(4, "tiny-smp.gguf", "infer-tiny-smp");
+}
+
+fn generation_matches_host(cpus: u32, file: &str, name: &str) {
+    let model = tiny_model(file);
     let prompt = "Once upon a time";
     let host = engine_cli(
         "tvgen",
@@ -68,8 +77,9 @@ fn hypervisor_generation_matches_the_host_cli_token_for_token() {
     let distinct: std::collections::HashSet<_> = want.iter().collect();
     assert!(distinct.len() >= 4, "the comparison needs varied tokens, got {want:?}");
 
-    let cfg = boot_cfg("boot.cfg", &format!("prompt={prompt}\nmax_tokens=16\ntemperature=0.9\nseed=42\n"));
-    let run = Boot::qemu("infer-tiny", Firmware::Bios).module(&model, "model:tiny.gguf").module(cfg, "boot.cfg").run();
+    let cfg = boot_cfg(&format!("{name}.cfg"), &format!("prompt={prompt}\nmax_tokens=16\ntemperature=0.9\nseed=42\n"));
+    let run = Boot::qemu(name, Firmware::Bios).cpus(cpus).module(&model, "model:tiny.gguf").module(cfg, "boot.cfg").run();
+    run.assert_line(&[&format!("engine workers: {cpus} CPUs")]);
     run.assert_verdict(Verdict::Success)
         .assert_line(&["loading model tiny.gguf"])
         .assert_line(&["model tiny.gguf: 6 layers"])

@@ -7,7 +7,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use engine::cpu::CpuFeatures;
 use engine::model::{Model, Session};
-use engine::parallel::Serial;
+use engine::parallel::{Parallel, Serial};
 use engine::sampler::{Sampler, SamplerConfig};
 use engine::tensor::Compute;
 use engine::tokenizer::Tokenizer;
@@ -66,11 +66,23 @@ pub struct EngineHost {
     models: Vec<Loaded>,
     sessions: Vec<Option<Live>>,
     cpu: CpuFeatures,
+    par: &'static dyn Parallel,
 }
 
 impl EngineHost {
+    /// An engine host that computes on the calling CPU.
     pub fn new(cpu: CpuFeatures) -> Self {
-        Self { models: Vec::new(), sessions: Vec::new(), cpu }
+        Self::with_workers(cpu, &Serial)
+    }
+
+    /// An engine host that spreads each matrix product over `par`'s workers.
+    pub fn with_workers(cpu: CpuFeatures, par: &'static dyn Parallel) -> Self {
+        Self { models: Vec::new(), sessions: Vec::new(), cpu, par }
+    }
+
+    /// How many workers compute.
+    pub fn workers(&self) -> usize {
+        self.par.threads()
     }
 
     /// Adds a model whose weights live for the rest of the hypervisor's life (a boot module).
@@ -102,7 +114,7 @@ impl EngineHost {
     }
 
     fn comp(&self) -> Compute<'static> {
-        Compute { cpu: self.cpu, par: &Serial }
+        Compute { cpu: self.cpu, par: self.par }
     }
 }
 

@@ -80,8 +80,36 @@ core::arch::global_asm!(
     "iretq",
 );
 
+/// The wake-up IPI the boot CPU sends to parked application processors (see `smp`).
+pub const WAKE_VECTOR: u8 = 0xf0;
+
+/// The local APIC's EOI register, as mapped by `smp` (0 until then).
+#[unsafe(no_mangle)]
+static LAPIC_EOI_ADDR: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+core::arch::global_asm!(
+    ".text",
+    ".global wake_handler",
+    // The wake-up IPI only ends a HLT: acknowledge it (EOI) and return.
+    "wake_handler:",
+    "push rax",
+    "mov rax, [rip + LAPIC_EOI_ADDR]",
+    "test rax, rax",
+    "jz 2f",
+    "mov dword ptr [rax], 0",
+    "2:",
+    "pop rax",
+    "iretq",
+);
+
 unsafe extern "C" {
     static exception_stub_table: [u64; 32];
+    fn wake_handler();
+}
+
+/// Records where the local APIC's EOI register is mapped (all CPUs map it at the same address).
+pub fn set_lapic_eoi(addr: u64) {
+    LAPIC_EOI_ADDR.store(addr, core::sync::atomic::Ordering::Release);
 }
 
 #[derive(Clone, Copy)]
@@ -139,6 +167,7 @@ pub fn init() {
         };
         idt.0[vector] = Gate::interrupt(stub, ist);
     }
+    idt.0[WAKE_VECTOR as usize] = Gate::interrupt(wake_handler as *const () as u64, 0);
     load();
 }
 

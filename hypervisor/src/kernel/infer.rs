@@ -11,7 +11,6 @@ use engine::generate::generate;
 use engine::gguf::Gguf;
 use engine::model::{Model, Session};
 use hypervisor::dispatch::EngineHost;
-use engine::parallel::Serial;
 use engine::sampler::{Sampler, SamplerConfig};
 use engine::tensor::Compute;
 use engine::tokenizer::Tokenizer;
@@ -37,7 +36,7 @@ fn ids(v: &[u32]) -> String {
 /// cannot be loaded is logged and left out; returns false if that happened.
 pub fn load_models(modules: &[(Module<'_>, &'static [u8])]) -> (EngineHost, bool) {
     let cpu = CpuFeatures::detect();
-    let mut host = EngineHost::new(cpu);
+    let mut host = EngineHost::with_workers(cpu, &super::smp::CpuPool);
     let mut ok = true;
     for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("model:")) {
         let name = m.cmdline.trim_start_matches("model:");
@@ -88,7 +87,8 @@ pub fn run(host: &EngineHost, modules: &[(Module<'_>, &'static [u8])]) -> bool {
         return false;
     };
     let max_tokens: usize = config_value(cfg, "max_tokens").and_then(|v| v.parse().ok()).unwrap_or(16);
-    let comp = Compute { cpu: CpuFeatures::detect(), par: &Serial };
+    let comp = Compute { cpu: CpuFeatures::detect(), par: &super::smp::CpuPool };
+    log::info!("engine workers: {} CPUs", engine::parallel::Parallel::threads(&super::smp::CpuPool));
     let prompt_ids = tok.encode(prompt, true, false);
     log::info!("prompt \"{prompt}\" = tokens [{}]", ids(&prompt_ids));
     let mut session = Session::new(model, prompt_ids.len() + max_tokens + 1);

@@ -103,6 +103,49 @@ unsafe extern "C" {
     static ap_tramp_entry: u8;
 }
 
+/// The engine's work shared out to the application processors: a job, its generation, and how
+/// many workers finished it.
+static JOB: spin::Mutex<Option<&'static (dyn Fn(usize) + Sync)>> = spin::Mutex::new(None);
+static JOB_GENERATION: AtomicU64 = AtomicU64::new(0);
+static JOB_DONE: AtomicU32 = AtomicU32::new(0);
+/// Worker indices are 1..WORKERS (the boot CPU is worker 0).
+static WORKERS: AtomicU32 = AtomicU32::new(1);
+static LAPIC_VIRT: AtomicU64 = AtomicU64::new(0);
+
+/// The CPUs as the engine's workers ([`engine::parallel::Parallel`]): the boot CPU runs share 0
+/// and wakes the parked application processors with an IPI for the others.
+pub struct CpuPool;
+
+impl engine::parallel::Parallel for CpuPool {
+    fn threads(&self) -> usize {
+        WORKERS.load(Ordering::Acquire) as usize
+    }
+
+    fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        let workers = WORKERS.load(Ordering::Acquire);
+        if workers <= 1 {
+            job(0);
+            return;
+        }
+        // SAFETY: the reference is only used by the workers between the generation bump below
+        // and their JOB_DONE increments; this function waits for all of them and clears JOB
+        // before returning, so no use outlives the borrow `job` really has.
+        let erased: &'static (dyn Fn(usize) + Sync) = unsafe { core::mem::transmute(job) };
+        JOB_DONE.store(0, Ordering::Release);
+        *JOB.lock() = Some(erased);
+        JOB_GENERATION.fetch_add(1, Ordering::AcqRel);
+        let base = LAPIC_VIRT.load(Ordering::Acquire);
+        if base != 0 {
+            Lapic { base }.broadcast(u32::from(idt::WAKE_VECTOR));
+        }
+        job(0);
+        while JOB_DONE.load(Ordering::Acquire) < workers - 1 {
+            core::hint::spin_loop();
+        }
+        *JOB.lock() = None;
+    }
+}
+
 /// CPUs that reported in (the boot CPU counts as one).
 static ONLINE: AtomicU32 = AtomicU32::new(1);
 /// CPUs whose VMXON succeeded.
@@ -142,6 +185,11 @@ impl Lapic {
         self.read(APIC_ID) >> 24
     }
 
+    /// A fixed IPI with `vector` to every CPU but this one.
+    fn broadcast(&self, vector: u32) {
+        self.ipi(0, (3 << 18) | vector);
+    }
+
     /// Sends an IPI with `low` as the ICR low word to the APIC `dest`, waiting for delivery.
     fn ipi(&self, dest: u32, low: u32) {
         self.write(APIC_ICR_HIGH, dest << 24);
@@ -170,6 +218,8 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
     };
     // Software-enable the boot CPU's APIC (spurious vector 0xff) so it can send IPIs.
     lapic.write(APIC_SVR, lapic.read(APIC_SVR) | 0x1ff);
+    LAPIC_VIRT.store(lapic.base, Ordering::Release);
+    idt::set_lapic_eoi(lapic.base + 0xb0);
     let me = lapic.id();
     let start = core::ptr::addr_of!(ap_trampoline_start);
     let len = offset(core::ptr::addr_of!(ap_trampoline_end)) as usize;
@@ -219,7 +269,9 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
         }
     }
     memory::unmap_identity(TRAMPOLINE);
-    ONLINE.load(Ordering::Acquire)
+    let online = ONLINE.load(Ordering::Acquire);
+    WORKERS.store(online, Ordering::Release);
+    online
 }
 
 /// How many CPUs entered VMX root operation (the boot CPU included when it did).
@@ -241,7 +293,12 @@ extern "C" fn ap_main(index: u64) -> ! {
     }
     idt::load();
     fpu::enable();
-    let apic = Lapic::new().map_or(u32::MAX, |l| l.id());
+    let lapic = Lapic::new();
+    if let Some(l) = &lapic {
+        l.write(APIC_SVR, l.read(APIC_SVR) | 0x1ff); // accept the wake-up IPI
+        l.write(0x80, 0); // task priority 0
+    }
+    let apic = lapic.as_ref().map_or(u32::MAX, |l| l.id());
     let vmx = match cpu::vmx_capabilities() {
         Some(caps) => match super::vmm::enable_on_this_cpu(&caps) {
             Ok(()) => {
@@ -254,9 +311,32 @@ extern "C" fn ap_main(index: u64) -> ! {
     };
     log::info!("smp: CPU {index} online (APIC id {apic}), {vmx}");
     STARTED.store(index, Ordering::Release);
-    ONLINE.fetch_add(1, Ordering::AcqRel);
+    // Worker ids are handed out in check-in order, so they are contiguous even if some CPU
+    // failed to start.
+    let worker = ONLINE.fetch_add(1, Ordering::AcqRel);
+    worker_loop(worker as usize)
+}
+
+/// Runs engine jobs as they are published, as worker `index`; sleeps in HLT in between (the
+/// wake-up IPI ends it).
+fn worker_loop(index: usize) -> ! {
+    let mut seen = JOB_GENERATION.load(Ordering::Acquire);
     loop {
-        // SAFETY: with interrupts off this parks the CPU until the scheduler gives it work.
-        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+        let generation = JOB_GENERATION.load(Ordering::Acquire);
+        if generation != seen {
+            seen = generation;
+            let job = *JOB.lock();
+            if let Some(job) = job {
+                if index < WORKERS.load(Ordering::Acquire) as usize {
+                    job(index);
+                }
+                JOB_DONE.fetch_add(1, Ordering::AcqRel);
+            }
+            continue;
+        }
+        // SAFETY: STI's one-instruction shadow makes STI;HLT atomic: a wake-up IPI that arrives
+        // after the check above still ends the HLT. The only interrupt this CPU accepts is the
+        // wake-up vector, whose handler only acknowledges it.
+        unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
     }
 }
