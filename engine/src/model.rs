@@ -17,7 +17,7 @@ use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::half::round_f16;
 use crate::kernels;
 use crate::quant::dequantize_row;
-use crate::tensor::{Compute, Matrix};
+use crate::tensor::{matmul_many, Compute, Matrix};
 
 /// Errors loading a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -412,9 +412,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 rms_norm(row, &l.attn_norm, c.rms_eps);
             }
             trace("attn_norm", il, &xn);
-            l.wq.matmul(comp, &xn, n, &mut q);
-            l.wk.matmul(comp, &xn, n, &mut k);
-            l.wv.matmul(comp, &xn, n, &mut v);
+            matmul_many(comp, &[l.wq, l.wk, l.wv], &xn, n, &mut [&mut q, &mut k, &mut v]);
             trace("Qcur_mm", il, &q);
             trace("Kcur_mm", il, &k);
             trace("Vcur", il, &v);
@@ -501,8 +499,7 @@ impl<'m, 'a> Session<'m, 'a> {
             }
             trace("sa_out", il, &x);
             trace("ffn_norm", il, &xn);
-            l.gate.matmul(comp, &xn, n, &mut g);
-            l.up.matmul(comp, &xn, n, &mut u);
+            matmul_many(comp, &[l.gate, l.up], &xn, n, &mut [&mut g, &mut u]);
             trace("ffn_gate", il, &g);
             trace("ffn_up", il, &u);
             for (gv, &uv) in g.iter_mut().zip(&u) {

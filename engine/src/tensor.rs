@@ -6,7 +6,8 @@ use alloc::vec::Vec;
 use crate::cpu::CpuFeatures;
 use crate::kernels;
 use crate::parallel::{split_range, Parallel};
-use crate::quant::{quantize_acts, Acts, GgmlType};
+use crate::quant::{quantize_acts, ActFormat, Acts, GgmlType};
+use core::ops::Range;
 
 /// Where and how to compute.
 #[derive(Clone, Copy)]
@@ -42,43 +43,108 @@ impl<'a> Matrix<'a> {
 
     /// `out[t * rows + r] = row_r · x_t` for `n` activation rows `x_t` (each `cols` long).
     pub fn matmul(&self, c: Compute<'_>, x: &[f32], n: usize, out: &mut [f32]) {
-        assert_eq!(x.len(), n * self.cols);
-        assert_eq!(out.len(), n * self.rows);
-        let fmt = self.ty.act_format();
-        let acts: Vec<Acts> = x.chunks_exact(self.cols).map(|r| quantize_acts(fmt, r)).collect();
-        let threads = c.par.threads().max(1);
-        // Rows are split among workers; each worker fills its own [rows_i x n] tile, transposed
-        // back afterwards (so every worker writes one contiguous chunk).
-        let mut tiles: Vec<Vec<f32>> = (0..threads)
-            .map(|i| vec![0.0; split_range(self.rows, threads, i, 16).len() * n])
-            .collect();
-        {
-            let slots: Vec<spin::Mutex<&mut Vec<f32>>> =
-                tiles.iter_mut().map(spin::Mutex::new).collect();
-            let job = |i: usize| {
-                let range = split_range(self.rows, threads, i, 16);
-                let mut tile = slots[i].lock();
-                const RB: usize = 8;
-                let mut r0 = range.start;
-                while r0 < range.end {
-                    let r1 = (r0 + RB).min(range.end);
-                    for (t, a) in acts.iter().enumerate() {
-                        for r in r0..r1 {
-                            let v = kernels::dot(c.cpu, self.ty, self.row(r), a).unwrap_or(f32::NAN);
-                            tile[(r - range.start) * n + t] = v;
-                        }
+        matmul_many(c, &[*self], x, n, &mut [out])
+    }
+
+    /// Rows `range` of this matrix against all activation rows into `tile` (`[row][token]`,
+    /// `range.len() * acts.len()` values). Groups of four tokens go through [`kernels::dot4`]
+    /// (each weight block unpacked once for the four), the remaining tokens through
+    /// [`kernels::dot_rows4`] (four rows at a time); both give the bits of [`kernels::dot`].
+    fn rows_into(&self, cpu: CpuFeatures, acts: &[Acts], range: Range<usize>, tile: &mut [f32]) {
+        let n = acts.len();
+        let n4 = n / 4 * 4;
+        const RB: usize = 16;
+        let mut r0 = range.start;
+        while r0 < range.end {
+            let r1 = (r0 + RB).min(range.end);
+            for t in (0..n4).step_by(4) {
+                for r in r0..r1 {
+                    let v = kernels::dot4(cpu, self.ty, self.row(r), &acts[t..t + 4]).unwrap_or([f32::NAN; 4]);
+                    let at = (r - range.start) * n + t;
+                    tile[at..at + 4].copy_from_slice(&v);
+                }
+            }
+            for (t, a) in acts.iter().enumerate().skip(n4) {
+                let mut r = r0;
+                while r + 4 <= r1 {
+                    let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
+                    let v = kernels::dot_rows4(cpu, self.ty, rows, a).unwrap_or([f32::NAN; 4]);
+                    for (k, v) in v.into_iter().enumerate() {
+                        tile[(r + k - range.start) * n + t] = v;
                     }
-                    r0 = r1;
+                    r += 4;
                 }
-            };
-            c.par.run(&job);
+                for r in r..r1 {
+                    tile[(r - range.start) * n + t] = kernels::dot(cpu, self.ty, self.row(r), a).unwrap_or(f32::NAN);
+                }
+            }
+            r0 = r1;
         }
-        for (i, tile) in tiles.iter().enumerate() {
-            let range = split_range(self.rows, threads, i, 16);
-            for (k, r) in range.enumerate() {
-                for t in 0..n {
-                    out[t * self.rows + r] = tile[k * n + t];
+    }
+}
+
+/// Several matrices with the same `cols` applied to the same `n` activation rows in one
+/// parallel region (q/k/v, gate/up): `outs[m][t * rows_m + r] = mats[m].row_r · x_t`. The rows
+/// of all matrices are split among the workers as one range, so each worker gets an equal
+/// share of the work and [`Parallel::run`] is called once. Activations are quantized once per
+/// format.
+pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(mats.len(), outs.len());
+    let Some(first) = mats.first() else { return };
+    let cols = first.cols;
+    assert_eq!(x.len(), n * cols);
+    for (m, o) in mats.iter().zip(outs.iter()) {
+        assert_eq!(m.cols, cols);
+        assert_eq!(o.len(), n * m.rows);
+    }
+    // One activation conversion per distinct format.
+    let mut fmts: Vec<ActFormat> = Vec::new();
+    for m in mats {
+        if !fmts.contains(&m.ty.act_format()) {
+            fmts.push(m.ty.act_format());
+        }
+    }
+    let acts: Vec<Vec<Acts>> =
+        fmts.iter().map(|&f| x.chunks_exact(cols).map(|r| quantize_acts(f, r)).collect()).collect();
+    let acts_of = |m: &Matrix<'_>| &acts[fmts.iter().position(|&f| f == m.ty.act_format()).unwrap_or(0)];
+    // Global row index space: the matrices one after another.
+    let mut offsets = Vec::with_capacity(mats.len() + 1);
+    let mut total = 0;
+    for m in mats {
+        offsets.push(total);
+        total += m.rows;
+    }
+    offsets.push(total);
+    let threads = c.par.threads().max(1).min(total.div_ceil(16)).max(1);
+    // Each worker fills its own tile ([row][token] over its global row range), copied into
+    // the outputs afterwards (so every worker writes one contiguous chunk).
+    let mut tiles: Vec<Vec<f32>> =
+        (0..threads).map(|i| vec![0.0; split_range(total, threads, i, 16).len() * n]).collect();
+    {
+        let slots: Vec<spin::Mutex<&mut Vec<f32>>> = tiles.iter_mut().map(spin::Mutex::new).collect();
+        let job = |i: usize| {
+            let Some(slot) = slots.get(i) else { return };
+            let range = split_range(total, threads, i, 16);
+            let mut tile = slot.lock();
+            for (mi, m) in mats.iter().enumerate() {
+                let (lo, hi) = (range.start.max(offsets[mi]), range.end.min(offsets[mi + 1]));
+                if lo >= hi {
+                    continue;
                 }
+                let at = (lo - range.start) * n;
+                let part = &mut tile[at..at + (hi - lo) * n];
+                m.rows_into(c.cpu, acts_of(m), lo - offsets[mi]..hi - offsets[mi], part);
+            }
+        };
+        c.par.run(&job);
+    }
+    for (i, tile) in tiles.iter().enumerate() {
+        let range = split_range(total, threads, i, 16);
+        for (k, g) in range.enumerate() {
+            let mi = offsets.partition_point(|&o| o <= g) - 1;
+            let (rows, r) = (mats[mi].rows, g - offsets[mi]);
+            for t in 0..n {
+                outs[mi][t * rows + r] = tile[k * n + t];
             }
         }
     }

@@ -279,3 +279,32 @@ fn portable_and_simd_kernels_are_bit_identical() {
         assert!((*a as f64 - want).abs() <= want * 3e-7 + 1e-38, "{a} vs {want}");
     }
 }
+
+/// The multi-token (`dot4`) and multi-row (`dot_rows4`) kernels give the bits of `dot`, on
+/// the SIMD and the portable path.
+#[test]
+fn multi_token_and_multi_row_kernels_equal_single_dots() {
+    let mut rng = Rng::new(33);
+    let n = 4 * QK_K;
+    for cpu in [CpuFeatures::detect(), CpuFeatures::portable()] {
+        for ty in TYPES {
+            let rows: Vec<Vec<u8>> = (0..4).map(|_| random_row(&mut rng, ty, n, None)).collect();
+            let acts: Vec<_> = (0..4)
+                .map(|_| {
+                    let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 5.0).collect();
+                    quantize_acts(ty.act_format(), &x)
+                })
+                .collect();
+            let got = kernels::dot4(cpu, ty, &rows[0], &acts).unwrap();
+            for t in 0..4 {
+                let want = kernels::dot(cpu, ty, &rows[0], &acts[t]).unwrap();
+                assert_eq!(got[t].to_bits(), want.to_bits(), "{ty:?} dot4 token {t}");
+            }
+            let got = kernels::dot_rows4(cpu, ty, [&rows[0], &rows[1], &rows[2], &rows[3]], &acts[0]).unwrap();
+            for r in 0..4 {
+                let want = kernels::dot(cpu, ty, &rows[r], &acts[0]).unwrap();
+                assert_eq!(got[r].to_bits(), want.to_bits(), "{ty:?} dot_rows4 row {r}");
+            }
+        }
+    }
+}

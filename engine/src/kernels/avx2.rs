@@ -41,6 +41,272 @@ pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
     }
 }
 
+/// The activation blocks of four rows when all have format `F` and `blocks` blocks.
+fn four<'a, T>(acts: &'a [Acts], blocks: usize, get: impl Fn(&'a Acts) -> Option<&'a [T]>) -> Option<[&'a [T]; 4]> {
+    if acts.len() != 4 {
+        return None;
+    }
+    let mut out: [&[T]; 4] = [&[]; 4];
+    for (o, a) in out.iter_mut().zip(acts) {
+        let s = get(a)?;
+        if s.len() != blocks {
+            return None;
+        }
+        *o = s;
+    }
+    Some(out)
+}
+
+fn q8_0_of(a: &Acts) -> Option<&[BlockQ8_0]> {
+    match a {
+        Acts::Q8_0(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn q8k_of(a: &Acts) -> Option<&[BlockQ8K]> {
+    match a {
+        Acts::Q8K(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// Dots of one weight row with four activation rows (`acts.len() == 4`), each bit-identical
+/// to [`dot`] on that row: every weight block is unpacked once and used for the four tokens,
+/// whose accumulators see exactly the operations of the one-token kernels, in the same order.
+/// `None` for the types without such a kernel (and mismatched formats or lengths).
+pub fn dot4(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+    let bb = ty.block_bytes();
+    if bb == 0 || w.len() % bb != 0 {
+        return None;
+    }
+    let nb = w.len() / bb;
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => {
+            let a = four(acts, nb, q8_0_of)?;
+            // SAFETY: AVX2/FMA availability is guaranteed by the caller (module docs); `w`
+            // holds `nb` blocks of the type's size and every `a[t]` holds `nb` blocks.
+            Some(unsafe {
+                match ty {
+                    GgmlType::Q8_0 => dot4_q0::<0>(w, a),
+                    GgmlType::Q4_0 => dot4_q0::<1>(w, a),
+                    _ => dot4_q0::<2>(w, a),
+                }
+            })
+        }
+        GgmlType::Q4_K => {
+            let a = four(acts, nb, q8k_of)?;
+            // SAFETY: as above (144-byte blocks, `nb` of them, and `nb` Q8_K blocks per row).
+            Some(unsafe { dot4_q4_k(w, a) })
+        }
+        GgmlType::Q6_K => {
+            let a = four(acts, nb, q8k_of)?;
+            // SAFETY: as above (210-byte blocks).
+            Some(unsafe { dot4_q6_k(w, a) })
+        }
+        _ => None,
+    }
+}
+
+/// Dots of four Q8_0 weight rows with one activation row, each bit-identical to [`dot`]
+/// (four independent accumulator chains, the activation block loaded once). `None` unless
+/// `ty` is Q8_0 and every row has 34 bytes per activation block.
+pub fn dot_rows4(ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> Option<[f32; 4]> {
+    match (ty, acts) {
+        (GgmlType::Q8_0, Acts::Q8_0(a)) if w.iter().all(|r| r.len() == 34 * a.len()) => {
+            // SAFETY: AVX2/FMA guaranteed by the caller; each row holds `a.len()` 34-byte blocks.
+            Some(unsafe { dot_rows4_q8_0(w, a) })
+        }
+        _ => None,
+    }
+}
+
+/// One Q8_0-family block (`K`: 0 = Q8_0, 1 = Q4_0, 2 = Q5_0) as 32 signed quants and its scale.
+///
+/// # Safety
+/// AVX2+FMA present; `b` is one whole block of the type (34, 18 or 22 bytes).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q0<const K: u8>(b: &[u8]) -> (__m256i, f32) {
+    let d = h2f(le16(b, 0));
+    let q = match K {
+        // SAFETY: 32 bytes from offset 2 of a 34-byte block.
+        0 => unsafe { load32(b.as_ptr().add(2)) },
+        1 => {
+            // SAFETY: 16 bytes from offset 2 of an 18-byte block.
+            let q = unsafe { nibbles(b.as_ptr().add(2)) };
+            _mm256_sub_epi8(q, _mm256_set1_epi8(8))
+        }
+        _ => {
+            let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+            let bitmask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+            let hb = _mm256_cmpeq_epi8(_mm256_or_si256(spread, bitmask), _mm256_set1_epi8(-1));
+            // SAFETY: 16 bytes from offset 6 of a 22-byte block.
+            let q = unsafe { nibbles(b.as_ptr().add(6)) };
+            let q = _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
+            _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+        }
+    };
+    (q, d)
+}
+
+/// # Safety
+/// AVX2+FMA present; `w` is whole blocks of the `K` type, one per block of every `a[t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_q0<const K: u8>(w: &[u8], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let bb = match K {
+        0 => 34,
+        1 => 18,
+        _ => 22,
+    };
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, b) in w.chunks_exact(bb).enumerate() {
+        // SAFETY: `b` is one whole block.
+        let (qx, dw) = unsafe { unpack_q0::<K>(b) };
+        let ax = _mm256_sign_epi8(qx, qx);
+        for t in 0..4 {
+            let y = &a[t][i];
+            // SAFETY: y.qs is 32 bytes.
+            let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx)), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y.d), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// # Safety
+/// AVX2+FMA present; every row of `w` holds `a.len()` 34-byte blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows4_q8_0(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    // The four rows are usually adjacent (one 4 * row-bytes span): prefetch the span two
+    // groups ahead, a little per block, so the interleaved access pattern streams at full speed.
+    let span = 34 * a.len() * 4;
+    let ahead = w[0].as_ptr().wrapping_add(2 * span);
+    let step = span.div_ceil(a.len().max(1)).div_ceil(64) * 64;
+    for (i, y) in a.iter().enumerate() {
+        for l in (0..step).step_by(64) {
+            // Prefetching is only a hint: it never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * step + l) as *const i8);
+        }
+        // SAFETY: y.qs is 32 bytes.
+        let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
+        for r in 0..4 {
+            let b = &w[r][34 * i..34 * i + 34];
+            // SAFETY: 32 bytes from offset 2 of the 34-byte block `b`.
+            let qx = unsafe { load32(b.as_ptr().add(2)) };
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)), ones);
+            let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// # Safety
+/// AVX2+FMA present; `w` is whole 144-byte blocks, one per block of every `a[t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_q4_k(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let mut acc = [0.0f32; 4];
+    let mut mins_acc = [0.0f32; 4];
+    let m4 = _mm256_set1_epi8(0xf);
+    for (i, b) in w.chunks_exact(144).enumerate() {
+        let scales = &b[4..16];
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        let mut msum = [0i32; 4];
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+            // SAFETY: 32 bytes at 16 + 32c (c < 4) lie within the 144-byte block.
+            let q = unsafe { load32(b.as_ptr().add(16 + 32 * c)) };
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            let (s1, s2) = (_mm256_set1_epi16(sc1 as i16), _mm256_set1_epi16(sc2 as i16));
+            for t in 0..4 {
+                let y = &a[t][i];
+                msum[t] += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                    + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+                // SAFETY: the Q8_K quants at 64c and 64c + 32 lie within its 256 bytes.
+                let (y1, y2) = unsafe {
+                    (load32(y.qs.as_ptr().add(64 * c) as *const u8), load32(y.qs.as_ptr().add(64 * c + 32) as *const u8))
+                };
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y1), s1);
+                let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y2), s2);
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p1, p2));
+            }
+        }
+        let (d, dmin) = (h2f(le16(b, 0)), h2f(le16(b, 2)));
+        for t in 0..4 {
+            let yd = a[t][i].d;
+            acc[t] = fmaf(hsum_i32(sumi[t]) as f32, d * yd, acc[t]);
+            mins_acc[t] = fmaf(msum[t] as f32, dmin * yd, mins_acc[t]);
+        }
+    }
+    [acc[0] - mins_acc[0], acc[1] - mins_acc[1], acc[2] - mins_acc[2], acc[3] - mins_acc[3]]
+}
+
+/// # Safety
+/// AVX2+FMA present; `w` is whole 210-byte blocks, one per block of every `a[t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_q6_k(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let mut acc = [0.0f32; 4];
+    let m4 = _mm256_set1_epi8(0xf);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut p = [[0i32; 8]; 4];
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        let sc = &b[192..208];
+        let d = h2f(le16(b, 208));
+        for h in 0..2 {
+            // SAFETY: ql (64 bytes at 64h) and qh (32 bytes at 128 + 32h) lie within the block.
+            let (ql0, ql1, qh) = unsafe {
+                (load32(b.as_ptr().add(64 * h)), load32(b.as_ptr().add(64 * h + 32)), load32(b.as_ptr().add(128 + 32 * h)))
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
+                ),
+            ];
+            let mut scv = [_mm256_setzero_si256(); 4];
+            for (j, s) in scv.iter_mut().enumerate() {
+                let s_lo = (sc[8 * h + 2 * j] as i8) as i16;
+                let s_hi = (sc[8 * h + 2 * j + 1] as i8) as i16;
+                *s = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
+            }
+            for t in 0..4 {
+                let y = &a[t][i];
+                for j in 0..4 {
+                    // SAFETY: the 32-byte Q8_K slice at 128h + 32j lies within its 256 quants.
+                    let yv = unsafe { load32(y.qs.as_ptr().add(128 * h + 32 * j) as *const u8) };
+                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[j], yv), _mm256_maddubs_epi16(m32, yv));
+                    // SAFETY: p[j] is 8 i32 = 32 writable bytes.
+                    unsafe { _mm256_storeu_si256(p[j].as_mut_ptr() as *mut __m256i, _mm256_madd_epi16(p16, scv[j])) };
+                }
+                for kk in 0..8 {
+                    let (j, l) = (kk / 4, 2 * (kk % 4));
+                    let isum = p[j][l] + p[j][l + 1] + p[j + 2][l] + p[j + 2][l + 1];
+                    acc[t] += isum as f32 * d * y.d;
+                }
+            }
+        }
+    }
+    acc
+}
+
 /// binary16 to f32 with F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn h2f(h: u16) -> f32 {

@@ -25,6 +25,42 @@ pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32>
     dot_scalar(ty, w, acts)
 }
 
+/// Dots of one weight row with four activation rows (`acts.len() == 4`): `out[t]` equals
+/// `dot(cpu, ty, w, &acts[t])` bit for bit (the SIMD kernels unpack each weight block once for
+/// the four tokens but keep every token's own accumulation order). `None` as [`dot`].
+#[inline]
+pub fn dot4(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        if let Some(v) = avx2::dot4(ty, w, acts) {
+            return Some(v);
+        }
+    }
+    if acts.len() != 4 {
+        return None;
+    }
+    Some([
+        dot(cpu, ty, w, &acts[0])?,
+        dot(cpu, ty, w, &acts[1])?,
+        dot(cpu, ty, w, &acts[2])?,
+        dot(cpu, ty, w, &acts[3])?,
+    ])
+}
+
+/// Dots of four weight rows with one activation row: `out[r]` equals `dot(cpu, ty, w[r], acts)`
+/// bit for bit (the Q8_0 SIMD kernel runs four rows' accumulator chains side by side, so a
+/// memory-bound matrix-vector product streams at full speed).
+#[inline]
+pub fn dot_rows4(cpu: CpuFeatures, ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> Option<[f32; 4]> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        if let Some(v) = avx2::dot_rows4(ty, w, acts) {
+            return Some(v);
+        }
+    }
+    Some([dot(cpu, ty, w[0], acts)?, dot(cpu, ty, w[1], acts)?, dot(cpu, ty, w[2], acts)?, dot(cpu, ty, w[3], acts)?])
+}
+
 /// CPUID-based detection: (AVX2+FMA+F16C, AVX-512 F/BW/VL).
 pub fn detect() -> (bool, bool) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
