@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod elf;
 pub mod frames;
 pub mod madt;
+pub mod manifest;
 pub mod multiboot2;
 pub mod paging;
 pub mod vcpu;
