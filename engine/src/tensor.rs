@@ -88,6 +88,10 @@ impl<'a> Matrix<'a> {
 /// of all matrices are split among the workers as one range, so each worker gets an equal
 /// share of the work and [`Parallel::run`] is called once. Activations are quantized once per
 /// format.
+/// Products of fewer weight bytes × tokens than this run on one worker (measured: a
+/// 0.4 MB decode product takes ~40 µs alone, about what waking a second std thread costs).
+const PAR_MIN_BYTES: usize = 1 << 19;
+
 pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     assert_eq!(mats.len(), outs.len());
     let Some(first) = mats.first() else { return };
@@ -115,12 +119,21 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
         total += m.rows;
     }
     offsets.push(total);
-    let threads = c.par.threads().max(1).min(total.div_ceil(16)).max(1);
+    // Handing work to other workers has a fixed cost (tens of microseconds for a std thread):
+    // small products (decode's per-layer matrices) run on the calling worker alone.
+    let bytes: usize = mats.iter().map(|m| m.data.len()).sum();
+    let threads = if bytes * n < PAR_MIN_BYTES { 1 } else { c.par.threads().max(1).min(total.div_ceil(16)).max(1) };
     // Each worker fills its own tile ([row][token] over its global row range), copied into
     // the outputs afterwards (so every worker writes one contiguous chunk).
     let mut tiles: Vec<Vec<f32>> =
         (0..threads).map(|i| vec![0.0; split_range(total, threads, i, 16).len() * n]).collect();
-    {
+    if threads == 1 {
+        let mut pos = 0;
+        for m in mats {
+            m.rows_into(c.cpu, acts_of(m), 0..m.rows, &mut tiles[0][pos..pos + m.rows * n]);
+            pos += m.rows * n;
+        }
+    } else {
         let slots: Vec<spin::Mutex<&mut Vec<f32>>> = tiles.iter_mut().map(spin::Mutex::new).collect();
         let job = |i: usize| {
             let Some(slot) = slots.get(i) else { return };
