@@ -575,7 +575,7 @@ fn v_expf_n(x: f32) -> f32 {
 /// groups of eight (`x.len()` must be a multiple of 8), each group summed in f32 (`hsum`
 /// order) and the group sums added in f64. Returns the f64 sum.
 pub fn softmax_exp_lanes(x: &mut [f32], max: f32) -> f64 {
-    assert!(x.len() % 8 == 0, "softmax_exp_lanes: length {} not a multiple of 8", x.len());
+    assert!(x.len().is_multiple_of(8), "softmax_exp_lanes: length {} not a multiple of 8", x.len());
     let mut sum = 0.0f64;
     for g in x.chunks_exact_mut(8) {
         let mut d = [0.0f32; 8];

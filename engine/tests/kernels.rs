@@ -65,7 +65,7 @@ fn reference_element(ty: GgmlType, row: &[u8], i: usize) -> f32 {
             };
             let qoff = if ty == GgmlType::Q4_K { 16 } else { 48 };
             let byte = b[qoff + 32 * (sub / 2) + j % 32];
-            let mut q = if sub % 2 == 0 { byte & 15 } else { byte >> 4 } as i32;
+            let mut q = if sub.is_multiple_of(2) { byte & 15 } else { byte >> 4 } as i32;
             if ty == GgmlType::Q5_K {
                 q += (((b[16 + j % 32] >> sub) & 1) as i32) << 4;
             }

@@ -36,8 +36,11 @@ fn setup() -> Setup {
     Setup { bytes, refs: common::parse_json(include_str!("data/llama_refs.json")) }
 }
 
-/// Runs every reference case: (case, our greedy tokens, our first logits).
-fn run_cases(s: &Setup, greedy: bool) -> Vec<(usize, Vec<u32>, Vec<u32>, Vec<f32>)> {
+/// One reference case's result: (case, prompt tokens, our greedy tokens, our first logits).
+type CaseResult = (usize, Vec<u32>, Vec<u32>, Vec<f32>);
+
+/// Runs every reference case.
+fn run_cases(s: &Setup, greedy: bool) -> Vec<CaseResult> {
     let g = Gguf::parse(&s.bytes).expect("parse gguf");
     let model = Model::from_gguf(&g).expect("load model");
     let tok = Tokenizer::from_gguf(&g).expect("tokenizer");

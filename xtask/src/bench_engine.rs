@@ -2,6 +2,8 @@
 //! 1 and 2 threads, for this engine (`tvgen`) and for llama.cpp (llama-cpp-python built from
 //! source by `scripts/engine/install_llama_cpp.sh`, run by `scripts/engine/bench_llama.py`), in
 //! one run on the same machine. Prints one JSON object with the ratios (engine / llama.cpp).
+//! Each run also measures the machine's read bandwidth (`tvgen --membw`, a streaming sum) and
+//! reports decode's bound: bandwidth / weight bytes per token.
 //! Options: `--prompt N`, `--gen N`, `--threads 1,2`.
 
 use std::process::Command;
@@ -52,6 +54,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let llama_dir = llama_dir.lines().last().unwrap_or("").to_string();
     let tvgen = root.join("target/release/tvgen");
     let mut rows = Vec::new();
+    let mut weight_bytes = 0.0f64;
     for &t in &threads {
         let mut best: Option<(f64, f64)> = None;
         for _ in 0..2 {
@@ -64,11 +67,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 "tvgen",
             )?;
             let r = (field(&out, "prefill_tok_s")?, field(&out, "decode_tok_s")?);
+            weight_bytes = field(&out, "weight_bytes_per_token")?;
             if best.is_none_or(|b| r.1 > b.1) {
                 best = Some(r);
             }
         }
         let (ep, ed) = best.unwrap_or_default();
+        // Decode's memory-bandwidth bound: weight bytes read per token / measured read bandwidth.
+        let bw = field(
+            &output(Command::new(&tvgen).args(["--membw", "--threads", &t.to_string()]), "tvgen --membw")?,
+            "read_bytes_per_s",
+        )?;
+        let bound = bw / weight_bytes.max(1.0);
         let out = output(
             Command::new("python3")
                 .env("PYTHONPATH", &llama_dir)
@@ -78,13 +88,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "bench_llama.py",
         )?;
         let (lp, ld) = (field(&out, "prefill_tok_s")?, field(&out, "decode_tok_s")?);
-        eprintln!("threads {t}: engine prefill {ep:.1} decode {ed:.1} tok/s; llama.cpp prefill {lp:.1} decode {ld:.1} tok/s");
+        eprintln!(
+            "threads {t}: engine prefill {ep:.1} decode {ed:.1} tok/s; llama.cpp prefill {lp:.1} decode {ld:.1} tok/s; \
+             read bandwidth {:.1} GB/s, decode bound {bound:.1} tok/s",
+            bw / 1e9
+        );
         rows.push(format!(
             "{{\"threads\":{t},\"engine\":{{\"prefill_tok_s\":{ep:.2},\"decode_tok_s\":{ed:.2}}},\
              \"llama_cpp\":{{\"prefill_tok_s\":{lp:.2},\"decode_tok_s\":{ld:.2}}},\
-             \"ratio\":{{\"prefill\":{:.3},\"decode\":{:.3}}}}}",
+             \"ratio\":{{\"prefill\":{:.3},\"decode\":{:.3}}},\
+             \"bandwidth\":{{\"read_gb_s\":{:.2},\"weight_mb_per_token\":{:.1},\"decode_bound_tok_s\":{bound:.1},\
+             \"engine_fraction_of_bound\":{:.3},\"llama_cpp_fraction_of_bound\":{:.3}}}}}",
             ep / lp,
-            ed / ld
+            ed / ld,
+            bw / 1e9,
+            weight_bytes / 1e6,
+            ed / bound,
+            ld / bound
         ));
     }
     println!(

@@ -29,6 +29,7 @@ struct Args {
     ignore_eos: bool,
     portable: bool,
     bench_prompt: Option<usize>,
+    membw: bool,
     sampler: SamplerConfig,
 }
 
@@ -43,6 +44,7 @@ fn parse() -> Result<Args, String> {
         ignore_eos: false,
         portable: false,
         bench_prompt: None,
+        membw: false,
         sampler: SamplerConfig::default(),
     };
     let mut it = std::env::args().skip(1);
@@ -65,17 +67,18 @@ fn parse() -> Result<Args, String> {
             "--chat" => a.chat = true,
             "--ignore-eos" => a.ignore_eos = true,
             "--portable" => a.portable = true,
+            "--membw" => a.membw = true,
             "--bench-prompt" => a.bench_prompt = Some(num(val(&k)?, &k)?),
             "-h" | "--help" => {
                 return Err("usage: tvgen --model FILE --prompt TEXT --max-tokens N --temp T \
                             --threads T [--json] [--chat] [--top-k K] [--top-p P] \
-                            [--repeat-penalty R] [--seed S] [--ignore-eos] [--portable] [--bench-prompt N]"
+                            [--repeat-penalty R] [--seed S] [--ignore-eos] [--portable] [--bench-prompt N] [--membw]"
                     .into())
             }
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
-    if a.model.is_empty() {
+    if a.model.is_empty() && !a.membw {
         return Err("--model FILE is required".into());
     }
     Ok(a)
@@ -99,8 +102,34 @@ fn json_str(s: &str) -> String {
     o
 }
 
+/// Memory read bandwidth: `threads` workers each sum their part of a 512 MiB buffer (much
+/// larger than any cache), best of 3 passes; bytes/s.
+fn read_bandwidth(threads: usize) -> f64 {
+    let words = 64usize << 20;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let sum: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(words.div_ceil(threads))
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &b| a.wrapping_add(b))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max((words * 8) as f64 / secs);
+    }
+    best
+}
+
 fn run() -> Result<(), String> {
     let a = parse()?;
+    if a.membw {
+        println!("{{\"threads\":{},\"read_bytes_per_s\":{:.0}}}", a.threads, read_bandwidth(a.threads.max(1)));
+        return Ok(());
+    }
     let bytes = std::fs::read(&a.model).map_err(|e| format!("cannot read {}: {e}", a.model))?;
     let gguf = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", a.model))?;
     let model = Model::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;
@@ -151,12 +180,13 @@ fn run() -> Result<(), String> {
     if json {
         let ids = |v: &[u32]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
         println!(
-            "{{\"prompt_tokens\":[{}],\"tokens\":[{}],\"text\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3}}}",
+            "{{\"prompt_tokens\":[{}],\"tokens\":[{}],\"text\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"weight_bytes_per_token\":{}}}",
             ids(&g.prompt_tokens),
             ids(&g.tokens),
             json_str(&tok.decode(&g.tokens)),
             prefill,
-            decode
+            decode,
+            model.weight_bytes_per_token()
         );
     } else {
         println!();

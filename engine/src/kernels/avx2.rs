@@ -77,7 +77,7 @@ fn q8k_of(a: &Acts) -> Option<&[BlockQ8K]> {
 /// `None` for the types without such a kernel (and mismatched formats or lengths).
 pub fn dot4(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
     let bb = ty.block_bytes();
-    if bb == 0 || w.len() % bb != 0 {
+    if bb == 0 || !w.len().is_multiple_of(bb) {
         return None;
     }
     let nb = w.len() / bb;
@@ -600,7 +600,7 @@ fn v_expf(x: __m256) -> __m256 {
 
 /// Softmax numerators (see [`super::softmax_exp`]).
 pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
-    assert!(x.len() % 8 == 0, "softmax_exp: length {} not a multiple of 8", x.len());
+    assert!(x.len().is_multiple_of(8), "softmax_exp: length {} not a multiple of 8", x.len());
     // SAFETY: AVX2/FMA guaranteed by the caller (module docs); chunks are 8 floats.
     unsafe { softmax_exp_avx2(x, max) }
 }

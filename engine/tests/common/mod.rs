@@ -66,8 +66,7 @@ impl Json {
 pub fn parse_json(s: &str) -> Json {
     let b = s.as_bytes();
     let mut i = 0;
-    let v = value(b, &mut i);
-    v
+    value(b, &mut i)
 }
 
 fn ws(b: &[u8], i: &mut usize) {
