@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo};
-use crate::half::round_f16;
+use crate::half::{f16_to_f32, f32_to_f16, round_f16};
 use crate::kernels;
 use crate::quant::dequantize_row;
 use crate::tensor::{matmul_many, Compute, Matrix};
@@ -171,6 +171,8 @@ pub struct Model<'a> {
     pub output: Matrix<'a>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer<'a>>,
+    /// `round_f16(gelu(x))` for every f16 bit pattern `x` (GGML's GELU table), see [`geglu`].
+    gelu_f16: Vec<f32>,
 }
 
 fn tensor<'a, 'g>(g: &'g Gguf<'a>, name: &str) -> Result<&'g TensorInfo<'a>, ModelError> {
@@ -227,7 +229,8 @@ impl<'a> Model<'a> {
             });
         }
         let output_norm = vector(g, "output_norm.weight", d)?;
-        Ok(Model { config: c, tok_embd, output, output_norm, layers })
+        let gelu_f16 = (0..=u16::MAX).map(|h| round_f16(gelu(f16_to_f32(h)))).collect();
+        Ok(Model { config: c, tok_embd, output, output_norm, layers, gelu_f16 })
     }
 
     /// Bytes of weights read to decode one token (all layer matrices plus the output matrix).
@@ -267,6 +270,18 @@ pub fn geglu(g: f32, u: f32) -> f32 {
         g * u
     } else {
         round_f16(gelu(round_f16(g))) * u
+    }
+}
+
+/// [`geglu`] with the precomputed table (`table[h] = round_f16(gelu(h as f16))`): the same bits.
+#[inline]
+fn geglu_table(table: &[f32], g: f32, u: f32) -> f32 {
+    if g <= -10.0 {
+        0.0
+    } else if g >= 10.0 {
+        g * u
+    } else {
+        table[f32_to_f16(g) as usize] * u
     }
 }
 
@@ -503,7 +518,7 @@ impl<'m, 'a> Session<'m, 'a> {
             trace("ffn_gate", il, &g);
             trace("ffn_up", il, &u);
             for (gv, &uv) in g.iter_mut().zip(&u) {
-                *gv = geglu(*gv, uv);
+                *gv = geglu_table(&m.gelu_f16, *gv, uv);
             }
             trace("ffn_geglu", il, &g);
             l.down.matmul(comp, &g, n, &mut o);
@@ -524,5 +539,24 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut logits = vec![0.0f32; c.n_vocab];
         m.output.matvec(comp, &last, &mut logits);
         Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod gelu_tests {
+    use super::*;
+
+    #[test]
+    fn gelu_table_gives_the_bits_of_geglu() {
+        let table: Vec<f32> = (0..=u16::MAX).map(|h| round_f16(gelu(f16_to_f32(h)))).collect();
+        let mut x = 0x1234_5678u32;
+        for i in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let g = (x as f32 / u32::MAX as f32 - 0.5) * 24.0 * if i % 3 == 0 { 1e-3 } else { 1.0 };
+            let u = 0.75 + (i % 7) as f32;
+            assert_eq!(geglu(g, u).to_bits(), geglu_table(&table, g, u).to_bits(), "g = {g}");
+        }
     }
 }
