@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+pub mod accounting;
 pub mod dispatch;
 pub mod elf;
 pub mod frames;
