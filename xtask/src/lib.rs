@@ -8,6 +8,7 @@ pub mod bench_hypercall;
 pub mod emulator;
 pub mod fuzz;
 pub mod image;
+pub mod manifest;
 pub mod model;
 pub mod setup;
 

@@ -26,6 +26,7 @@ cargo xtask <command>
       --count N               round trips (default 200000)
   bench abi             64 tensor ops batched vs one doorbell each, in Bochs: exits, instructions, bytes copied
   bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
+  config check|compile [FILE] [OUT]  validate config/tenants.toml (or FILE); compile it to the binary manifest
   fuzz hcall --cases N  randomized adversarial hypercalls against the real dispatcher
   test                  host unit tests of every crate, then the emulator integration tests;
                         ends with `N passed, N failed`
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         "test" => cmd_test(rest),
         "model" => xtask::model::run(rest),
         "fuzz" => xtask::fuzz::run(rest),
+        "config" => xtask::manifest::run(rest),
         "bench" => match rest.first().map(String::as_str) {
             Some("hypercall") => xtask::bench_hypercall::run(&rest[1..]),
             Some("abi") => xtask::bench_abi::run(&rest[1..]),

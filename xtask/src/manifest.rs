@@ -1,0 +1,285 @@
+//! `cargo xtask config check|compile`: the tenant configuration (`config/tenants.toml`) parsed,
+//! validated and compiled into the binary manifest the hypervisor reads at boot.
+//!
+//! Parsing is strict (`deny_unknown_fields`); every value keeps its span, so an error names the
+//! file, the line and the field: `config/tenants.toml:14: tenant #1 `bob`: memory_mib: 4096 is
+//! outside 2..=1024`. The range and cross-tenant rules are not repeated here: the parsed
+//! configuration becomes a [`hypervisor::manifest::Manifest`] and goes through
+//! [`hypervisor::manifest::validate`], the function the hypervisor itself runs on the decoded
+//! bytes; its error names the tenant and field, which this module maps back to a line. What
+//! only the image builder can know is checked here: that each guest exists under `guests/`.
+
+use hypervisor::manifest::{self, Flags, Machine, Manifest, ManifestError, Quota, Tenant};
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    machine: Spanned<MachineToml>,
+    #[serde(default)]
+    tenants: Vec<Spanned<TenantToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineToml {
+    cpus: Spanned<u16>,
+    memory_mib: Spanned<u32>,
+    kv_cache_mib: Spanned<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantToml {
+    name: Spanned<String>,
+    guest: Spanned<String>,
+    #[serde(default)]
+    args: Option<Spanned<String>>,
+    memory_mib: Spanned<u32>,
+    #[serde(default)]
+    vcpus: Option<Spanned<u8>>,
+    #[serde(default)]
+    cpus: Option<Spanned<Vec<u8>>>,
+    #[serde(default)]
+    models: Option<Spanned<Vec<String>>>,
+    weight: Spanned<u16>,
+    cpu_budget_ms: Spanned<u32>,
+    quota: Spanned<QuotaToml>,
+    #[serde(default)]
+    policy: Option<Spanned<PolicyToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaToml {
+    registered_mib: Spanned<u32>,
+    inflight_ops: Spanned<u32>,
+    kv_cache_mib: Spanned<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PolicyToml {
+    #[serde(default)]
+    user_mode_hypercalls: Option<Spanned<bool>>,
+    #[serde(default)]
+    completion_interrupts: Option<Spanned<bool>>,
+}
+
+/// A checked configuration: the manifest and its encoding.
+#[derive(Debug)]
+pub struct Compiled {
+    pub manifest: Manifest,
+    pub bytes: Vec<u8>,
+}
+
+impl Compiled {
+    /// A human summary, one line per tenant.
+    pub fn summary(&self) -> String {
+        let m = &self.manifest;
+        let mut s = format!(
+            "{} tenants on {} CPUs, {} of {} MiB of memory, {} of {} MiB of KV cache; manifest {} bytes, CRC-32 {:#010x}\n",
+            m.tenants.len(),
+            m.machine.cpus,
+            m.tenants.iter().map(|t| t.memory_mib).sum::<u32>(),
+            m.machine.memory_mib,
+            m.tenants.iter().map(|t| t.quota.kv_cache_mib).sum::<u32>(),
+            m.machine.kv_cache_mib,
+            self.bytes.len(),
+            u32::from_le_bytes([self.bytes[20], self.bytes[21], self.bytes[22], self.bytes[23]]),
+        );
+        for t in &m.tenants {
+            let pin = if t.cpus.is_empty() { "unpinned".to_string() } else { format!("CPUs {:?}", t.cpus) };
+            s += &format!(
+                "  {:<12} guest {:<10} {:>4} MiB, {} vCPU {pin}, weight {}, budget {} ms, quota {} MiB registered / {} ops / {} MiB KV, models {:?}{}\n",
+                t.name,
+                t.guest,
+                t.memory_mib,
+                t.vcpus,
+                t.weight,
+                t.cpu_budget_ms,
+                t.quota.registered_mib,
+                t.quota.inflight_ops,
+                t.quota.kv_cache_mib,
+                t.models,
+                if t.flags.contains(Flags::USER_MODE_HYPERCALLS) { ", user-mode hypercalls" } else { "" },
+            );
+        }
+        s
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.get(..at).unwrap_or(text).bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Which `[[tenants]]` table (by index) the byte offset `at` falls in, by its headers.
+fn tenant_at(text: &str, at: usize) -> Option<usize> {
+    let mut offset = 0;
+    let mut index = None;
+    for line in text.split_inclusive('\n') {
+        if offset > at {
+            break;
+        }
+        if line.trim_start().starts_with("[[tenants]]") {
+            index = Some(index.map_or(0, |i| i + 1));
+        }
+        offset += line.len();
+    }
+    index
+}
+
+/// The span of `field` (a manifest error's field name) in tenant `t`.
+fn tenant_field_span(t: &Spanned<TenantToml>, field: &str) -> Range<usize> {
+    let v = t.get_ref();
+    let opt = |s: Option<Range<usize>>| s.unwrap_or_else(|| t.span());
+    match field {
+        "name" => v.name.span(),
+        "guest" => v.guest.span(),
+        "args" => opt(v.args.as_ref().map(Spanned::span)),
+        "memory_mib" => v.memory_mib.span(),
+        "vcpus" => opt(v.vcpus.as_ref().map(Spanned::span)),
+        "cpus" => opt(v.cpus.as_ref().map(Spanned::span)),
+        "models" => opt(v.models.as_ref().map(Spanned::span)),
+        "weight" => v.weight.span(),
+        "cpu_budget_ms" => v.cpu_budget_ms.span(),
+        "quota.registered_mib" => v.quota.get_ref().registered_mib.span(),
+        "quota.inflight_ops" => v.quota.get_ref().inflight_ops.span(),
+        "quota.kv_cache_mib" => v.quota.get_ref().kv_cache_mib.span(),
+        "flags" => opt(v.policy.as_ref().map(Spanned::span)),
+        _ => t.span(),
+    }
+}
+
+fn to_manifest(f: &FileToml) -> Manifest {
+    let m = f.machine.get_ref();
+    let machine = Machine { cpus: *m.cpus.get_ref(), memory_mib: *m.memory_mib.get_ref(), kv_cache_mib: *m.kv_cache_mib.get_ref() };
+    let tenants = f
+        .tenants
+        .iter()
+        .map(|t| {
+            let t = t.get_ref();
+            let q = t.quota.get_ref();
+            let cpus = t.cpus.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+            let policy = t.policy.as_ref().map(Spanned::get_ref);
+            let flag = |get: fn(&PolicyToml) -> &Option<Spanned<bool>>| policy.and_then(|p| get(p).as_ref()).is_some_and(|b| *b.get_ref());
+            Tenant {
+                name: t.name.get_ref().clone(),
+                guest: t.guest.get_ref().clone(),
+                args: t.args.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
+                memory_mib: *t.memory_mib.get_ref(),
+                // Without `vcpus`, one per pinned CPU, or one.
+                vcpus: t.vcpus.as_ref().map_or(cpus.len().clamp(1, 255) as u8, |v| *v.get_ref()),
+                cpus,
+                models: t.models.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default(),
+                quota: Quota { registered_mib: *q.registered_mib.get_ref(), inflight_ops: *q.inflight_ops.get_ref(), kv_cache_mib: *q.kv_cache_mib.get_ref() },
+                weight: *t.weight.get_ref(),
+                flags: Flags::empty()
+                    .with(Flags::USER_MODE_HYPERCALLS, flag(|p| &p.user_mode_hypercalls))
+                    .with(Flags::COMPLETION_INTERRUPTS, flag(|p| &p.completion_interrupts)),
+                cpu_budget_ms: *t.cpu_budget_ms.get_ref(),
+            }
+        })
+        .collect();
+    Manifest { machine, tenants }
+}
+
+/// The names of the guests under `guests_dir` (directories with a Cargo.toml).
+fn known_guests(guests_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(guests_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("Cargo.toml").is_file())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Parses, validates and compiles `text` (the contents of `file`, named in errors); guests must
+/// exist as `guests_dir/NAME/Cargo.toml`.
+pub fn compile(file: &str, text: &str, guests_dir: &Path) -> Result<Compiled, String> {
+    let parsed: FileToml = toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        let context = match tenant_at(text, at) {
+            Some(i) => format!("tenant #{i}: "),
+            None => String::new(),
+        };
+        format!("{file}:{}: {context}{}", line_of(text, at), e.message().trim_end())
+    })?;
+    let m = to_manifest(&parsed);
+    let locate = |e: &ManifestError| -> String {
+        let span = match (&e.tenant, e.field) {
+            (Some((i, _)), field) => parsed.tenants.get(*i).map_or(0..0, |t| tenant_field_span(t, field)),
+            (None, "machine.cpus") => parsed.machine.get_ref().cpus.span(),
+            (None, "machine.memory_mib") => parsed.machine.get_ref().memory_mib.span(),
+            (None, "machine.kv_cache_mib") => parsed.machine.get_ref().kv_cache_mib.span(),
+            (None, _) => parsed.tenants.first().map_or(parsed.machine.span(), Spanned::span),
+        };
+        format!("{file}:{}: {e}", line_of(text, span.start))
+    };
+    manifest::validate(&m).map_err(|e| locate(&e))?;
+    let guests = known_guests(guests_dir);
+    for (i, t) in parsed.tenants.iter().enumerate() {
+        let g = t.get_ref().guest.get_ref();
+        if !guests_dir.join(g).join("Cargo.toml").is_file() {
+            return Err(format!(
+                "{file}:{}: tenant #{i} `{}`: guest: no guest `{g}` (no {}); the guests are: {}",
+                line_of(text, t.get_ref().guest.span().start),
+                t.get_ref().name.get_ref(),
+                guests_dir.join(g).join("Cargo.toml").display(),
+                guests.join(", ")
+            ));
+        }
+    }
+    let bytes = manifest::encode(&m).map_err(|e| locate(&e))?;
+    // The hypervisor's own check of what it will receive.
+    let back = manifest::decode_and_validate(&bytes).map_err(|e| format!("{file}: the encoded manifest does not decode: {e}"))?;
+    if back != m {
+        return Err(format!("{file}: the encoded manifest decodes to something else"));
+    }
+    Ok(Compiled { manifest: m, bytes })
+}
+
+/// Reads and compiles a configuration file against the workspace's guests.
+pub fn compile_file(path: &Path) -> Result<Compiled, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let shown = path.strip_prefix(crate::root()).unwrap_or(path);
+    compile(&shown.display().to_string(), &text, &crate::root().join("guests"))
+}
+
+pub fn default_config() -> PathBuf {
+    crate::root().join("config").join("tenants.toml")
+}
+
+/// `cargo xtask config check [FILE]` / `config compile [FILE] [OUT]`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let file = args.get(1).map_or_else(default_config, PathBuf::from);
+    match args.first().map(String::as_str) {
+        Some("check") if args.len() <= 2 => {
+            let c = compile_file(&file)?;
+            print!("{}: ok\n{}", file.strip_prefix(crate::root()).unwrap_or(&file).display(), c.summary());
+            Ok(())
+        }
+        Some("compile") if args.len() <= 3 => {
+            let c = compile_file(&file)?;
+            let out = args.get(2).map_or_else(|| crate::image::build_dir().join("manifest.bin"), PathBuf::from);
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            std::fs::write(&out, &c.bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("{}: {} bytes", out.display(), c.bytes.len());
+            Ok(())
+        }
+        _ => Err("usage: cargo xtask config check [FILE] | config compile [FILE] [OUT] (FILE defaults to config/tenants.toml)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
