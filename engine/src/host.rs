@@ -152,14 +152,13 @@ pub fn now_ns() -> u64 {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::vec;
 
     #[test]
     fn every_share_runs_once_per_call_and_borrows_stay_valid() {
         let pool = ThreadPool::new(3);
         for round in 0..2000 {
             let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-            let local = vec![round; 3]; // borrowed by the job, dropped after run returns
+            let local = [round; 3]; // borrowed by the job, gone after run returns
             pool.run(&|i| {
                 hits[i].fetch_add(local[i] + 1 - round, Ordering::Relaxed);
             });
