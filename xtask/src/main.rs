@@ -26,6 +26,7 @@ cargo xtask <command>
       --count N               round trips (default 200000)
   bench abi             64 tensor ops batched vs one doorbell each, in Bochs: exits, instructions, bytes copied
   bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
+  bench tenants         scheduler shares (simulated) and the memory model for 1, 2, 4 tenants, as JSON
   config check|compile [FILE] [OUT]  validate config/tenants.toml (or FILE); compile it to the binary manifest
   fuzz hcall --cases N  randomized adversarial hypercalls against the real dispatcher
   test                  host unit tests of every crate, then the emulator integration tests;
@@ -52,7 +53,8 @@ fn main() -> ExitCode {
             Some("hypercall") => xtask::bench_hypercall::run(&rest[1..]),
             Some("abi") => xtask::bench_abi::run(&rest[1..]),
             Some("engine") => xtask::bench_engine::run(&rest[1..]),
-            _ => Err(format!("bench what? `cargo xtask bench hypercall|abi|engine`\n\n{HELP}")),
+            Some("tenants") => xtask::bench_tenants::run(&rest[1..]),
+            _ => Err(format!("bench what? `cargo xtask bench hypercall|abi|engine|tenants`\n\n{HELP}")),
         },
         "help" | "--help" | "-h" => {
             print!("{HELP}");
