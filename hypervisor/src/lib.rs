@@ -8,12 +8,16 @@
 extern crate alloc;
 
 pub mod accounting;
+pub mod acpi;
 pub mod dispatch;
 pub mod elf;
 pub mod frames;
 pub mod madt;
 pub mod manifest;
 pub mod multiboot2;
+pub mod nvme;
 pub mod paging;
+pub mod pci;
 pub mod sched;
+pub mod store;
 pub mod vcpu;
