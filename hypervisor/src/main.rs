@@ -53,6 +53,7 @@ mod entry {
         }
         log::info!("modules: {modules}");
         let vmx_caps = cpu::report();
+        crate::kernel::devices::init(&info);
         let modules: alloc::vec::Vec<_> = info.modules().map(|m| (m, memory::module_bytes(&m))).collect();
         let xcr0 = fpu::enable();
         log::info!("fpu: SSE on, XCR0 {xcr0:#x}");

@@ -6,6 +6,7 @@ pub mod bench_abi;
 pub mod bench_engine;
 pub mod bench_hypercall;
 pub mod bench_tenants;
+pub mod disk;
 pub mod emulator;
 pub mod fuzz;
 pub mod image;

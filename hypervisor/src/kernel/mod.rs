@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod cr;
+pub mod devices;
 pub mod exit;
 pub mod fpu;
 pub mod gdt;
