@@ -32,6 +32,18 @@ use vtd::Unit;
 pub static REGISTRY: spin::Mutex<Registry> = spin::Mutex::new(Registry::new());
 /// Models read from the NVMe store, checked against their SHA-256.
 pub static MODELS: spin::Mutex<Vec<StoredModel>> = spin::Mutex::new(Vec::new());
+/// The remapping unit and the NVMe controller's domain, kept after boot (fault polling, and the
+/// domains of devices passed through later).
+static IOMMU: spin::Mutex<Option<(Unit, Domain)>> = spin::Mutex::new(None);
+/// The NVMe controller after boot: enabled, its queues mapped in its domain, idle.
+static NVME: spin::Mutex<Option<Controller>> = spin::Mutex::new(None);
+
+/// Reads, logs and clears the IOMMU's pending fault records; returns how many there were. For
+/// the scheduler loop to call between slices (fault interrupts stay masked).
+#[allow(dead_code)] // the API the scheduler loop polls with
+pub fn poll_iommu_faults() -> usize {
+    IOMMU.lock().as_ref().map_or(0, |(u, _)| u.poll_faults().len())
+}
 
 /// The controller's DMA goes through its own IOMMU domain.
 struct Confined<'a> {
@@ -219,6 +231,9 @@ pub fn init(info: &BootInfo<'_>) {
     }
     let sid = SourceId::from_raw(bdf.source_id());
     let unit = dmar.as_ref().and_then(|d| d.unit_for(0, sid)).map(|u| (u.register_base, u.size_pages_log2));
+    if dmar.is_some() && unit.is_none() {
+        log::warn!("iommu: no remapping unit covers {bdf}: its DMA will not be confined");
+    }
     let mut iommu = unit.and_then(|(base, size)| match bring_up(base, size, sid, &registry, dmar.as_ref()) {
         Ok(x) => Some(x),
         Err(e) => {
@@ -276,6 +291,8 @@ pub fn init(info: &BootInfo<'_>) {
             None => log::error!("iommu test: no IOMMU: the stray-DMA test cannot run"),
         }
     }
+    *IOMMU.lock() = iommu;
+    *NVME.lock() = Some(ctrl);
 }
 
 /// Creates the NVMe controller's domain on the unit at `base`, attaches the controller and turns
