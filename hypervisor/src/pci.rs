@@ -457,6 +457,63 @@ impl Registry {
     }
 }
 
+/// One BAR of a passed-through device as it appears to its tenant: the same physical window,
+/// mapped uncached into the tenant's EPT at `guest_phys`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarWindow {
+    pub index: u8,
+    pub host_phys: u64,
+    pub guest_phys: u64,
+    /// Rounded up to whole 4 KiB pages.
+    pub len: u64,
+}
+
+/// Why a device cannot be passed through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassthroughError {
+    /// No IOMMU would confine the device's DMA, and the manifest did not explicitly allow it.
+    NoIommu(Bdf),
+    /// The device is not assigned to this tenant in the registry.
+    NotOwned { bdf: Bdf, owner: Owner },
+    /// A memory BAR that shares its 4 KiB page with something else (base not page-aligned).
+    SharedPage { bdf: Bdf, index: u8, base: u64 },
+    /// Port I/O BARs are not forwarded.
+    IoBar { bdf: Bdf, index: u8 },
+}
+
+/// Whether passing a device through is allowed, and with what warning: with an IOMMU always;
+/// without one only if the manifest explicitly allows it (for tests in emulators without an
+/// IOMMU), and then the device can DMA anywhere, which the caller must log.
+pub fn passthrough_allowed(bdf: Bdf, iommu: bool, allow_without_iommu: bool) -> Result<Option<&'static str>, PassthroughError> {
+    match (iommu, allow_without_iommu) {
+        (true, _) => Ok(None),
+        (false, true) => Ok(Some("passthrough without an IOMMU: the device's DMA is not confined (allowed by the manifest for testing)")),
+        (false, false) => Err(PassthroughError::NoIommu(bdf)),
+    }
+}
+
+/// The guest-physical windows for a tenant's device: each memory BAR identity-mapped (guest
+/// physical = host physical, so the device's own view of its BARs stays true), page-granular.
+pub fn passthrough_windows(registry: &Registry, bdf: Bdf, tenant: u32, bars: &[(u8, Bar)]) -> Result<Vec<BarWindow>, PassthroughError> {
+    let owner = registry.get(bdf).map_or(Owner::Unassigned, |d| d.owner);
+    if owner != Owner::Tenant(tenant) {
+        return Err(PassthroughError::NotOwned { bdf, owner });
+    }
+    let mut out = Vec::new();
+    for &(index, bar) in bars {
+        match bar {
+            Bar::Memory { base, size, .. } => {
+                if base % 4096 != 0 {
+                    return Err(PassthroughError::SharedPage { bdf, index, base });
+                }
+                out.push(BarWindow { index, host_phys: base, guest_phys: base, len: size.next_multiple_of(4096) });
+            }
+            Bar::Io { .. } => return Err(PassthroughError::IoBar { bdf, index }),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +653,28 @@ mod tests {
         r.claim(gpu, Owner::Tenant(2)).unwrap();
         let nowhere = Bdf::new(9, 0, 0).unwrap();
         assert_eq!(r.claim(nowhere, Owner::Hypervisor), Err(OwnershipError::UnknownDevice(nowhere)));
+    }
+
+    #[test]
+    fn passthrough_needs_an_iommu_ownership_and_page_aligned_bars() {
+        let (mut f, b) = nvme();
+        let h = Header::read(&mut f, b).unwrap();
+        let mut r = Registry::new();
+        r.add(b, h);
+        assert_eq!(passthrough_allowed(b, true, false), Ok(None));
+        assert!(passthrough_allowed(b, false, true).unwrap().unwrap().contains("not confined"));
+        assert_eq!(passthrough_allowed(b, false, false), Err(PassthroughError::NoIommu(b)));
+        let bars = [(0, Bar::Memory { base: 0xfebd_4000, size: 0x4000, prefetchable: false, wide: true })];
+        assert_eq!(passthrough_windows(&r, b, 1, &bars), Err(PassthroughError::NotOwned { bdf: b, owner: Owner::Unassigned }));
+        r.claim(b, Owner::Tenant(1)).unwrap();
+        assert_eq!(
+            passthrough_windows(&r, b, 1, &bars),
+            Ok(vec![BarWindow { index: 0, host_phys: 0xfebd_4000, guest_phys: 0xfebd_4000, len: 0x4000 }])
+        );
+        assert!(matches!(passthrough_windows(&r, b, 2, &bars), Err(PassthroughError::NotOwned { .. })));
+        let small = [(2, Bar::Memory { base: 0xfebd_9800, size: 0x100, prefetchable: false, wide: false })];
+        assert_eq!(passthrough_windows(&r, b, 1, &small), Err(PassthroughError::SharedPage { bdf: b, index: 2, base: 0xfebd_9800 }));
+        let io = [(3, Bar::Io { base: 0xc000, size: 32 })];
+        assert_eq!(passthrough_windows(&r, b, 1, &io), Err(PassthroughError::IoBar { bdf: b, index: 3 }));
     }
 }
