@@ -60,16 +60,16 @@ mod entry {
         start_cpus(&info, vmx_caps.is_some());
         let (mut models, models_ok) = infer::load_models(&modules);
         let inference_ok = infer::run(&models, &modules) && models_ok;
-        let guests = modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).count();
-        if guests > 0 {
+        let specs = tenant_specs(&modules);
+        if !specs.is_empty() {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {
                     smp::boot_cpu_vmx_on();
-                    let (finished, stopped) = vmm::run_guests(&root, &modules, &mut models);
+                    let (finished, stopped) = vmm::run_guests(&root, &specs, &mut models);
                     log::info!("guests: {finished} finished, {stopped} stopped or refused");
                 }
                 Some(Err(e)) => log::error!("vmx: cannot run guests: {e}"),
-                None => log::warn!("vmx: {guests} guest(s) not started: this CPU has no usable VMX"),
+                None => log::warn!("vmx: {} guest(s) not started: this CPU has no usable VMX", specs.len()),
             }
         }
 
@@ -78,6 +78,43 @@ mod entry {
         }
         log::info!("boot complete");
         exit::exit(if inference_ok { exit::ExitCode::Success } else { exit::ExitCode::Failure });
+    }
+
+    /// The tenants to start: from the `manifest` module (validated again here; a refused entry is
+    /// logged and skipped), or one per `guest:NAME` module when there is no manifest.
+    fn tenant_specs<'a>(modules: &[(hypervisor::multiboot2::Module<'_>, &'a [u8])]) -> alloc::vec::Vec<vmm::TenantSpec<'a>> {
+        let guest = |name: &str| {
+            modules
+                .iter()
+                .find(|(m, _)| m.cmdline.split_ascii_whitespace().next() == Some(&alloc::format!("guest:{name}")))
+                .map(|(_, b)| *b)
+        };
+        let mut specs = alloc::vec::Vec::new();
+        if let Some((_, bytes)) = modules.iter().find(|(m, _)| m.cmdline == "manifest") {
+            match hypervisor::manifest::decode_and_admit(bytes) {
+                Ok(admitted) => {
+                    log::info!("manifest: {} tenant(s) admitted, {} refused", admitted.tenants.len(), admitted.refused.len());
+                    for e in &admitted.refused {
+                        log::error!("manifest: tenant refused: {e}");
+                    }
+                    for (_, t) in &admitted.tenants {
+                        match guest(&t.guest) {
+                            Some(elf) => specs.push(vmm::TenantSpec::from_manifest(t, elf)),
+                            None => log::error!("tenant {}: not started: no guest image named {} was delivered", t.name, t.guest),
+                        }
+                    }
+                }
+                Err(e) => log::error!("manifest: refused, no tenant started: {e}"),
+            }
+            return specs;
+        }
+        for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")) {
+            match vmm::TenantSpec::from_module(m, bytes) {
+                Ok(s) => specs.push(s),
+                Err(e) => log::error!("guest {}: not started: {e}", m.cmdline),
+            }
+        }
+        specs
     }
 
     /// Finds the CPUs in the ACPI MADT and starts the others.

@@ -95,3 +95,23 @@ fn a_bad_elf_is_refused_and_the_honest_guest_still_runs() {
     run.assert_line(&["guest junk: not started: bad ELF: no ELF magic"])
         .assert_line(&["guests: 1 finished, 1 stopped or refused"]);
 }
+
+#[test]
+fn per_tenant_metrics_are_printed_in_prometheus_format_at_shutdown() {
+    let run = Boot::bochs("metrics").module(hello(), "guest:hello").run();
+    assert_hello_completed(&run);
+    let serial = run.serial();
+    let start = serial.find("# tensorvisor metrics begin").expect("metrics block");
+    let end = serial.find("# tensorvisor metrics end").expect("metrics block end");
+    let block = &serial[start..end];
+    // hello makes one bad console write and one unknown call among its hypercalls.
+    let value = |metric: &str| -> u64 {
+        let line = block.lines().find(|l| l.starts_with(&format!("{metric}{{tenant=\"hello\"}}"))).unwrap_or_else(|| panic!("{metric} in\n{block}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("tensorvisor_tenant_hypercalls_total") >= 10, "{block}");
+    assert_eq!(value("tensorvisor_tenant_hypercall_errors_total"), 2, "{block}");
+    assert_eq!(value("tensorvisor_tenant_faults_total"), 0, "{block}");
+    assert_eq!(value("tensorvisor_tenant_memory_bytes"), 4 << 20, "{block}");
+    assert!(block.contains("# TYPE tensorvisor_tenant_hypercalls_total counter"));
+}

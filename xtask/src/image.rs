@@ -4,7 +4,7 @@ use crate::setup::BARE_TARGET;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 /// The firmware an image is made for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,12 +79,17 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Serialises builds: tests build images from several threads.
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
+/// Builds happen once per process: tests build images from several threads, and a thread must
+/// never copy an ELF another thread's build is relinking.
+static HYPERVISOR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static GUESTS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
-/// Builds the hypervisor for the bare-metal target and returns the ELF's path.
+/// Builds the hypervisor for the bare-metal target (once per process); returns the ELF's path.
 pub fn build_hypervisor() -> Result<PathBuf, String> {
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    HYPERVISOR.get_or_init(build_hypervisor_now).clone()
+}
+
+fn build_hypervisor_now() -> Result<PathBuf, String> {
     let root = crate::root();
     run(Command::new(env!("CARGO"))
         .args(["build", "--release", "--package", "hypervisor", "--bin", "hypervisor", "--target", BARE_TARGET])
@@ -93,10 +98,13 @@ pub fn build_hypervisor() -> Result<PathBuf, String> {
     if elf.exists() { Ok(elf) } else { Err(format!("build produced no {}", elf.display())) }
 }
 
-/// Builds the guests (their own workspace under `guests/`) and returns the directory holding
-/// their ELF files (`hello`, `misbehave`, ...).
+/// Builds the guests (their own workspace under `guests/`, once per process) and returns the
+/// directory holding their ELF files (`hello`, `misbehave`, ...).
 pub fn build_guests() -> Result<PathBuf, String> {
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    GUESTS.get_or_init(build_guests_now).clone()
+}
+
+fn build_guests_now() -> Result<PathBuf, String> {
     let guests = crate::root().join("guests");
     run(Command::new(env!("CARGO")).args(["build", "--release", "--target", BARE_TARGET]).current_dir(&guests))?;
     Ok(guests.join("target").join(BARE_TARGET).join("release"))

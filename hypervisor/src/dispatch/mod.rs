@@ -86,6 +86,8 @@ pub struct Counters {
     pub descriptor_bytes: u64,
     /// Of those, the bytes doorbells copied (ring control blocks and submission entries).
     pub doorbell_bytes: u64,
+    /// Calls refused with `QuotaExceeded`.
+    pub quota_refusals: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +235,9 @@ impl Tenant {
         };
         if r.is_err() {
             self.counters.errors += 1;
+        }
+        if r == Err(HcallError::QuotaExceeded) {
+            self.counters.quota_refusals += 1;
         }
         encode_result(r)
     }

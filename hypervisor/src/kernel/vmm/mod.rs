@@ -16,7 +16,8 @@ use hypervisor::elf::GuestImage;
 use hypervisor::multiboot2::{cmdline_value, Module};
 use hypervisor::vcpu::{decide, Decision, StopReason};
 use ram::GuestRam;
-use hypervisor::dispatch::EngineHost;
+use hypervisor::accounting::{render_prometheus, Usage};
+use hypervisor::dispatch::{EngineHost, Limits};
 use services::{ExitServices, TenantServices};
 use tensor_hcall::boot::{GuestBootInfo, BOOT_INFO_GPA};
 use vcpu::{EntryFailure, GuestStart, Vcpu};
@@ -92,17 +93,58 @@ struct Guest {
     handling_tsc: u64,
     /// A completion interrupt waiting until the guest can take it.
     pending_vector: Option<u8>,
+    memory_bytes: u64,
     exits: u64,
     stopped: Option<StopReason>,
 }
 
-/// Loads one guest from its module; the error says why it was not started.
-fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Module<'_>, bytes: &[u8]) -> Result<Guest, String> {
-    let cmdline = module.cmdline;
-    let name = cmdline.split_ascii_whitespace().next().unwrap_or("").trim_start_matches("guest:");
-    let args = cmdline.split_once(' ').map_or("", |(_, a)| a);
-    let mem_mib: u64 = cmdline_value(cmdline, "mem_mib").map_or(Ok(DEFAULT_MEMORY_MIB), str::parse).map_err(|_| "bad mem_mib")?;
-    let budget_ms: u64 = cmdline_value(cmdline, "budget_ms").map_or(Ok(DEFAULT_BUDGET_MS), str::parse).map_err(|_| "bad budget_ms")?;
+/// What a tenant is started with: from the tenant manifest, or from a `guest:` module's
+/// command line when no manifest was delivered.
+pub struct TenantSpec<'a> {
+    pub name: String,
+    pub elf: &'a [u8],
+    pub args: String,
+    pub memory_mib: u64,
+    pub budget_ms: u64,
+    pub limits: Limits,
+    pub user_mode_hypercalls: bool,
+}
+
+impl<'a> TenantSpec<'a> {
+    /// A tenant from a `guest:NAME key=value ...` module (defaults for what it does not say).
+    pub fn from_module(m: &Module<'_>, elf: &'a [u8]) -> Result<Self, String> {
+        let cmdline = m.cmdline;
+        let name = cmdline.split_ascii_whitespace().next().unwrap_or("").trim_start_matches("guest:");
+        let args = cmdline.split_once(' ').map_or("", |(_, a)| a);
+        let memory_mib: u64 = cmdline_value(cmdline, "mem_mib").map_or(Ok(DEFAULT_MEMORY_MIB), str::parse).map_err(|_| "bad mem_mib")?;
+        let budget_ms: u64 = cmdline_value(cmdline, "budget_ms").map_or(Ok(DEFAULT_BUDGET_MS), str::parse).map_err(|_| "bad budget_ms")?;
+        Ok(Self { name: name.into(), elf, args: args.into(), memory_mib, budget_ms, limits: Limits::default(), user_mode_hypercalls: false })
+    }
+
+    /// A tenant from an admitted manifest entry, with its guest image.
+    pub fn from_manifest(t: &hypervisor::manifest::Tenant, elf: &'a [u8]) -> Self {
+        use hypervisor::manifest::Flags;
+        let mib = |m: u32| u64::from(m) << 20;
+        Self {
+            name: t.name.clone(),
+            elf,
+            args: t.args.clone(),
+            memory_mib: u64::from(t.memory_mib),
+            budget_ms: u64::from(t.cpu_budget_ms),
+            limits: Limits {
+                registered_bytes: mib(t.quota.registered_mib),
+                inflight_ops: t.quota.inflight_ops,
+                kv_cache_bytes: mib(t.quota.kv_cache_mib),
+                ..Limits::default()
+            },
+            user_mode_hypercalls: t.flags.contains(Flags::USER_MODE_HYPERCALLS),
+        }
+    }
+}
+
+/// Loads one guest; the error says why it was not started.
+fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantSpec<'_>) -> Result<Guest, String> {
+    let (name, args, mem_mib, budget_ms, bytes) = (spec.name.as_str(), spec.args.as_str(), spec.memory_mib, spec.budget_ms, spec.elf);
     if !(2..=1024).contains(&mem_mib) {
         return Err(alloc::format!("mem_mib={mem_mib} is outside 2..=1024"));
     }
@@ -148,11 +190,12 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Modul
     Ok(Guest {
         name: name.into(),
         vcpu,
-        services: TenantServices::new(name, id, ram),
+        services: TenantServices::new(name, id, ram, spec.limits, spec.user_mode_hypercalls),
         budget_tsc: budget_ms.saturating_mul(tsc::hz() / 1000),
         used_tsc: 0,
         handling_tsc: 0,
         pending_vector: None,
+        memory_bytes: size,
         exits: 0,
         stopped: None,
     })
@@ -160,16 +203,15 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, module: &Modul
 
 /// Loads every `guest:` module and runs the guests until each has exited or been stopped.
 /// Returns `(finished, stopped)`: guests that exited with status 0, and the rest.
-pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])], models: &mut EngineHost) -> (usize, usize) {
+pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], models: &mut EngineHost) -> (usize, usize) {
     let mut vpids = VpidAllocator::new();
     let mut guests: Vec<Guest> = Vec::new();
     let mut refused = 0;
-    for (i, (m, bytes)) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")).enumerate() {
-        match load_guest(root, &mut vpids, i as u32 + 1, m, bytes) {
+    for (i, spec) in specs.iter().enumerate() {
+        match load_guest(root, &mut vpids, i as u32 + 1, spec) {
             Ok(g) => guests.push(g),
             Err(e) => {
-                let name = m.cmdline.split_ascii_whitespace().next().unwrap_or("").trim_start_matches("guest:");
-                log::error!("guest {name}: not started: {e}");
+                log::error!("guest {}: not started: {e}", spec.name);
                 refused += 1;
             }
         }
@@ -185,13 +227,40 @@ pub fn run_guests(root: &VmxRoot, modules: &[(Module<'_>, &[u8])], models: &mut 
             break;
         }
     }
+    let usage: Vec<(String, Usage)> = guests
+        .iter()
+        .map(|g| {
+            let c = g.services.tensors.counters;
+            let us = |t: u64| t.saturating_mul(1_000_000_000) / tsc::hz().max(1);
+            let u = Usage {
+                hypercalls: c.hypercalls,
+                errors: c.errors,
+                ops: c.ops,
+                tokens: c.tokens,
+                engine_ns: us(g.handling_tsc),
+                quota_refusals: c.quota_refusals,
+                faults: u64::from(!matches!(g.stopped, Some(StopReason::Exited { .. }))),
+                memory_bytes: g.memory_bytes,
+                registered_bytes: g.services.tensors.registered_bytes(),
+                kv_cache_bytes: g.services.tensors.kv_cache_bytes(),
+            };
+            (g.name.clone(), u)
+        })
+        .collect();
+    let text = render_prometheus(usage.iter().map(|(n, u)| (n.as_str(), u)));
+    log::info!("metrics: Prometheus text format follows, {} lines", text.lines().count());
+    crate::println!("# tensorvisor metrics begin");
+    for line in text.lines() {
+        crate::println!("{line}");
+    }
+    crate::println!("# tensorvisor metrics end");
     let mut finished = 0;
     for g in &guests {
         let ok = matches!(g.stopped, Some(StopReason::Exited { status: 0 }));
         finished += usize::from(ok);
         let c = g.services.tensors.counters;
         log::info!(
-            "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} tensor hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied ({} by doorbells)",
+            "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied ({} by doorbells)",
             g.name,
             g.exits,
             g.used_tsc / (tsc::hz() / 1_000_000).max(1),

@@ -24,6 +24,8 @@ pub struct TenantServices {
     line: String,
     /// The tensor hypercall state: handles, quotas, ring, sessions.
     pub tensors: Tenant,
+    /// Whether the guest's user mode (CPL 3) may make hypercalls (tenant policy).
+    user_mode_hypercalls: bool,
 }
 
 /// A tenant's services together with the models all tenants share, for one exit.
@@ -47,9 +49,9 @@ impl GuestMemory for GuestRam {
 }
 
 impl TenantServices {
-    pub fn new(name: &str, tenant_id: u32, ram: GuestRam) -> Self {
-        let tensors = Tenant::new(tenant_id as u16, Limits::default());
-        Self { name: name.into(), tenant_id, ram, line: String::new(), tensors }
+    pub fn new(name: &str, tenant_id: u32, ram: GuestRam, limits: Limits, user_mode_hypercalls: bool) -> Self {
+        let tensors = Tenant::new(tenant_id as u16, limits);
+        Self { name: name.into(), tenant_id, ram, line: String::new(), tensors, user_mode_hypercalls }
     }
 
     /// Prints what is left of an unterminated console line.
@@ -104,23 +106,27 @@ impl Services for ExitServices<'_> {
 
     fn hypercall(&mut self, regs: &mut GuestRegs, cpl: u8) -> Result<(), StopReason> {
         let hregs = HcallRegs { rax: regs.rax, rbx: regs.rbx, rcx: regs.rcx, rdx: regs.rdx, rsi: regs.rsi };
-        let result = if cpl != 0 {
+        // The dispatcher counts the calls it handles; the ones answered here are counted here.
+        let result = if cpl != 0 && !self.tenant.user_mode_hypercalls {
             Err(HcallError::PermissionDenied)
         } else {
             match Hypercall::decode(&hregs) {
-                Ok(Hypercall::Exit { status }) => return Err(StopReason::Exited { status: u64::from(status) }),
+                Ok(Hypercall::Exit { status }) => {
+                    self.tenant.tensors.counters.hypercalls += 1;
+                    return Err(StopReason::Exited { status: u64::from(status) });
+                }
                 Ok(Hypercall::ConsoleWrite { gpa, len }) => self.tenant.console_write(gpa, len),
                 Ok(_) => {
                     let t = &mut *self.tenant;
                     regs.rax = t.tensors.hypercall(&hregs, &t.ram, self.models);
                     return Ok(());
                 }
-                Err(e) => {
-                    self.tenant.tensors.counters.errors += 1;
-                    Err(e)
-                }
+                Err(e) => Err(e),
             }
         };
+        let c = &mut self.tenant.tensors.counters;
+        c.hypercalls += 1;
+        c.errors += u64::from(result.is_err());
         regs.rax = encode_result(result);
         Ok(())
     }
