@@ -1,67 +1,91 @@
-//! Several tenants on one box (Bochs, VT-x): two honest guests generate with the shared model
-//! while an attacker forges handles, reaches for memory that is not its own, exhausts its quotas
-//! and finally spins with interrupts off. The attacker gets errors and is stopped; the honest
-//! guests' tokens equal the host engine's.
+//! Several tenants on one box (Bochs, VT-x), started from the tenant configuration in `config/`
+//! compiled to a manifest: two honest guests generate with the shared model while an attacker
+//! forges handles, reaches for memory that is not its own, exhausts its quotas and finally spins
+//! with interrupts off. The attacker gets errors and is stopped; the honest guests' tokens equal
+//! the engine's. A corrupted manifest is refused and the hypervisor carries on.
 
-use std::process::Command;
 use std::time::Duration;
 use tests::Boot;
 use xtask::emulator::Verdict;
 use xtask::image::guest_elf;
 
-fn engine_cli(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "engine", "--features", "std", "--bin", bin, "--"])
-        .args(args)
-        .current_dir(xtask::root())
-        .output()
-        .expect("cargo run");
-    assert!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+
+
+/// Tokens the engine samples for `prompt` (ids) on the tiny model: portable kernels, one CPU,
+/// no stop at the end token, as the hypervisor's sessions do.
+fn engine_tokens(prompt: &[u32], n: usize, temperature: f32, seed: u64) -> Vec<u32> {
+    let bytes = engine::tiny::tiny_gemma3(1);
+    let g = engine::gguf::Gguf::parse(&bytes).unwrap();
+    let model = engine::model::Model::from_gguf(&g).unwrap();
+    let tok = engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let mut s = engine::model::Session::new(&model, 128);
+    let mut sampler = engine::sampler::Sampler::new(engine::sampler::SamplerConfig { temperature, seed, ..Default::default() });
+    let comp = engine::tensor::Compute { cpu: engine::cpu::CpuFeatures::portable(), par: &engine::parallel::Serial };
+    engine::generate::generate(&mut s, comp, &tok, &mut sampler, prompt, n, false, &|| 0, &mut |_| {}).unwrap().tokens
 }
 
-fn json_ids(json: &str, key: &str) -> String {
-    let start = json.find(&format!("\"{key}\":[")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 4;
-    let end = start + json[start..].find(']').unwrap();
-    json[start..end].to_string()
+/// The arguments of tenant `name` in a compiled configuration.
+fn args_of(m: &hypervisor::manifest::Manifest, name: &str) -> String {
+    m.tenants.iter().find(|t| t.name == name).unwrap().args.clone()
+}
+
+fn arg<'a>(args: &'a str, key: &str) -> &'a str {
+    args.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).unwrap()
 }
 
 #[test]
-fn two_honest_tenants_generate_correctly_while_an_attacker_is_refused_and_stopped() {
-    let dir = xtask::image::build_dir().join("tests").join("tenants");
+fn the_attack_configuration_boots_from_its_manifest() {
+    let config = xtask::root().join("config").join("attack.toml");
+    let compiled = xtask::manifest::compile_file(&config).expect("config/attack.toml compiles");
+    let dir = xtask::image::build_dir().join("tests").join("attack");
     std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("manifest.bin");
+    std::fs::write(&manifest, &compiled.bytes).unwrap();
     let model = dir.join("tiny.gguf");
-    engine_cli("tvtiny", &["--seed", "1", model.to_str().unwrap()]);
-    let host = |prompt: &str, seed: &str| {
-        let out = engine_cli(
-            "tvgen",
-            &["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "3", "--temp", "0.8", "--seed", seed,
-              "--threads", "1", "--portable", "--ignore-eos", "--json"],
-        );
-        (json_ids(&out, "prompt_tokens"), json_ids(&out, "tokens"))
+    std::fs::write(&model, engine::tiny::tiny_gemma3(1)).unwrap();
+    let want = |name: &str| {
+        let args = args_of(&compiled.manifest, name);
+        let prompt: Vec<u32> = arg(&args, "prompt").split(',').map(|t| t.parse().unwrap()).collect();
+        let tokens = engine_tokens(&prompt, arg(&args, "max_tokens").parse().unwrap(), arg(&args, "temp").parse().unwrap(), arg(&args, "seed").parse().unwrap());
+        tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
     };
-    let (p1, want1) = host("Hello", "11");
-    let (p2, want2) = host("Good day", "22");
-    let infer = guest_elf("infer").unwrap();
-    let mut boot = Boot::bochs("tenants-three")
+    let mut boot = Boot::bochs("tenants-attack-config")
+        .module(&manifest, "manifest")
         .module(&model, "model:tiny.gguf")
-        .module(&infer, &format!("guest:alice prompt={p1} max_tokens=3 temp=0.8 seed=11"))
-        .module(&infer, &format!("guest:bob prompt={p2} max_tokens=3 temp=0.8 seed=22"))
-        .module(guest_elf("hostile").unwrap(), "guest:mallory victim=1 spin=1 budget_ms=100");
+        .module(guest_elf("infer").unwrap(), "guest:infer")
+        .module(guest_elf("hostile").unwrap(), "guest:hostile");
     boot.timeout = Duration::from_secs(400);
     let run = boot.run();
     run.assert_verdict(Verdict::Success)
-        .assert_line(&["[alice] infer: tokens [", &format!("[{want1}]")])
-        .assert_line(&["[bob] infer: tokens [", &format!("[{want2}]")])
+        .assert_line(&["manifest: 3 tenant(s) admitted, 0 refused"])
+        .assert_line(&["guest mallory: loaded:", "CPU budget 100 ms"])
+        .assert_line(&["[alice] infer: tokens [", &format!("[{}]", want("alice"))])
+        .assert_line(&["[bob] infer: tokens [", &format!("[{}]", want("bob"))])
         .assert_line(&["guest alice: exited with status 0"])
         .assert_line(&["guest bob: exited with status 0"])
-        .assert_line(&["[mallory] hostile: unregister the victim's region: Err(BadHandle)"])
-        .assert_line(&["[mallory] hostile: close the victim's session: Err(BadHandle)"])
-        .assert_line(&["[mallory] hostile: register the hypervisor's direct map: Err(BadAddress)"])
         .assert_line(&["[mallory] hostile: register more than the quota: Err(QuotaExceeded)"])
         .assert_line(&["[mallory] hostile: 0 checks got an unexpected answer"])
         .assert_line(&["guest mallory: stopped: exceeded its CPU budget of 100 ms", "interrupts off"])
-        .assert_line(&["guests: 2 finished, 1 stopped or refused"])
-        .assert_line(&["guest alice:", "hypercalls", "tokens"])
+        .assert_line(&["tensorvisor_tenant_quota_refusals_total{tenant=\"mallory\"}"])
         .assert_no_line("-> WRONG");
+}
+
+#[test]
+fn a_corrupt_manifest_is_refused_and_the_hypervisor_carries_on() {
+    let config = xtask::root().join("config").join("tenants.toml");
+    let mut bytes = xtask::manifest::compile_file(&config).expect("config/tenants.toml compiles").bytes;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let dir = xtask::image::build_dir().join("tests").join("corrupt-manifest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("manifest.bin");
+    std::fs::write(&manifest, &bytes).unwrap();
+    let run = Boot::bochs("tenants-corrupt-manifest")
+        .module(&manifest, "manifest")
+        .module(guest_elf("hello").unwrap(), "guest:hello")
+        .run();
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&["ERROR", "manifest: refused, no tenant started:"])
+        .assert_order("manifest: refused", "boot complete")
+        .assert_no_line("guest hello: loaded");
 }
