@@ -70,6 +70,8 @@ fn qemu_nvme_model_store_is_read_through_the_iommu_and_matches_sha256() {
         .assert_line(&["model store: tiny: read 100%"])
         .assert_line(&["model store: tiny: 3084448 bytes read", "large-page memory", &format!("sha256 {sha} matches")])
         .assert_line(&["model store: tiny: GGUF with", "tensors, ready for the engine"])
+        .assert_line(&["loading model tiny (3084448 bytes) from the NVMe model store"])
+        .assert_line(&["model tiny: 6 layers", "vocab 416"])
         .assert_line(&["model store: 1 model(s) loaded"])
         .assert_line(&["iommu: no DMA faults so far"])
         .assert_order("iommu: translation enabled", "model store: tiny: read 100%")

