@@ -280,6 +280,39 @@ pub fn mcfg_entries(table: &[u8]) -> Result<Vec<McfgEntry>, AcpiError> {
         .collect())
 }
 
+/// One processor from the MADT, for starting the CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Processor {
+    pub apic_id: u32,
+    pub uid: u32,
+    /// Enabled now, or online capable (may be brought up).
+    pub usable: bool,
+}
+
+impl Madt<'_> {
+    /// The processors (local APIC and local x2APIC entries), in table order.
+    pub fn processors(&self) -> Vec<Processor> {
+        self.entries()
+            .filter_map(|e| match e {
+                MadtEntry::LocalApic { uid, apic_id, enabled, online_capable } => {
+                    Some(Processor { apic_id: u32::from(apic_id), uid: u32::from(uid), usable: enabled || online_capable })
+                }
+                MadtEntry::LocalX2Apic { x2apic_id, uid, enabled, online_capable } => {
+                    Some(Processor { apic_id: x2apic_id, uid, usable: enabled || online_capable })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The processors the firmware lists, from the RSDP through the XSDT/RSDT to the MADT.
+pub fn processors(rsdp: &[u8], read: ReadPhys<'_>) -> Result<Vec<Processor>, AcpiError> {
+    let tables = Tables::new(rsdp, &mut *read)?;
+    let madt = tables.load(b"APIC", &mut *read)?;
+    Ok(Madt::new(&madt)?.processors())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,5 +478,124 @@ mod tests {
         let e = McfgEntry { base: 0xe000_0000, segment: 0, start_bus: 0x10, end_bus: 0x1f };
         assert_eq!(e.config_address(0x0f, 0, 0), None);
         assert_eq!(e.config_address(0x11, 0, 0), Some(0xe010_0000));
+    }
+}
+
+#[cfg(test)]
+mod processor_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::vec;
+
+    fn finish(mut t: Vec<u8>) -> Vec<u8> {
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        t[9] = 0;
+        let sum = t.iter().fold(0u8, |s, &x| s.wrapping_add(x));
+        t[9] = 0u8.wrapping_sub(sum);
+        t
+    }
+
+    fn header(sig: &[u8; 4]) -> Vec<u8> {
+        let mut t = vec![0u8; 36];
+        t[..4].copy_from_slice(sig);
+        t[8] = 1;
+        t
+    }
+
+    /// A machine: RSDP v2 → XSDT at 0x1000 → (FACP at 0x2000, MADT at 0x3000).
+    fn machine(madt_entries: &[Vec<u8>]) -> (Vec<u8>, BTreeMap<u64, Vec<u8>>) {
+        let mut madt = header(b"APIC");
+        madt.extend_from_slice(&0xfee0_0000u32.to_le_bytes());
+        madt.extend_from_slice(&1u32.to_le_bytes());
+        for e in madt_entries {
+            madt.extend_from_slice(e);
+        }
+        let mut xsdt = header(b"XSDT");
+        xsdt.extend_from_slice(&0x2000u64.to_le_bytes());
+        xsdt.extend_from_slice(&0x3000u64.to_le_bytes());
+        let mut mem = BTreeMap::new();
+        mem.insert(0x1000, finish(xsdt));
+        mem.insert(0x2000, finish(header(b"FACP")));
+        mem.insert(0x3000, finish(madt));
+        let mut rsdp = vec![0u8; 36];
+        rsdp[..8].copy_from_slice(b"RSD PTR ");
+        rsdp[15] = 2;
+        rsdp[24..32].copy_from_slice(&0x1000u64.to_le_bytes());
+        let s = rsdp[..20].iter().fold(0u8, |s, &x| s.wrapping_add(x));
+        rsdp[8] = 0u8.wrapping_sub(s);
+        let s = rsdp.iter().fold(0u8, |s, &x| s.wrapping_add(x));
+        rsdp[32] = 0u8.wrapping_sub(s);
+        (rsdp, mem)
+    }
+
+    fn reader(mem: &BTreeMap<u64, Vec<u8>>) -> impl FnMut(u64, &mut [u8]) -> bool + '_ {
+        move |addr, buf| match mem.get(&addr) {
+            Some(t) if buf.len() <= t.len() => {
+                buf.copy_from_slice(&t[..buf.len()]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The processors of a MADT body (checksummed first, as `Madt::new` takes a whole table).
+    fn finish_madt(t: Vec<u8>) -> Vec<Processor> {
+        let t = finish(t);
+        Madt::new(&t).map(|m| m.processors()).unwrap_or_default()
+    }
+
+    fn lapic(uid: u8, id: u8, flags: u32) -> Vec<u8> {
+        let mut e = vec![0, 8, uid, id];
+        e.extend_from_slice(&flags.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn finds_local_apic_and_x2apic_processors() {
+        let mut x2 = vec![9, 16, 0, 0];
+        x2.extend_from_slice(&300u32.to_le_bytes());
+        x2.extend_from_slice(&1u32.to_le_bytes());
+        x2.extend_from_slice(&7u32.to_le_bytes());
+        let ioapic = vec![1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0];
+        let (rsdp, mem) = machine(&[lapic(0, 0, 1), lapic(1, 2, 1), ioapic, lapic(2, 4, 0), x2]);
+        let cpus = processors(&rsdp, &mut reader(&mem)).unwrap();
+        assert_eq!(
+            cpus,
+            vec![
+                Processor { apic_id: 0, uid: 0, usable: true },
+                Processor { apic_id: 2, uid: 1, usable: true },
+                Processor { apic_id: 4, uid: 2, usable: false },
+                Processor { apic_id: 300, uid: 7, usable: true },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_firmware_tables_are_errors() {
+        let (mut rsdp, mut mem) = machine(&[lapic(0, 0, 1)]);
+        assert_eq!(processors(&rsdp[..10], &mut reader(&mem)), Err(AcpiError::BadRsdp));
+        mem.get_mut(&0x3000).unwrap()[40] ^= 0xff;
+        assert_eq!(processors(&rsdp, &mut reader(&mem)), Err(AcpiError::BadChecksum { signature: *b"APIC", address: 0x3000 }));
+        mem.get_mut(&0x3000).unwrap()[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(processors(&rsdp, &mut reader(&mem)), Err(AcpiError::Unreadable { address: 0x3000 }));
+        mem.remove(&0x3000);
+        assert_eq!(processors(&rsdp, &mut reader(&mem)), Err(AcpiError::NotFound { signature: *b"APIC" }));
+        rsdp[0] = b'X';
+        assert_eq!(processors(&rsdp, &mut reader(&mem)), Err(AcpiError::BadRsdp));
+    }
+
+    #[test]
+    fn truncated_madt_entries_stop_the_walk() {
+        let mut madt = header(b"APIC");
+        madt.extend_from_slice(&[0; 8]);
+        madt.extend_from_slice(&lapic(0, 1, 1));
+        madt.extend_from_slice(&[0, 0]); // zero length: stop
+        madt.extend_from_slice(&lapic(1, 2, 1));
+        assert_eq!(finish_madt(madt), vec![Processor { apic_id: 1, uid: 0, usable: true }]);
+        let mut short = header(b"APIC");
+        short.extend_from_slice(&[0; 8]);
+        short.extend_from_slice(&[0, 30, 1]);
+        assert!(finish_madt(short).is_empty());
     }
 }

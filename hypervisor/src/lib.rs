@@ -12,7 +12,6 @@ pub mod acpi;
 pub mod dispatch;
 pub mod elf;
 pub mod frames;
-pub mod madt;
 pub mod manifest;
 pub mod multiboot2;
 pub mod nvme;

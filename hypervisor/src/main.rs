@@ -124,9 +124,9 @@ mod entry {
             log::warn!("smp: no ACPI RSDP from the boot loader: running on the boot CPU only");
             return;
         };
-        match hypervisor::madt::processors(rsdp, &mut memory::read_phys) {
+        match hypervisor::acpi::processors(rsdp, &mut memory::read_phys) {
             Ok(cpus) => {
-                let ids: alloc::vec::Vec<u32> = cpus.iter().filter(|c| c.enabled).map(|c| c.apic_id).collect();
+                let ids: alloc::vec::Vec<u32> = cpus.iter().filter(|c| c.usable).map(|c| c.apic_id).collect();
                 log::info!("smp: MADT lists {} CPUs ({} enabled), APIC ids {:?}", cpus.len(), ids.len(), ids);
                 let online = smp::start_aps(&ids);
                 log::info!("smp: {online} of {} CPUs online; VMXON done on {} application processors", ids.len(), smp::vmx_cpus());

@@ -106,3 +106,23 @@ impl Run {
         self
     }
 }
+
+/// Runs one of the engine's host command-line tools (`tvgen`, `tvtiny`) through cargo and returns
+/// what it printed; panics (failing the test) if it fails.
+pub fn engine_cli(bin: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--package", "engine", "--features", "std", "--bin", bin, "--"])
+        .args(args)
+        .current_dir(xtask::root())
+        .output()
+        .expect("cargo run");
+    assert!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The numbers of `"key":[1,2,3]` in a JSON line printed by `tvgen --json`.
+pub fn json_ids(json: &str, key: &str) -> Vec<u32> {
+    let start = json.find(&format!("\"{key}\":[")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 4;
+    let end = start + json[start..].find(']').unwrap_or(0);
+    json[start..end].split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+}

@@ -3,8 +3,7 @@
 //! the kernels the soft-float hypervisor runs) for the same model, prompt and sampling.
 
 use std::path::PathBuf;
-use std::process::Command;
-use tests::Boot;
+use tests::{engine_cli, json_ids, Boot};
 use xtask::emulator::Verdict;
 use xtask::image::Firmware;
 
@@ -14,17 +13,6 @@ fn work() -> PathBuf {
     d
 }
 
-/// Runs an engine CLI (tvtiny, tvgen) through cargo and returns its stdout.
-fn engine_cli(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "engine", "--features", "std", "--bin", bin, "--"])
-        .args(args)
-        .current_dir(xtask::root())
-        .output()
-        .expect("cargo run");
-    assert!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Writes the tiny model under a per-test name (tests run in parallel).
 fn tiny_model(name: &str) -> PathBuf {
@@ -33,12 +21,6 @@ fn tiny_model(name: &str) -> PathBuf {
     path
 }
 
-/// The ids in `"key":[1,2,3]` of a JSON line.
-fn json_ids(json: &str, key: &str) -> Vec<u32> {
-    let start = json.find(&format!("\"{key}\":[")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 4;
-    let end = start + json[start..].find(']').unwrap();
-    json[start..end].split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
-}
 
 /// The ids in a log line `... [1,2,3]`.
 fn log_ids(serial: &str, marker: &str) -> Vec<u32> {

@@ -4,28 +4,12 @@
 //! gets the documented error for every class of bad call and the honest guest is unaffected.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
-use tests::Boot;
+use tests::{engine_cli, json_ids, Boot};
 use xtask::emulator::Verdict;
 use xtask::image::guest_elf;
 
-fn engine_cli(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--package", "engine", "--features", "std", "--bin", bin, "--"])
-        .args(args)
-        .current_dir(xtask::root())
-        .output()
-        .expect("cargo run");
-    assert!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
-fn json_ids(json: &str, key: &str) -> Vec<u32> {
-    let start = json.find(&format!("\"{key}\":[")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 4;
-    let end = start + json[start..].find(']').unwrap();
-    json[start..end].split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
-}
 
 fn ids(v: &[u32]) -> String {
     v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
