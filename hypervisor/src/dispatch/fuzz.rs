@@ -23,9 +23,10 @@ pub struct FuzzReport {
     pub violations: u64,
 }
 
-struct Rng(u64);
+/// xorshift64: deterministic test data, not randomness for anything that matters.
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -21,14 +21,10 @@ fn call(t: &mut Tenant, mem: &FakeMemory, models: &mut dyn ModelHost, c: Hyperca
     tensor_hcall::decode_result(t.hypercall(&c.to_regs(), mem, models))
 }
 
-struct Rng(u64);
+use super::fuzz::Rng;
+
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+    /// A value in [-2, 2).
     fn f32(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
     }
