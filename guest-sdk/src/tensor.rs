@@ -8,7 +8,7 @@
 
 use crate::{call, Transport};
 use tensor_hcall::desc::{
-    AbiInfo, CqEntry, DType, GenerateDesc, ModelInfo, OpCode, RegionFlags, RingControl, RingSetupDesc, RingSetupFlags, SqEntry,
+    AbiInfo, CqEntry, DType, GenerateDesc, ModelInfo, TenantStats, OpCode, RegionFlags, RingControl, RingSetupDesc, RingSetupFlags, SqEntry,
     TensorDesc, MAX_RANK,
 };
 use tensor_hcall::{HcallError, Hypercall};
@@ -134,6 +134,15 @@ pub fn abi_info<T: Transport + ?Sized>(t: &mut T) -> Result<AbiInfo, HcallError>
     let mut out = [0u8; AbiInfo::SIZE];
     t.read_staged(&mut out);
     Ok(AbiInfo::from_bytes(&out))
+}
+
+/// This tenant's own counters (`Query` kind [`tensor_hcall::desc::QUERY_TENANT_STATS`]).
+pub fn tenant_stats<T: Transport + ?Sized>(t: &mut T) -> Result<TenantStats, HcallError> {
+    let out_gpa = t.stage(&[0u8; TenantStats::SIZE]);
+    call(t, Hypercall::Query { kind: tensor_hcall::desc::QUERY_TENANT_STATS, out_gpa, out_len: TenantStats::SIZE as u64 })?;
+    let mut out = [0u8; TenantStats::SIZE];
+    t.read_staged(&mut out);
+    Ok(TenantStats::from_bytes(&out))
 }
 
 /// Model `index`'s information (`Query` kind `1 + index`).

@@ -414,6 +414,28 @@ descriptor! {
     }
 }
 
+/// `Query` kind for the calling tenant's own counters ([`TenantStats`]); model kinds stay below it.
+pub const QUERY_TENANT_STATS: u64 = 0x100;
+
+descriptor! {
+    /// `Query` kind [`QUERY_TENANT_STATS`]: the calling tenant's counters and gauges.
+    pub struct TenantStats (size 64, align 8) {
+        /// Hypercalls made (this one included) and of those answered with an error.
+        pub hypercalls: u64 = 0,
+        pub errors: u64 = 8,
+        /// Ring operations run and tokens prefilled or generated.
+        pub ops: u64 = 16,
+        pub tokens: u64 = 24,
+        /// Calls refused with `QuotaExceeded`.
+        pub quota_refusals: u64 = 32,
+        /// Nanoseconds the hypervisor spent on the tenant's exits (engine work included).
+        pub hypervisor_ns: u64 = 40,
+        /// Bytes registered now and bytes of KV cache held now.
+        pub registered_bytes: u64 = 48,
+        pub kv_cache_bytes: u64 = 56,
+    }
+}
+
 descriptor! {
     /// `Query` kind `1 + i`: model `i`.
     pub struct ModelInfo (size 64, align 8) {

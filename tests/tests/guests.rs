@@ -21,6 +21,7 @@ fn assert_hello_completed(run: &Run) {
         .assert_line(&["[hello] check ok: tenant-id MSR matches the boot information"])
         .assert_line(&["[hello] check ok: a bad buffer gets BadAddress"])
         .assert_line(&["[hello] check ok: an unknown call gets NotSupported"])
+        .assert_line(&["[hello] check ok: the tenant's counters are readable and count its calls"])
         .assert_line(&["[hello] hello guest done: 0 failed checks"])
         .assert_line(&["guest hello: exited with status 0"])
         .assert_no_line("check FAILED");

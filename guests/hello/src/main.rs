@@ -49,6 +49,13 @@ extern "C" fn _start(boot: &'static GuestBootInfo) -> ! {
     println!("unknown hypercall 0xdead: {unknown:?}");
     check(unknown == Err(HcallError::NotSupported), "an unknown call gets NotSupported");
 
+    match guest_sdk::tensor::tenant_stats(&mut t) {
+        Ok(s) => {
+            println!("own counters: {} hypercalls, {} errors, {} ns of hypervisor time", s.hypercalls, s.errors, s.hypervisor_ns);
+            check(s.hypercalls >= 10 && s.errors == 2, "the tenant's counters are readable and count its calls");
+        }
+        Err(e) => check(false, if e == HcallError::NotSupported { "stats query supported" } else { "stats query answered" }),
+    }
     println!("hello guest done: {failures} failed checks");
     exit(failures)
 }

@@ -26,7 +26,7 @@ pub use llm::{EngineHost, ModelHost, SamplingParams};
 use alloc::vec::Vec;
 use tensor_hcall::cpuid::Features;
 use tensor_hcall::desc::{
-    AbiInfo, CqEntry, GenerateDesc, RegionFlags, RingControl, RingControlFlags, RingSetupDesc, RingSetupFlags, SqEntry,
+    AbiInfo, CqEntry, GenerateDesc, TenantStats, QUERY_TENANT_STATS, RegionFlags, RingControl, RingControlFlags, RingSetupDesc, RingSetupFlags, SqEntry,
     TensorDesc,
     MAX_RANK, MAX_RING_ENTRIES,
 };
@@ -88,6 +88,8 @@ pub struct Counters {
     pub doorbell_bytes: u64,
     /// Calls refused with `QuotaExceeded`.
     pub quota_refusals: u64,
+    /// Nanoseconds the hypervisor spent on this tenant's exits, kept by the vCPU layer.
+    pub hypervisor_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,7 +271,21 @@ impl Tenant {
     }
 
     fn query(&mut self, kind: u64, out_gpa: u64, out_len: u64, mem: &dyn GuestMemory, models: &dyn ModelHost) -> Result<u64, HcallError> {
-        let bytes: Vec<u8> = if kind == 0 {
+        let bytes: Vec<u8> = if kind == QUERY_TENANT_STATS {
+            let c = &self.counters;
+            TenantStats {
+                hypercalls: c.hypercalls,
+                errors: c.errors,
+                ops: c.ops,
+                tokens: c.tokens,
+                quota_refusals: c.quota_refusals,
+                hypervisor_ns: c.hypervisor_ns,
+                registered_bytes: self.registered,
+                kv_cache_bytes: self.kv_bytes,
+            }
+            .to_bytes()
+            .to_vec()
+        } else if kind == 0 {
             AbiInfo {
                 abi_version: ABI_VERSION.to_u32(),
                 reserved: 0,
@@ -281,6 +297,8 @@ impl Tenant {
             }
             .to_bytes()
             .to_vec()
+        } else if kind > QUERY_TENANT_STATS {
+            return Err(HcallError::InvalidArgument);
         } else {
             let index = usize::try_from(kind - 1).map_err(|_| HcallError::InvalidArgument)?;
             models.model_info(index).ok_or(HcallError::NoSuchModel)?.to_bytes().to_vec()

@@ -385,6 +385,12 @@ fn query_reports_the_abi_and_refuses_small_buffers() {
     assert_eq!(e.call(Hypercall::Query { kind: 0, out_gpa: SCRATCH, out_len: 31 }), Err(HcallError::InvalidArgument));
     assert_eq!(e.call(Hypercall::Query { kind: 0, out_gpa: 0x8000, out_len: 32 }), Err(HcallError::BadAddress));
     assert_eq!(e.call(Hypercall::Query { kind: 1, out_gpa: SCRATCH, out_len: 64 }), Err(HcallError::NoSuchModel));
+    // The tenant's own counters: this Query is the sixth call of the Env (register + 4 queries
+    // above, 3 of them refused).
+    assert_eq!(e.call(Hypercall::Query { kind: 0x100, out_gpa: SCRATCH, out_len: 64 }), Ok(64));
+    let stats = tensor_hcall::desc::TenantStats::from_bytes(e.mem.peek(SCRATCH, 64).as_slice().try_into().unwrap());
+    assert_eq!((stats.hypercalls, stats.errors, stats.registered_bytes), (6, 3, REGION_LEN));
+    assert_eq!(e.call(Hypercall::Query { kind: 0x101, out_gpa: SCRATCH, out_len: 64 }), Err(HcallError::InvalidArgument));
     let regs = HcallRegs { rax: CallNumber::Query as u64, rbx: 0, rcx: SCRATCH, rdx: 32, rsi: 5 };
     assert_eq!(tensor_hcall::decode_result(e.t.hypercall(&regs, &e.mem, &mut e.models)), Err(HcallError::InvalidArgument));
 }

@@ -319,6 +319,7 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         };
         let exhausted = (g.used_tsc >= g.budget_tsc).then(|| g.budget_tsc / (tsc::hz() / 1000).max(1));
         let (rflags, cpl) = (g.vcpu.rflags(), g.vcpu.cpl());
+        g.services.tensors.counters.hypervisor_ns = g.handling_tsc.saturating_mul(1_000_000_000) / tsc::hz().max(1);
         let mut services = ExitServices { tenant: &mut g.services, models: &mut *models };
         let t_handle = tsc::rdtsc();
         let decision = decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut services);
