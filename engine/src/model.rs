@@ -309,7 +309,7 @@ pub struct Session<'m, 'a> {
     /// Per layer: values transposed, `[kv_head * head_dim][cap]` (llama.cpp's non-flash V
     /// cache layout), rounded to f16 precision.
     v_cache: Vec<Vec<f32>>,
-    /// `max_len` rounded up to a multiple of 8 (attention works on 8-aligned position groups).
+    /// `max_len` rounded up to a multiple of 32 (attention works on 8- or 32-aligned position groups).
     cap: usize,
     max_len: usize,
     /// Tokens processed so far (the next position).
@@ -343,7 +343,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let c = &model.config;
         let max_len = max_len.min(c.context_length).max(1);
         let kv = c.n_head_kv * c.head_dim;
-        let cap = max_len.div_ceil(8) * 8;
+        let cap = max_len.div_ceil(32) * 32;
         Session {
             model,
             k_cache: (0..c.n_layer).map(|_| vec![0.0f32; max_len * kv]).collect(),
@@ -461,12 +461,22 @@ impl<'m, 'a> Session<'m, 'a> {
             // outside the window are masked (-inf, weight 0), which leaves every sum as GGML's.
             let group = c.n_head / c.n_head_kv;
             let cap = self.cap;
+            let single = n == 1;
             let kcache = &self.k_cache[il];
             let vcache = &self.v_cache[il];
             for t in 0..n {
                 let p = start + t;
                 let first = if local { (p + 1).saturating_sub(c.sliding_window) } else { 0 };
-                let (lo, hi) = (first / 8 * 8, (p + 1).div_ceil(8) * 8);
+                // One query token: llama.cpp skips tinyBLAS (`n < 2`) and runs
+                // `ggml_vec_dot_f16` (four accumulators over 32-groups) for both products.
+                let (lo, hi) = if single { (first / 32 * 32, (p + 1).div_ceil(32) * 32) } else { (first / 8 * 8, (p + 1).div_ceil(8) * 8) };
+                let fdot = |a: &[f32], b: &[f32]| {
+                    if single {
+                        kernels::dot_f32_vecdot(comp.cpu, a, b)
+                    } else {
+                        kernels::dot_f32(comp.cpu, a, b)
+                    }
+                };
                 for h in 0..c.n_head {
                     let kvh = h / group;
                     for (dst, &s) in qh.iter_mut().zip(&q[t * nq + h * hd..t * nq + (h + 1) * hd]) {
@@ -480,7 +490,7 @@ impl<'m, 'a> Session<'m, 'a> {
                             f32::NEG_INFINITY
                         } else {
                             let krow = &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
-                            kernels::dot_f32(comp.cpu, &qh, krow)
+                            fdot(&qh, krow)
                         };
                         max = max.max(*s);
                     }
@@ -492,7 +502,7 @@ impl<'m, 'a> Session<'m, 'a> {
                     let out = &mut attn[t * nq + h * hd..t * nq + (h + 1) * hd];
                     for (dd, o) in out.iter_mut().enumerate() {
                         let vrow = &vcache[(kvh * hd + dd) * cap..(kvh * hd + dd + 1) * cap];
-                        *o = kernels::dot_f32(comp.cpu, &vrow[lo..hi], sc);
+                        *o = fdot(&vrow[lo..hi], sc);
                     }
                 }
             }

@@ -303,6 +303,17 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
 
 /// Quantizes to Q8_K as GGML's reference does (scale -127/max of the signed extreme).
 pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_with(x, false)
+}
+
+/// Quantizes to Q8_K as GGML's AVX2 `ggml_quantize_mat_q8_K_4x8` does for the rows it packs
+/// four at a time (activations of the repacked Q4_K GEMM): as [`quantize_q8_k`], except that
+/// when both `+max` and `−max` occur in a block the positive one sets the sign.
+pub fn quantize_q8_k_4x8(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_with(x, true)
+}
+
+fn quantize_q8_k_with(x: &[f32], prefer_positive: bool) -> Vec<BlockQ8K> {
     x.chunks_exact(QK_K)
         .map(|c| {
             let mut amax = 0.0f32;
@@ -316,6 +327,9 @@ pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
             let mut b = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] };
             if amax == 0.0 {
                 return b;
+            }
+            if prefer_positive && c.contains(&amax) {
+                max = amax;
             }
             let iscale = -127.0 / max;
             for (q, &v) in b.qs.iter_mut().zip(c) {
@@ -425,20 +439,86 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             s
         }),
         (GgmlType::Q6_K, Acts::Q8K(a)) => (w.len() == 210 * a.len()).then(|| {
-            // 16 chunks per super-block, `acc += isum·d·d8` unfused (the form of GGML's generic
-            // repacked Q6_K x8 kernel; measured closest to llama.cpp of the variants tried,
-            // but not yet bit-exact: see NOTES.md).
-            let mut acc = 0.0f32;
+            // As GGML's AVX2 `ggml_vec_dot_q6_K_q8_K` (Q6_K is not repacked on x86): eight
+            // exact integer lanes per super-block (`q6k_lane_sums`), `acc = fma(d8·d, lane,
+            // acc)` per lane, `hsum` at the end.
+            let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(210).zip(a) {
-                let d = f16_to_f32(le16(b, 208));
-                for isum in q6k_chunk_sums(b, y) {
-                    acc += isum as f32 * d * y.d;
-                }
+                acc.fma_all(y.d * f16_to_f32(le16(b, 208)), &q6k_lane_sums(b, y));
             }
-            acc
+            acc.hsum()
         }),
         _ => None,
     }
+}
+
+/// Minimum number of activation rows from which GGML's CPU backend takes its tiled K-quant
+/// matmul (`ggml_compute_forward_mul_mat_tiled`, `ggml_tiled_min_batch`) for weights that
+/// are not repacked; with fewer rows it uses the per-row `vec_dot`.
+pub const TILED_MIN_ROWS: usize = 8;
+
+/// Whether GGML's tiled matmul handles this weight type in our model's setting (Q6_K: the
+/// only K-quant llama.cpp leaves un-repacked on AVX2; Q4_K is repacked to Q4_K x8 instead).
+pub fn has_tiled(ty: GgmlType) -> bool {
+    ty == GgmlType::Q6_K
+}
+
+/// Dot product as GGML's tiled K-quant matmul (`tiled_run_microtile_avx2`, Q6_K: SUBBLK 16,
+/// act-bias) computes it: per super-block the exact integer sum `I = Σ sc·(q−32)·y`, then
+/// `res = d·I` (f32 multiply) and `acc = fma(res, d8, acc)`. `None` for other types.
+pub fn dot_tiled_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    match (ty, acts) {
+        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+            let mut acc = 0.0f32;
+            for (b, y) in w.chunks_exact(210).zip(a) {
+                let res = f16_to_f32(le16(b, 208)) * q6k_block_isum(b, y) as f32;
+                acc = libm::fmaf(res, y.d, acc);
+            }
+            Some(acc)
+        }
+        _ => None,
+    }
+}
+
+/// Dot product in the order of GGML's AVX2 repacked GEMM `ggml_gemm_q4_K_8x8_q8_K` (tokens in
+/// groups of four): per 64-value sub-block pair `sb` the exact integer sums, `acc =
+/// fma(isum_sb, d·d8, acc)` and `accm = fma(msum_sb, dmin·d8, accm)`; result `acc − accm`.
+/// `None` for other types.
+pub fn dot_gemm4_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    match (ty, acts) {
+        (GgmlType::Q4_K, Acts::Q8K(a)) if w.len() == 144 * a.len() => {
+            let (mut acc, mut accm) = (0.0f32, 0.0f32);
+            for (b, y) in w.chunks_exact(144).zip(a) {
+                let (dd, dm) = (f16_to_f32(le16(b, 0)) * y.d, f16_to_f32(le16(b, 2)) * y.d);
+                for (isum, msum) in q4k_sb_isums(b, y) {
+                    acc = libm::fmaf(isum as f32, dd, acc);
+                    accm = libm::fmaf(msum as f32, dm, accm);
+                }
+            }
+            Some(acc - accm)
+        }
+        _ => None,
+    }
+}
+
+/// Integer parts of a Q4_K × Q8_K block per 64-value sub-block pair: (Σ scale·q4·q8, Σ min·bsum).
+pub fn q4k_sb_isums(b: &[u8], y: &BlockQ8K) -> [(i32, i32); 4] {
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    let mut out = [(0i32, 0i32); 4];
+    for (c, o) in out.iter_mut().enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for l in 0..32 {
+            s1 += (qs[32 * c + l] & 0xf) as i32 * y.qs[64 * c + l] as i32;
+            s2 += (qs[32 * c + l] >> 4) as i32 * y.qs[64 * c + 32 + l] as i32;
+        }
+        let bs1 = y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32;
+        let bs2 = y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32;
+        *o = (sc1 as i32 * s1 + sc2 as i32 * s2, m1 as i32 * bs1 + m2 as i32 * bs2);
+    }
+    out
 }
 
 /// Eight f32 accumulators standing for the lanes of an AVX2 register, so that the portable
@@ -482,10 +562,11 @@ fn lane_sums(f: impl Fn(usize) -> i32) -> [i32; 8] {
     out
 }
 
-/// The 16 chunk sums of a Q6_K × Q8_K block in the order of GGML's repacked Q6_K kernels:
-/// chunk `k` covers values `base..base+8` and `base+64..base+72` with
-/// `base = 128·(k/8) + 8·(k%8)`, each part times its 16-value scale: `Σ sc·(q−32)·y`.
-pub fn q6k_chunk_sums(b: &[u8], y: &BlockQ8K) -> [i32; 16] {
+/// The eight i32 lanes of GGML's AVX2 `ggml_vec_dot_q6_K_q8_K` for one super-block: lane `m`
+/// holds `Σ sc·q·y` over the values `128j + 32c + 4m .. +4` (j < 2, c < 4; `q` the unsigned
+/// 6-bit quant, `sc` its 16-value scale) minus `32·(bsum[2m]·sc[2m] + bsum[2m+1]·sc[2m+1])`.
+/// Exact integers, so only the lane assignment matters.
+pub fn q6k_lane_sums(b: &[u8], y: &BlockQ8K) -> [i32; 8] {
     let q6 = |e: usize| -> i32 {
         let (half, r) = (e / 128, e % 128);
         let (j, l) = (r / 32, r % 32);
@@ -498,18 +579,22 @@ pub fn q6k_chunk_sums(b: &[u8], y: &BlockQ8K) -> [i32; 16] {
             2 => ql[l] >> 4,
             _ => ql[l + 32] >> 4,
         };
-        (lo | (((qh >> (2 * j)) & 3) << 4)) as i32 - 32
+        (lo | (((qh >> (2 * j)) & 3) << 4)) as i32
     };
-    let sc = |e: usize| (b[192 + e / 16] as i8) as i32;
-    let mut out = [0i32; 16];
-    for (k, o) in out.iter_mut().enumerate() {
-        let base = 128 * (k / 8) + 8 * (k % 8);
-        let (mut sl, mut sh) = (0i32, 0i32);
-        for i in 0..8 {
-            sl += q6(base + i) * y.qs[base + i] as i32;
-            sh += q6(base + 64 + i) * y.qs[base + 64 + i] as i32;
+    let sc = |k: usize| (b[192 + k] as i8) as i32;
+    let mut out = [0i32; 8];
+    for (m, o) in out.iter_mut().enumerate() {
+        let mut s = 0i32;
+        for jc in 0..8 {
+            let base = 32 * jc + 4 * m;
+            let mut p = 0i32;
+            for t in 0..4 {
+                p += q6(base + t) * y.qs[base + t] as i32;
+            }
+            s = s.wrapping_add(p * sc((base) / 16));
         }
-        *o = sl * sc(base) + sh * sc(base + 64);
+        let sub = (y.bsums[2 * m] as i32 * sc(2 * m) + y.bsums[2 * m + 1] as i32 * sc(2 * m + 1)) << 5;
+        *o = s.wrapping_sub(sub);
     }
     out
 }
@@ -530,6 +615,33 @@ pub fn dot_f32_lanes(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+/// f32 dot product in the order of GGML's AVX2 `ggml_vec_dot_f16` (what llama.cpp's attention
+/// runs for a single query token, where tinyBLAS is skipped): four 8-lane FMA accumulators over
+/// groups of 32 (`acc[(i % 32) / 8]`), reduced as `GGML_F32x8_REDUCE` (`(a0+a2) + (a1+a3)`,
+/// halves added, two `hadd`s), then the leftover products (f32) added in f64.
+pub fn dot_f32_vecdot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for (x, y) in a[..full].chunks_exact(32).zip(b[..full].chunks_exact(32)) {
+        for (j, aj) in acc.iter_mut().enumerate() {
+            for (l, v) in aj.iter_mut().enumerate() {
+                *v = libm::fmaf(x[8 * j + l], y[8 * j + l], *v);
+            }
+        }
+    }
+    let mut v = [0.0f32; 8];
+    for (l, o) in v.iter_mut().enumerate() {
+        *o = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    let mut s = ((t[0] + t[1]) + (t[2] + t[3])) as f64;
+    for i in full..n {
+        s += (a[i] * b[i]) as f64;
+    }
+    s as f32
 }
 
 /// GGML's vectorised `expf` (`ggml_v_expf`, AVX2 flavour, from ARM's optimized routines) for

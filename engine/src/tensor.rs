@@ -54,17 +54,36 @@ impl<'a> Matrix<'a> {
         let n = acts.len();
         let n4 = n / 4 * 4;
         const RB: usize = 16;
+        // llama.cpp's CPU backend computes products of >= 8 rows with un-repacked K-quant
+        // weights (Q6_K) in its tiled matmul, whose rounding differs from `vec_dot`'s.
+        let tiled = n >= crate::quant::TILED_MIN_ROWS && crate::quant::has_tiled(self.ty);
+        // Q4_K weights are repacked by llama.cpp (Q4_K x8): full groups of four tokens go
+        // through its GEMM (`ggml_gemm_q4_K_8x8_q8_K`), the rest through its GEMV.
+        let gemm4 = self.ty == GgmlType::Q4_K;
         let mut r0 = range.start;
         while r0 < range.end {
             let r1 = (r0 + RB).min(range.end);
             for t in (0..n4).step_by(4) {
                 for r in r0..r1 {
-                    let v = kernels::dot4(cpu, self.ty, self.row(r), &acts[t..t + 4]).unwrap_or([f32::NAN; 4]);
+                    let v = if gemm4 {
+                        kernels::dot4_gemm(cpu, self.ty, self.row(r), &acts[t..t + 4])
+                    } else if tiled {
+                        kernels::dot4_tiled(cpu, self.ty, self.row(r), &acts[t..t + 4])
+                    } else {
+                        kernels::dot4(cpu, self.ty, self.row(r), &acts[t..t + 4])
+                    };
+                    let v = v.unwrap_or([f32::NAN; 4]);
                     let at = (r - range.start) * n + t;
                     tile[at..at + 4].copy_from_slice(&v);
                 }
             }
             for (t, a) in acts.iter().enumerate().skip(n4) {
+                if tiled {
+                    for r in r0..r1 {
+                        tile[(r - range.start) * n + t] = kernels::dot_tiled(cpu, self.ty, self.row(r), a).unwrap_or(f32::NAN);
+                    }
+                    continue;
+                }
                 let mut r = r0;
                 while r + 4 <= r1 {
                     let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
@@ -108,8 +127,25 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
             fmts.push(m.ty.act_format());
         }
     }
-    let acts: Vec<Vec<Acts>> =
-        fmts.iter().map(|&f| x.chunks_exact(cols).map(|r| quantize_acts(f, r)).collect()).collect();
+    // Rows in full groups of four meet repacked Q4_K weights through llama.cpp's GEMM, whose
+    // activations come from `ggml_quantize_mat_q8_K_4x8` (sign rule on ±max ties).
+    let gemm4 = mats.iter().any(|m| m.ty == GgmlType::Q4_K);
+    let n4 = n / 4 * 4;
+    let acts: Vec<Vec<Acts>> = fmts
+        .iter()
+        .map(|&f| {
+            x.chunks_exact(cols)
+                .enumerate()
+                .map(|(t, r)| {
+                    if gemm4 && f == ActFormat::Q8_K && t < n4 {
+                        Acts::Q8K(crate::quant::quantize_q8_k_4x8(r))
+                    } else {
+                        quantize_acts(f, r)
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let acts_of = |m: &Matrix<'_>| &acts[fmts.iter().position(|&f| f == m.ty.act_format()).unwrap_or(0)];
     // Global row index space: the matrices one after another.
     let mut offsets = Vec::with_capacity(mats.len() + 1);

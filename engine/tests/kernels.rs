@@ -257,10 +257,12 @@ fn portable_and_simd_kernels_are_bit_identical() {
             assert_eq!(a.to_bits(), b.to_bits(), "{ty:?}: {a} vs {b}");
         }
     }
-    for len in [8usize, 64, 256, 257] {
+    for len in [8usize, 64, 96, 256, 257, 300] {
         let a: Vec<f32> = (0..len).map(|_| rng.next_f32() - 0.5).collect();
         let b: Vec<f32> = (0..len).map(|_| rng.next_f32() - 0.5).collect();
         let (s, p) = (kernels::dot_f32(simd, &a, &b), kernels::dot_f32(CpuFeatures::portable(), &a, &b));
+        assert_eq!(s.to_bits(), p.to_bits());
+        let (s, p) = (kernels::dot_f32_vecdot(simd, &a, &b), kernels::dot_f32_vecdot(CpuFeatures::portable(), &a, &b));
         assert_eq!(s.to_bits(), p.to_bits());
     }
     // Softmax numerators: normal range, large negatives (slow path, underflow) and -inf masks.
@@ -304,6 +306,46 @@ fn multi_token_and_multi_row_kernels_equal_single_dots() {
             for r in 0..4 {
                 let want = kernels::dot(cpu, ty, &rows[r], &acts[0]).unwrap();
                 assert_eq!(got[r].to_bits(), want.to_bits(), "{ty:?} dot_rows4 row {r}");
+            }
+        }
+    }
+}
+
+/// The llama.cpp multi-row forms (tiled Q6_K, repacked Q4_K GEMM for four tokens): the SIMD and
+/// portable paths give the same bits, `dot4_tiled` equals four `dot_tiled`, and both stay close
+/// to the one-row kernels (only the rounding order differs).
+#[test]
+fn tiled_and_gemm_kernels_are_bit_identical_across_paths() {
+    let mut rng = Rng::new(45);
+    let n = 4 * QK_K;
+    let port = CpuFeatures::portable();
+    let simd = CpuFeatures::detect();
+    for ty in [GgmlType::Q6_K, GgmlType::Q4_K] {
+        for _ in 0..6 {
+            let row = random_row(&mut rng, ty, n, None);
+            let acts: Vec<_> = (0..4)
+                .map(|_| {
+                    let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 5.0).collect();
+                    quantize_acts(ty.act_format(), &x)
+                })
+                .collect();
+            let (s4, p4) = if ty == GgmlType::Q6_K {
+                for a in &acts {
+                    let (s, p) = (kernels::dot_tiled(simd, ty, &row, a).unwrap(), kernels::dot_tiled(port, ty, &row, a).unwrap());
+                    assert_eq!(s.to_bits(), p.to_bits(), "{ty:?} dot_tiled: {s} vs {p}");
+                }
+                (kernels::dot4_tiled(simd, ty, &row, &acts).unwrap(), kernels::dot4_tiled(port, ty, &row, &acts).unwrap())
+            } else {
+                assert!(kernels::dot_tiled(simd, ty, &row, &acts[0]).is_none());
+                (kernels::dot4_gemm(simd, ty, &row, &acts).unwrap(), kernels::dot4_gemm(port, ty, &row, &acts).unwrap())
+            };
+            for t in 0..4 {
+                assert_eq!(s4[t].to_bits(), p4[t].to_bits(), "{ty:?} token {t}: {} vs {}", s4[t], p4[t]);
+                if ty == GgmlType::Q6_K {
+                    assert_eq!(s4[t].to_bits(), kernels::dot_tiled(port, ty, &row, &acts[t]).unwrap().to_bits());
+                }
+                let one = kernels::dot(simd, ty, &row, &acts[t]).unwrap();
+                assert!((one - s4[t]).abs() <= 1e-4 * (1.0 + one.abs()), "{ty:?}: {one} vs {}", s4[t]);
             }
         }
     }

@@ -249,62 +249,184 @@ unsafe fn dot4_q4_k(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
     [acc[0] - mins_acc[0], acc[1] - mins_acc[1], acc[2] - mins_acc[2], acc[3] - mins_acc[3]]
 }
 
+/// The unsigned 6-bit quants of one Q6_K block as GGML's AVX2 kernel unpacks them:
+/// `[h][j]` holds values `128h + 32j .. +32`.
+///
+/// # Safety
+/// AVX2 present; `b` is one whole 210-byte block.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_unpack(b: &[u8]) -> [[__m256i; 4]; 2] {
+    let m4 = _mm256_set1_epi8(0xf);
+    let m2 = _mm256_set1_epi8(3);
+    let mut out = [[_mm256_setzero_si256(); 4]; 2];
+    for (h, o) in out.iter_mut().enumerate() {
+        // SAFETY: ql (64 bytes at 64h) and qh (32 bytes at 128 + 32h) lie within the block.
+        let (ql0, ql1, qh) =
+            unsafe { (load32(b.as_ptr().add(64 * h)), load32(b.as_ptr().add(64 * h + 32)), load32(b.as_ptr().add(128 + 32 * h))) };
+        *o = [
+            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
+            _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2))),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
+            ),
+        ];
+    }
+    out
+}
+
+/// The per-scale-pair vectors (low 8 i16 `sc[2i]`, high 8 `sc[2i+1]`), as GGML's
+/// `_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, get_scale_shuffle(i)))`, and the
+/// sign-extended 16 scales.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_scales(b: &[u8]) -> ([__m256i; 8], __m256i) {
+    let sc = &b[192..208];
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (i, o) in v.iter_mut().enumerate() {
+        let s_lo = (sc[2 * i] as i8) as i16;
+        let s_hi = (sc[2 * i + 1] as i8) as i16;
+        *o = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
+    }
+    let mut s16 = [0i16; 16];
+    for (o, &x) in s16.iter_mut().zip(sc) {
+        *o = (x as i8) as i16;
+    }
+    // SAFETY: s16 is 16 i16 = 32 readable bytes.
+    let all = unsafe { _mm256_loadu_si256(s16.as_ptr() as *const __m256i) };
+    (v, all)
+}
+
+/// The eight i32 lanes of GGML's `ggml_vec_dot_q6_K_q8_K` for one block (see
+/// `quant::q6k_lane_sums`).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_sumi(q: &[[__m256i; 4]; 2], scv: &[__m256i; 8], sc16: __m256i, y: &BlockQ8K) -> __m256i {
+    // SAFETY: bsums is 16 i16 = 32 readable bytes.
+    let q8sums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i) };
+    let q8sclsub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8sums, sc16));
+    let mut sumi = _mm256_setzero_si256();
+    for h in 0..2 {
+        for j in 0..4 {
+            // SAFETY: the 32-byte Q8_K slice at 128h + 32j lies within its 256 quants.
+            let yv = unsafe { load32(y.qs.as_ptr().add(128 * h + 32 * j) as *const u8) };
+            let p = _mm256_madd_epi16(scv[4 * h + j], _mm256_maddubs_epi16(q[h][j], yv));
+            sumi = _mm256_add_epi32(sumi, p);
+        }
+    }
+    _mm256_sub_epi32(sumi, q8sclsub)
+}
+
 /// # Safety
 /// AVX2+FMA present; `w` is whole 210-byte blocks, one per block of every `a[t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_q6_k(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
-    let mut acc = [0.0f32; 4];
-    let m4 = _mm256_set1_epi8(0xf);
-    let m2 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
-    let mut p = [[0i32; 8]; 4];
+    let mut acc = [_mm256_setzero_ps(); 4];
     for (i, b) in w.chunks_exact(210).enumerate() {
-        let sc = &b[192..208];
-        let d = h2f(le16(b, 208));
-        for h in 0..2 {
-            // SAFETY: ql (64 bytes at 64h) and qh (32 bytes at 128 + 32h) lie within the block.
-            let (ql0, ql1, qh) = unsafe {
-                (load32(b.as_ptr().add(64 * h)), load32(b.as_ptr().add(64 * h + 32)), load32(b.as_ptr().add(128 + 32 * h)))
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
-                ),
-            ];
-            let mut scv = [_mm256_setzero_si256(); 4];
-            for (j, s) in scv.iter_mut().enumerate() {
-                let s_lo = (sc[8 * h + 2 * j] as i8) as i16;
-                let s_hi = (sc[8 * h + 2 * j + 1] as i8) as i16;
-                *s = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
-            }
-            for t in 0..4 {
-                let y = &a[t][i];
-                for j in 0..4 {
-                    // SAFETY: the 32-byte Q8_K slice at 128h + 32j lies within its 256 quants.
-                    let yv = unsafe { load32(y.qs.as_ptr().add(128 * h + 32 * j) as *const u8) };
-                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[j], yv), _mm256_maddubs_epi16(m32, yv));
-                    // SAFETY: p[j] is 8 i32 = 32 writable bytes.
-                    unsafe { _mm256_storeu_si256(p[j].as_mut_ptr() as *mut __m256i, _mm256_madd_epi16(p16, scv[j])) };
-                }
-                for kk in 0..8 {
-                    let (j, l) = (kk / 4, 2 * (kk % 4));
-                    let isum = p[j][l] + p[j][l + 1] + p[j + 2][l] + p[j + 2][l + 1];
-                    acc[t] += isum as f32 * d * y.d;
-                }
-            }
+        // SAFETY: `b` is one whole block.
+        let q = unsafe { q6k_unpack(b) };
+        let (scv, sc16) = q6k_scales(b);
+        let dx = h2f(le16(b, 208));
+        for t in 0..4 {
+            let y = &a[t][i];
+            let sumi = q6k_sumi(&q, &scv, sc16, y);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * dx), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// GGML's tiled Q6_K matmul order (see `quant::dot_tiled_scalar`); `None` for other types.
+pub fn dot_tiled(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    match (ty, acts) {
+        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+            // SAFETY: AVX2/FMA guaranteed by the caller (module docs); 210 bytes per block checked.
+            Some(unsafe { dot4_q6_k_tiled_n::<1>(w, [&a[..]; 4]) }[0])
+        }
+        _ => None,
+    }
+}
+
+/// [`dot_tiled`] for four activation rows.
+pub fn dot4_tiled(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+    if ty != GgmlType::Q6_K || !w.len().is_multiple_of(210) {
+        return None;
+    }
+    let a = four(acts, w.len() / 210, q8k_of)?;
+    // SAFETY: as above; `w` holds `nb` blocks and every `a[t]` holds `nb` blocks.
+    Some(unsafe { dot4_q6_k_tiled_n::<4>(w, a) })
+}
+
+/// The first `N` of four tiled Q6_K dots: per block the exact integer sum (the lanes of
+/// `q6k_sumi` added), `res = d·I`, `acc = fma(res, d8, acc)`.
+///
+/// # Safety
+/// AVX2+FMA present; `w` is whole 210-byte blocks, one per block of every `a[t]` (t < N).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_q6_k_tiled_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let mut acc = [0.0f32; 4];
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        // SAFETY: `b` is one whole block.
+        let q = unsafe { q6k_unpack(b) };
+        let (scv, sc16) = q6k_scales(b);
+        let dx = h2f(le16(b, 208));
+        for t in 0..N {
+            let y = &a[t][i];
+            let isum = hsum_i32(q6k_sumi(&q, &scv, sc16, y));
+            acc[t] = fmaf(dx * isum as f32, y.d, acc[t]);
         }
     }
     acc
+}
+
+/// GGML's repacked Q4_K GEMM order for four tokens (see `quant::dot_gemm4_scalar`).
+pub fn dot4_gemm(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+    if ty != GgmlType::Q4_K || !w.len().is_multiple_of(144) {
+        return None;
+    }
+    let a = four(acts, w.len() / 144, q8k_of)?;
+    // SAFETY: AVX2/FMA guaranteed by the caller (module docs); `w` holds `nb` 144-byte
+    // blocks and every `a[t]` holds `nb` blocks.
+    Some(unsafe { dot4_q4_k_gemm(w, a) })
+}
+
+/// # Safety
+/// AVX2+FMA present; `w` is whole 144-byte blocks, one per block of every `a[t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_q4_k_gemm(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let mut acc = [0.0f32; 4];
+    let mut mins_acc = [0.0f32; 4];
+    let m4 = _mm256_set1_epi8(0xf);
+    for (i, b) in w.chunks_exact(144).enumerate() {
+        let scales = &b[4..16];
+        let (d, dmin) = (h2f(le16(b, 0)), h2f(le16(b, 2)));
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+            // SAFETY: 32 bytes at 16 + 32c (c < 4) lie within the 144-byte block.
+            let q = unsafe { load32(b.as_ptr().add(16 + 32 * c)) };
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            let (s1, s2) = (_mm256_set1_epi16(sc1 as i16), _mm256_set1_epi16(sc2 as i16));
+            for t in 0..4 {
+                let y = &a[t][i];
+                let msum = m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32)
+                    + m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
+                // SAFETY: the Q8_K quants at 64c and 64c + 32 lie within its 256 bytes.
+                let (y1, y2) = unsafe {
+                    (load32(y.qs.as_ptr().add(64 * c) as *const u8), load32(y.qs.as_ptr().add(64 * c + 32) as *const u8))
+                };
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y1), s1);
+                let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y2), s2);
+                let isum = hsum_i32(_mm256_add_epi32(p1, p2));
+                acc[t] = fmaf(isum as f32, d * y.d, acc[t]);
+                mins_acc[t] = fmaf(msum as f32, dmin * y.d, mins_acc[t]);
+            }
+        }
+    }
+    [acc[0] - mins_acc[0], acc[1] - mins_acc[1], acc[2] - mins_acc[2], acc[3] - mins_acc[3]]
 }
 
 /// binary16 to f32 with F16C.
@@ -469,59 +591,17 @@ fn fmaf(a: f32, b: f32, c: f32) -> f32 {
 /// AVX2+FMA present; `w.len() == 210 * a.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    // Same chunk sums and unfused accumulation as the portable `dot_scalar` (see
-    // `quant::q6k_chunk_sums`): the lanes of quarter vectors j and j+2 hold the chunks.
-    let mut acc = 0.0f32;
-    let m4 = _mm256_set1_epi8(0xf);
-    let m2 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
-    let mut p = [[0i32; 8]; 4];
+    // GGML's AVX2 `ggml_vec_dot_q6_K_q8_K` (Q6_K is not repacked on x86): exact integer
+    // lanes per block, one 8-lane FMA accumulator, `hsum`.
+    let mut acc = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(210).zip(a) {
-        let sc = &b[192..208];
-        let d = h2f(le16(b, 208));
-        for h in 0..2 {
-            // SAFETY: ql (64 bytes at 64h), qh (32 bytes at 128 + 32h) lie within the 210-byte
-            // block; the four 32-byte Q8_K slices at 128h + 32j lie within its 256 quants.
-            let (ql0, ql1, qh, ys) = unsafe {
-                let yp = y.qs.as_ptr().add(128 * h) as *const u8;
-                (
-                    load32(b.as_ptr().add(64 * h)),
-                    load32(b.as_ptr().add(64 * h + 32)),
-                    load32(b.as_ptr().add(128 + 32 * h)),
-                    [load32(yp), load32(yp.add(32)), load32(yp.add(64)), load32(yp.add(96))],
-                )
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
-                ),
-            ];
-            for j in 0..4 {
-                let s_lo = (sc[8 * h + 2 * j] as i8) as i16;
-                let s_hi = (sc[8 * h + 2 * j + 1] as i8) as i16;
-                let scv = _mm256_set_m128i(_mm_set1_epi16(s_hi), _mm_set1_epi16(s_lo));
-                let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[j], ys[j]), _mm256_maddubs_epi16(m32, ys[j]));
-                // SAFETY: p[j] is 8 i32 = 32 writable bytes.
-                unsafe { _mm256_storeu_si256(p[j].as_mut_ptr() as *mut __m256i, _mm256_madd_epi16(p16, scv)) };
-            }
-            for kk in 0..8 {
-                let (j, l) = (kk / 4, 2 * (kk % 4));
-                let isum = p[j][l] + p[j][l + 1] + p[j + 2][l] + p[j + 2][l + 1];
-                acc += isum as f32 * d * y.d;
-            }
-        }
+        // SAFETY: `b` is one whole block.
+        let q = unsafe { q6k_unpack(b) };
+        let (scv, sc16) = q6k_scales(b);
+        let sumi = q6k_sumi(&q, &scv, sc16, y);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * h2f(le16(b, 208))), _mm256_cvtepi32_ps(sumi), acc);
     }
-    acc
+    hsum(acc)
 }
 
 /// f32 dot product.
@@ -549,6 +629,40 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+/// f32 dot product in the order of GGML's AVX2 `ggml_vec_dot_f16`.
+pub fn dot_f32_vecdot(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: AVX2/FMA guaranteed by the caller (module docs); bounds handled inside.
+    unsafe { dot_f32_vecdot_avx2(a, b) }
+}
+
+/// # Safety
+/// AVX2+FMA present.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32_vecdot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, aj) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= i + 32 <= n <= len of both slices.
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i + 8 * j)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * j))) };
+            *aj = _mm256_fmadd_ps(x, y, *aj);
+        }
+        i += 32;
+    }
+    let x0 = _mm256_add_ps(acc[0], acc[2]);
+    let x1 = _mm256_add_ps(acc[1], acc[3]);
+    let x0 = _mm256_add_ps(x0, x1);
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps::<1>(x0));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut s = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
+    while i < n {
+        s += (a[i] * b[i]) as f64;
+        i += 1;
+    }
+    s as f32
 }
 
 /// GGML's `ggml_v_expf` (AVX2+FMA) on eight lanes.

@@ -61,6 +61,60 @@ pub fn dot_rows4(cpu: CpuFeatures, ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> 
     Some([dot(cpu, ty, w[0], acts)?, dot(cpu, ty, w[1], acts)?, dot(cpu, ty, w[2], acts)?, dot(cpu, ty, w[3], acts)?])
 }
 
+/// Dot product in the order of GGML's tiled K-quant matmul (see
+/// [`crate::quant::dot_tiled_scalar`]), bit-identical on every path. `None` for the types
+/// without a tiled form.
+#[inline]
+pub fn dot_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        if let Some(v) = avx2::dot_tiled(ty, w, acts) {
+            return Some(v);
+        }
+    }
+    let _ = cpu;
+    crate::quant::dot_tiled_scalar(ty, w, acts)
+}
+
+/// [`dot_tiled`] of one weight row with four activation rows, bit for bit.
+#[inline]
+pub fn dot4_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        if let Some(v) = avx2::dot4_tiled(ty, w, acts) {
+            return Some(v);
+        }
+    }
+    if acts.len() != 4 {
+        return None;
+    }
+    Some([
+        dot_tiled(cpu, ty, w, &acts[0])?,
+        dot_tiled(cpu, ty, w, &acts[1])?,
+        dot_tiled(cpu, ty, w, &acts[2])?,
+        dot_tiled(cpu, ty, w, &acts[3])?,
+    ])
+}
+
+/// Dots of one weight row with four activation rows in the order of GGML's repacked AVX2
+/// GEMM (see [`crate::quant::dot_gemm4_scalar`]), bit-identical on every path. `None` for
+/// the types without that form (only Q4_K has one).
+#[inline]
+pub fn dot4_gemm(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        if let Some(v) = avx2::dot4_gemm(ty, w, acts) {
+            return Some(v);
+        }
+    }
+    let _ = cpu;
+    if acts.len() != 4 {
+        return None;
+    }
+    let d = |t: usize| crate::quant::dot_gemm4_scalar(ty, w, &acts[t]);
+    Some([d(0)?, d(1)?, d(2)?, d(3)?])
+}
+
 /// CPUID-based detection: (AVX2+FMA+F16C, AVX-512 F/BW/VL).
 pub fn detect() -> (bool, bool) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
@@ -78,6 +132,18 @@ pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
     }
     let _ = cpu;
     crate::quant::dot_f32_lanes(a, b)
+}
+
+/// f32 dot product in the order of GGML's `ggml_vec_dot_f16` (see
+/// [`crate::quant::dot_f32_vecdot_lanes`]), bit-identical on every path.
+#[inline]
+pub fn dot_f32_vecdot(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        return avx2::dot_f32_vecdot(a, b);
+    }
+    let _ = cpu;
+    crate::quant::dot_f32_vecdot_lanes(a, b)
 }
 
 /// Softmax numerators in place, `x[i] = exp(x[i] − max)` with GGML's vectorised `expf`, in
