@@ -294,8 +294,9 @@ fn rope(x: &mut [f32], pos: usize, base: f32, freq_scale: f32) {
         let t = freq_scale * theta;
         let (s, c) = (libm::sinf(t), libm::cosf(t));
         let (x0, x1) = (x[i], x[i + half]);
-        x[i] = x0 * c - x1 * s;
-        x[i + half] = x0 * s + x1 * c;
+        // GCC contracts GGML's `x0*cos - x1*sin` / `x0*sin + x1*cos` (rope_yarn, -ffp-contract=fast).
+        x[i] = libm::fmaf(x0, c, -(x1 * s));
+        x[i + half] = libm::fmaf(x0, s, x1 * c);
         theta *= theta_scale;
     }
 }

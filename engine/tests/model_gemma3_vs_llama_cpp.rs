@@ -100,7 +100,6 @@ fn top5_logits_within_tolerance_of_llama_cpp() {
 }
 
 #[test]
-#[ignore = "KNOWN FAILING: 9 of 12 greedy continuations match llama.cpp, 3 diverge (see engine/NOTES.md)"]
 fn greedy_32_tokens_match_llama_cpp() {
     let s = setup();
     let g = Gguf::parse(&s.bytes).unwrap();
