@@ -64,7 +64,6 @@ mod entry {
         if !specs.is_empty() {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {
-                    smp::boot_cpu_vmx_on();
                     let (finished, stopped) = vmm::run_guests(&root, &specs, &mut models);
                     log::info!("guests: {finished} finished, {stopped} stopped or refused");
                 }

@@ -148,7 +148,7 @@ impl engine::parallel::Parallel for CpuPool {
 
 /// CPUs that reported in (the boot CPU counts as one).
 static ONLINE: AtomicU32 = AtomicU32::new(1);
-/// CPUs whose VMXON succeeded.
+/// Application processors whose VMXON succeeded.
 static VMX_ON: AtomicU32 = AtomicU32::new(0);
 /// The index of the AP that last reported in (the boot CPU waits for it).
 static STARTED: AtomicU64 = AtomicU64::new(0);
@@ -274,14 +274,9 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
     online
 }
 
-/// How many CPUs entered VMX root operation (the boot CPU included when it did).
+/// How many application processors entered VMX root operation.
 pub fn vmx_cpus() -> u32 {
     VMX_ON.load(Ordering::Acquire)
-}
-
-/// Records that the boot CPU is in VMX root operation.
-pub fn boot_cpu_vmx_on() {
-    VMX_ON.fetch_add(1, Ordering::AcqRel);
 }
 
 /// An application processor's first Rust code, on its own stack, interrupts off.
