@@ -22,6 +22,7 @@ pub mod call;
 pub mod cpuid;
 pub mod desc;
 pub mod error;
+pub mod linux;
 pub mod validate;
 
 pub use call::{CallNumber, HcallRegs, Hypercall};
