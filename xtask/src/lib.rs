@@ -10,6 +10,7 @@ pub mod disk;
 pub mod emulator;
 pub mod fuzz;
 pub mod image;
+pub mod linux;
 pub mod manifest;
 pub mod model;
 pub mod setup;
