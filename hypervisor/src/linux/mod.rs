@@ -2,5 +2,7 @@
 //! structures ([`boot`]), the e820 map ([`e820`]). The bare-metal side
 //! (`kernel/vmm/linux/`) wires these to VMX exits and guest memory.
 
+pub mod acpi_tables;
 pub mod boot;
+pub mod decode;
 pub mod e820;
