@@ -1,8 +1,20 @@
-//! The platform a Linux tenant sees, as plain host-tested logic: the boot protocols and boot
-//! structures ([`boot`]), the e820 map ([`e820`]). The bare-metal side
-//! (`kernel/vmm/linux/`) wires these to VMX exits and guest memory.
+//! The platform a Linux tenant sees, as plain host-tested logic over plain data (no unsafe, no
+//! hardware access). The bare-metal side (`kernel/vmm/linux/`) wires these to VMX exits and
+//! guest memory:
+//!
+//! - [`boot`]: bzImage and vmlinux parsing, the tenant layout, boot_params / hvm_start_info,
+//!   the boot GDT and identity page tables;
+//! - [`e820`]: the memory map;
+//! - [`acpi_tables`]: RSDP, XSDT, FADT (hardware-reduced), DSDT, MADT;
+//! - [`decode`]: the MMIO instruction decoder (iced-x86);
+//! - [`gva`]: guest page-table walks, instruction fetch;
+//! - [`uart`]: the 16550A on COM1;
+//! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function.
 
 pub mod acpi_tables;
 pub mod boot;
 pub mod decode;
 pub mod e820;
+pub mod gva;
+pub mod pci;
+pub mod uart;
