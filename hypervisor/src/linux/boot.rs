@@ -6,7 +6,8 @@
 //!   protocol at load address + 0x200 ("64-bit Boot Protocol").
 //! - **vmlinux**: the uncompressed ELF64; its `PT_LOAD` segments go to their *physical*
 //!   addresses; the PVH entry is the `XEN_ELFNOTE_PHYS32_ENTRY` (18) note of owner "Xen"
-//!   (xen/include/public/elfnote.h), the 64-bit entry is `e_entry` translated to physical.
+//!   (xen/include/public/elfnote.h), the 64-bit entry is `e_entry` (physical in Linux's own
+//!   link, `phys_startup_64`; a virtual one is translated through its segment).
 //! - **boot_params** (the zero page, Documentation/arch/x86/zero-page.rst) and
 //!   **hvm_start_info** (xen/include/public/arch-x86/hvm/start_info.h, version 1 with memmap) are
 //!   built as byte arrays with the offsets quoted from those documents.
@@ -376,7 +377,12 @@ impl Vmlinux {
                     if memsz == 0 {
                         continue;
                     }
-                    if (vaddr..vaddr + memsz).contains(&e_entry) {
+                    // Linux links e_entry as the physical address of startup_64
+                    // (ENTRY(phys_startup_64) in vmlinux.lds); other builds may give the virtual
+                    // one. A physical match wins.
+                    if (paddr..paddr + memsz).contains(&e_entry) {
+                        entry64 = Some(e_entry);
+                    } else if entry64.is_none() && (vaddr..vaddr + memsz).contains(&e_entry) {
                         entry64 = Some(paddr + (e_entry - vaddr));
                     }
                     segments.push(LoadSegment {

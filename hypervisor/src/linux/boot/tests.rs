@@ -207,6 +207,10 @@ fn vmlinux_segments_entries_and_pvh_note() {
     assert_eq!(v.pvh_entry, Some(0x0100_0120));
     assert_eq!(v.extent(), 0x100_0000..0x100_7000);
     assert_eq!(Vmlinux::parse(&vmlinux(false)).unwrap().pvh_entry, None);
+    // Linux's own link gives e_entry as the physical address (phys_startup_64).
+    let mut img = vmlinux(true);
+    img[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    assert_eq!(Vmlinux::parse(&img).unwrap().entry64, 0x100_0000);
 }
 
 #[test]
