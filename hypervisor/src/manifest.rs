@@ -33,7 +33,8 @@
 //!  28  u32      memory_mib    guest RAM
 //!  32  u32      cpu_budget_ms CPU time the tenant's vCPUs may use in all
 //!  36  u32      quota.inflight_ops
-//!  40  u32      flags         bit 0 user_mode_hypercalls, bit 1 completion_interrupts
+//!  40  u32      flags         bit 0 user_mode_hypercalls, bit 1 completion_interrupts,
+//!                             bit 2 passthrough_without_iommu (testing only)
 //!  44  u16      weight        engine weight, 1..=1000
 //!  46  u8       vcpus         1..=MAX_VCPUS
 //!  47  u8       model count   0..=MAX_MODELS
@@ -41,7 +42,10 @@
 //!                             CPUs no tenant pinned); entries at and past `vcpus` are 0xFF
 //!  56  u32      quota.registered_mib
 //!  60  u32      quota.kv_cache_mib
-//!  64  u64      reserved, 0
+//!  64  StrRef   devices       PCI devices passed through, comma-separated selectors
+//!                             (`bb:dd.f` or `vvvv:dddd`); empty: none. Manifests written before
+//!                             this field had 0 here, which reads as no devices.
+//!  68  u32      reserved, 0
 //! string area: from 40 + 72 n to the total length; printable ASCII, no terminators
 //! ```
 
@@ -60,6 +64,8 @@ pub const MAX_LEN: usize = 64 * 1024;
 pub const MAX_TENANTS: usize = 64;
 pub const MAX_VCPUS: usize = 8;
 pub const MAX_MODELS: usize = 4;
+/// PCI devices passed through to one tenant.
+pub const MAX_DEVICES: usize = 4;
 /// Longest tenant, guest or model name.
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest guest argument string.
@@ -86,7 +92,10 @@ impl Flags {
     pub const USER_MODE_HYPERCALLS: Flags = Flags(1 << 0);
     /// The guest may ask for completion interrupts on its rings.
     pub const COMPLETION_INTERRUPTS: Flags = Flags(1 << 1);
-    pub const ALL: Flags = Flags(0b11);
+    /// Testing only: the tenant's devices are passed through even when no IOMMU confines their
+    /// DMA (emulators without one); the hypervisor logs a warning for each.
+    pub const PASSTHROUGH_WITHOUT_IOMMU: Flags = Flags(1 << 2);
+    pub const ALL: Flags = Flags(0b111);
 
     pub const fn empty() -> Self {
         Flags(0)
@@ -146,6 +155,8 @@ pub struct Tenant {
     pub weight: u16,
     pub flags: Flags,
     pub cpu_budget_ms: u32,
+    /// PCI devices passed through to the tenant, as written (`bb:dd.f` or `vvvv:dddd`).
+    pub devices: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +200,10 @@ pub enum Problem {
     /// Every CPU is pinned by some tenant: an unpinned tenant would have nowhere to run.
     NoFreeCpu,
     TooMany { count: usize, max: usize },
+    /// A device selector that does not parse.
+    BadDevice(crate::pci::SelectorError),
+    /// The device is named twice in this tenant, or already passed through to tenant `other`.
+    DeviceTaken { device: String, other: Option<usize> },
 }
 
 impl fmt::Display for Problem {
@@ -218,6 +233,9 @@ impl fmt::Display for Problem {
             Problem::CpuOverlap { cpu, other: Some(o) } => write!(f, "CPU {cpu} is already pinned by tenant #{o}"),
             Problem::NoFreeCpu => write!(f, "no CPU would be left for the tenants that are not pinned"),
             Problem::TooMany { count, max } => write!(f, "{count}, at most {max} allowed"),
+            Problem::BadDevice(e) => write!(f, "{e}"),
+            Problem::DeviceTaken { device, other: None } => write!(f, "device {device} is listed twice"),
+            Problem::DeviceTaken { device, other: Some(o) } => write!(f, "device {device} is already passed through to tenant #{o}"),
         }
     }
 }
@@ -361,6 +379,15 @@ pub fn validate_tenant(index: usize, t: &Tenant, machine: &Machine) -> Result<()
     in_range(t.quota.inflight_ops.into(), 1, MAX_INFLIGHT_OPS.into()).map_err(|p| err("quota.inflight_ops", p))?;
     in_range(t.quota.kv_cache_mib.into(), 1, machine.kv_cache_mib.into()).map_err(|p| err("quota.kv_cache_mib", p))?;
     in_range(t.weight.into(), 1, MAX_WEIGHT.into()).map_err(|p| err("weight", p))?;
+    if t.devices.len() > MAX_DEVICES {
+        return Err(err("devices", Problem::TooMany { count: t.devices.len(), max: MAX_DEVICES }));
+    }
+    for (i, d) in t.devices.iter().enumerate() {
+        let sel = crate::pci::DeviceSelector::parse(d).map_err(|e| err("devices", Problem::BadDevice(e)))?;
+        if t.devices[..i].iter().any(|o| crate::pci::DeviceSelector::parse(o) == Ok(sel)) {
+            return Err(err("devices", Problem::DeviceTaken { device: d.clone(), other: None }));
+        }
+    }
     if Flags::from_bits(t.flags.bits()).is_none() {
         return Err(err("flags", Problem::UnknownFlags(t.flags.bits() & !Flags::ALL.bits())));
     }
@@ -396,6 +423,13 @@ impl<'m> Admission<'m> {
         for &cpu in &t.cpus {
             if let Some(&(other, _)) = self.admitted.iter().find(|(_, o)| o.cpus.contains(&cpu)) {
                 return Err(err("cpus", Problem::CpuOverlap { cpu, other: Some(other) }));
+            }
+        }
+        for d in &t.devices {
+            let sel = crate::pci::DeviceSelector::parse(d).ok();
+            let taken = |o: &Tenant| o.devices.iter().any(|od| crate::pci::DeviceSelector::parse(od).ok() == sel);
+            if let Some(&(other, _)) = self.admitted.iter().find(|(_, o)| taken(o)) {
+                return Err(err("devices", Problem::DeviceTaken { device: d.clone(), other: Some(other) }));
             }
         }
         let pinned_before: usize = self.admitted.iter().map(|(_, o)| o.cpus.len()).sum();
@@ -503,6 +537,7 @@ pub fn encode(m: &Manifest) -> Result<Vec<u8>, ManifestError> {
         out[e + 48..e + 48 + t.cpus.len()].copy_from_slice(&t.cpus);
         put_u32(&mut out, e + 56, t.quota.registered_mib);
         put_u32(&mut out, e + 60, t.quota.kv_cache_mib);
+        put_str(&mut out, 64, &t.devices.join(","))?;
     }
     out.extend_from_slice(&strings);
     if out.len() > MAX_LEN {
@@ -532,9 +567,6 @@ impl Reader<'_> {
     }
     fn u32(&self, at: usize) -> u32 {
         u32::from_le_bytes([self.u8(at), self.u8(at + 1), self.u8(at + 2), self.u8(at + 3)])
-    }
-    fn u64(&self, at: usize) -> u64 {
-        u64::from(self.u32(at)) | u64::from(self.u32(at + 4)) << 32
     }
 }
 
@@ -633,9 +665,11 @@ fn decode_entry(bytes: &[u8], n: usize, i: usize) -> Result<Tenant, ManifestErro
     };
     let flags_bits = r.u32(e + 40);
     let flags = Flags::from_bits(flags_bits).ok_or_else(|| err("flags", Problem::UnknownFlags(flags_bits & !Flags::ALL.bits())))?;
-    if r.u64(e + 64) != 0 {
+    if r.u32(e + 68) != 0 {
         return Err(err("reserved", Problem::NotZero));
     }
+    let list = string(64).map_err(|p| err("devices", p))?;
+    let devices: Vec<String> = if list.is_empty() { Vec::new() } else { list.split(',').map(String::from).collect() };
     Ok(Tenant {
         guest,
         args,
@@ -647,6 +681,7 @@ fn decode_entry(bytes: &[u8], n: usize, i: usize) -> Result<Tenant, ManifestErro
         weight: r.u16(e + 44),
         flags,
         cpu_budget_ms: r.u32(e + 32),
+        devices,
         name,
     })
 }

@@ -457,6 +457,82 @@ impl Registry {
     }
 }
 
+/// How a manifest names a device to pass through: its address (`bb:dd.f`, hexadecimal bus and
+/// device as `lspci` prints them) or its vendor and device id (`vvvv:dddd`, the first match in
+/// enumeration order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSelector {
+    Address(Bdf),
+    Id { vendor: u16, device: u16 },
+}
+
+/// Why a device selector could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorError {
+    /// Neither `bb:dd.f` nor `vvvv:dddd`.
+    Syntax,
+    /// Device above 0x1f or function above 7.
+    OutOfRange,
+    /// Vendor 0xffff (no device answers with it) or 0.
+    BadVendor,
+}
+
+impl fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Syntax => "expected a PCI address `bb:dd.f` (hex bus and device, function 0-7) or `vendor:device` (4 hex digits each)",
+            Self::OutOfRange => "device number above 1f or function above 7",
+            Self::BadVendor => "vendor id 0000 or ffff names no device",
+        })
+    }
+}
+
+fn hex_field(s: &str, digits: usize) -> Result<u16, SelectorError> {
+    if s.len() != digits || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(SelectorError::Syntax);
+    }
+    u16::from_str_radix(s, 16).map_err(|_| SelectorError::Syntax)
+}
+
+impl DeviceSelector {
+    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        let (a, b) = s.split_once(':').ok_or(SelectorError::Syntax)?;
+        if let Some((dev, func)) = b.split_once('.') {
+            let bus = hex_field(a, 2)? as u8;
+            let dev = hex_field(dev, 2)?;
+            if func.len() != 1 || !func.as_bytes()[0].is_ascii_digit() {
+                return Err(SelectorError::Syntax);
+            }
+            let func = u16::from(func.as_bytes()[0] - b'0');
+            let dev = u8::try_from(dev).map_err(|_| SelectorError::OutOfRange)?;
+            return Bdf::new(bus, dev, func as u8).map(Self::Address).ok_or(SelectorError::OutOfRange);
+        }
+        let vendor = hex_field(a, 4)?;
+        let device = hex_field(b, 4)?;
+        if vendor == 0 || vendor == 0xffff {
+            return Err(SelectorError::BadVendor);
+        }
+        Ok(Self::Id { vendor, device })
+    }
+
+    /// The registry entry this selector names.
+    pub fn find<'r>(&self, registry: &'r Registry) -> Option<&'r Device> {
+        match *self {
+            Self::Address(bdf) => registry.get(bdf),
+            Self::Id { vendor, device } => registry.find(|h| h.vendor == vendor && h.device == device),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(b) => write!(f, "{b}"),
+            Self::Id { vendor, device } => write!(f, "{vendor:04x}:{device:04x}"),
+        }
+    }
+}
+
 /// One BAR of a passed-through device as it appears to its tenant: the same physical window,
 /// mapped uncached into the tenant's EPT at `guest_phys`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -477,8 +553,36 @@ pub enum PassthroughError {
     NotOwned { bdf: Bdf, owner: Owner },
     /// A memory BAR that shares its 4 KiB page with something else (base not page-aligned).
     SharedPage { bdf: Bdf, index: u8, base: u64 },
-    /// Port I/O BARs are not forwarded.
-    IoBar { bdf: Bdf, index: u8 },
+    /// The hypervisor keeps this kind of function: host, ISA and PCI bridges (their windows route
+    /// everyone's traffic) and IOMMUs (class 08h/06h).
+    Infrastructure { bdf: Bdf, class: u8, subclass: u8 },
+    /// The windows would end above `limit`, the end of what the tenant's page tables reach.
+    NoRoom { bdf: Bdf, end: u64, limit: u64 },
+}
+
+impl fmt::Display for PassthroughError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoIommu(b) => write!(f, "{b}: no IOMMU to confine its DMA, and the manifest does not set passthrough_without_iommu"),
+            Self::NotOwned { bdf, owner } => write!(f, "{bdf} is not this tenant's (owner: {owner:?})"),
+            Self::SharedPage { bdf, index, base } => write!(f, "{bdf} BAR{index} at {base:#x} shares a 4 KiB page with other registers"),
+            Self::Infrastructure { bdf, class, subclass } => {
+                write!(f, "{bdf} (class {class:02x}:{subclass:02x}) is platform infrastructure the hypervisor keeps")
+            }
+            Self::NoRoom { bdf, end, limit } => write!(f, "{bdf}: its BARs would end at guest-physical {end:#x}, above {limit:#x}"),
+        }
+    }
+}
+
+/// Whether a function may be given to a tenant at all (whoever owns it now): bridges and IOMMUs
+/// stay with the hypervisor (PCI Code and ID Assignment: class 06h bridges, 08h/06h IOMMU).
+pub fn assignable(bdf: Bdf, h: &Header) -> Result<(), PassthroughError> {
+    let infra = h.class == 0x06 || (h.class, h.subclass) == (0x08, 0x06) || h.kind != HeaderKind::Endpoint;
+    if infra {
+        Err(PassthroughError::Infrastructure { bdf, class: h.class, subclass: h.subclass })
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether passing a device through is allowed, and with what warning: with an IOMMU always;
@@ -492,23 +596,27 @@ pub fn passthrough_allowed(bdf: Bdf, iommu: bool, allow_without_iommu: bool) -> 
     }
 }
 
-/// The guest-physical windows for a tenant's device: each memory BAR identity-mapped (guest
-/// physical = host physical, so the device's own view of its BARs stays true), page-granular.
-pub fn passthrough_windows(registry: &Registry, bdf: Bdf, tenant: u32, bars: &[(u8, Bar)]) -> Result<Vec<BarWindow>, PassthroughError> {
+/// The guest-physical windows for a tenant's device: its memory BARs placed from `guest_base`
+/// up, each at a guest-physical address aligned to its own size (BAR sizes are powers of two,
+/// so offsets inside the BAR keep their alignment), page-granular, all below `limit`. Port I/O
+/// BARs are not forwarded (tenants get no I/O ports) and are left out.
+pub fn passthrough_windows(registry: &Registry, bdf: Bdf, tenant: u32, bars: &[(u8, Bar)], guest_base: u64, limit: u64) -> Result<Vec<BarWindow>, PassthroughError> {
     let owner = registry.get(bdf).map_or(Owner::Unassigned, |d| d.owner);
     if owner != Owner::Tenant(tenant) {
         return Err(PassthroughError::NotOwned { bdf, owner });
     }
     let mut out = Vec::new();
+    let mut at = guest_base;
     for &(index, bar) in bars {
-        match bar {
-            Bar::Memory { base, size, .. } => {
-                if base % 4096 != 0 {
-                    return Err(PassthroughError::SharedPage { bdf, index, base });
-                }
-                out.push(BarWindow { index, host_phys: base, guest_phys: base, len: size.next_multiple_of(4096) });
+        if let Bar::Memory { base, size, .. } = bar {
+            if base % 4096 != 0 {
+                return Err(PassthroughError::SharedPage { bdf, index, base });
             }
-            Bar::Io { .. } => return Err(PassthroughError::IoBar { bdf, index }),
+            let len = size.next_multiple_of(4096);
+            let gpa = at.checked_next_multiple_of(len).ok_or(PassthroughError::NoRoom { bdf, end: u64::MAX, limit })?;
+            let end = gpa.checked_add(len).filter(|&e| e <= limit).ok_or(PassthroughError::NoRoom { bdf, end: gpa.saturating_add(len), limit })?;
+            out.push(BarWindow { index, host_phys: base, guest_phys: gpa, len });
+            at = end;
         }
     }
     Ok(out)
@@ -665,16 +773,71 @@ mod tests {
         assert!(passthrough_allowed(b, false, true).unwrap().unwrap().contains("not confined"));
         assert_eq!(passthrough_allowed(b, false, false), Err(PassthroughError::NoIommu(b)));
         let bars = [(0, Bar::Memory { base: 0xfebd_4000, size: 0x4000, prefetchable: false, wide: true })];
-        assert_eq!(passthrough_windows(&r, b, 1, &bars), Err(PassthroughError::NotOwned { bdf: b, owner: Owner::Unassigned }));
+        let gb = 1 << 30;
+        assert_eq!(passthrough_windows(&r, b, 1, &bars, 0x80_0000, gb), Err(PassthroughError::NotOwned { bdf: b, owner: Owner::Unassigned }));
         r.claim(b, Owner::Tenant(1)).unwrap();
         assert_eq!(
-            passthrough_windows(&r, b, 1, &bars),
-            Ok(vec![BarWindow { index: 0, host_phys: 0xfebd_4000, guest_phys: 0xfebd_4000, len: 0x4000 }])
+            passthrough_windows(&r, b, 1, &bars, 0x80_0000, gb),
+            Ok(vec![BarWindow { index: 0, host_phys: 0xfebd_4000, guest_phys: 0x80_0000, len: 0x4000 }])
         );
-        assert!(matches!(passthrough_windows(&r, b, 2, &bars), Err(PassthroughError::NotOwned { .. })));
+        assert!(matches!(passthrough_windows(&r, b, 2, &bars, 0x80_0000, gb), Err(PassthroughError::NotOwned { .. })));
         let small = [(2, Bar::Memory { base: 0xfebd_9800, size: 0x100, prefetchable: false, wide: false })];
-        assert_eq!(passthrough_windows(&r, b, 1, &small), Err(PassthroughError::SharedPage { bdf: b, index: 2, base: 0xfebd_9800 }));
-        let io = [(3, Bar::Io { base: 0xc000, size: 32 })];
-        assert_eq!(passthrough_windows(&r, b, 1, &io), Err(PassthroughError::IoBar { bdf: b, index: 3 }));
+        assert_eq!(passthrough_windows(&r, b, 1, &small, 0x80_0000, gb), Err(PassthroughError::SharedPage { bdf: b, index: 2, base: 0xfebd_9800 }));
+        // I/O BARs are left out; each memory BAR lands at a GPA aligned to its size, packed.
+        let mixed = [
+            (0, Bar::Memory { base: 0xfeb8_0000, size: 0x2_0000, prefetchable: false, wide: false }),
+            (1, Bar::Io { base: 0xc000, size: 64 }),
+            (2, Bar::Memory { base: 0xfebf_0000, size: 0x1000, prefetchable: false, wide: false }),
+            (4, Bar::Memory { base: 0xfe00_0000, size: 0x10_0000, prefetchable: true, wide: true }),
+        ];
+        assert_eq!(
+            passthrough_windows(&r, b, 1, &mixed, 0x81_0000, gb),
+            Ok(vec![
+                BarWindow { index: 0, host_phys: 0xfeb8_0000, guest_phys: 0x82_0000, len: 0x2_0000 },
+                BarWindow { index: 2, host_phys: 0xfebf_0000, guest_phys: 0x84_0000, len: 0x1000 },
+                BarWindow { index: 4, host_phys: 0xfe00_0000, guest_phys: 0x90_0000, len: 0x10_0000 },
+            ])
+        );
+        // Windows that would leave the tenant's identity-mapped first GiB are refused.
+        assert_eq!(
+            passthrough_windows(&r, b, 1, &mixed, gb - 0x10_0000, gb),
+            Err(PassthroughError::NoRoom { bdf: b, end: gb + 0x10_0000, limit: gb })
+        );
+    }
+
+    #[test]
+    fn bridges_and_iommus_are_never_assignable() {
+        let (mut f, b) = nvme();
+        let mut h = Header::read(&mut f, b).unwrap();
+        assert_eq!(assignable(b, &h), Ok(()));
+        h.class = 0x06;
+        h.subclass = 0x00;
+        assert_eq!(assignable(b, &h), Err(PassthroughError::Infrastructure { bdf: b, class: 6, subclass: 0 }));
+        (h.class, h.subclass) = (0x08, 0x06);
+        assert!(assignable(b, &h).is_err());
+        (h.class, h.subclass, h.kind) = (0x02, 0x00, HeaderKind::PciBridge);
+        assert!(assignable(b, &h).is_err());
+    }
+
+    #[test]
+    fn device_selectors_parse_addresses_and_ids() {
+        assert_eq!(DeviceSelector::parse("00:03.0"), Ok(DeviceSelector::Address(Bdf::new(0, 3, 0).unwrap())));
+        assert_eq!(DeviceSelector::parse("1a:1f.7"), Ok(DeviceSelector::Address(Bdf::new(0x1a, 0x1f, 7).unwrap())));
+        assert_eq!(DeviceSelector::parse("8086:100e"), Ok(DeviceSelector::Id { vendor: 0x8086, device: 0x100e }));
+        assert_eq!(DeviceSelector::parse("00:20.0"), Err(SelectorError::OutOfRange));
+        assert_eq!(DeviceSelector::parse("00:03.8"), Err(SelectorError::OutOfRange));
+        assert_eq!(DeviceSelector::parse("ffff:0001"), Err(SelectorError::BadVendor));
+        for bad in ["", "0:3.0", "00:03", "00-03.0", "00:03.", "00:03.00", "g0:03.0", "8086:100", "8086:100e:1", "+0:03.0"] {
+            assert_eq!(DeviceSelector::parse(bad), Err(SelectorError::Syntax), "{bad:?}");
+        }
+        for s in ["00:03.0", "8086:100e"] {
+            assert_eq!(std::format!("{}", DeviceSelector::parse(s).unwrap()), s);
+        }
+        let (mut f, b) = nvme();
+        let mut r = Registry::new();
+        r.add(b, Header::read(&mut f, b).unwrap());
+        assert_eq!(DeviceSelector::parse("1b36:0010").unwrap().find(&r).map(|d| d.bdf), Some(b));
+        assert_eq!(DeviceSelector::parse("00:03.0").unwrap().find(&r).map(|d| d.bdf), Some(b));
+        assert!(DeviceSelector::parse("8086:100e").unwrap().find(&r).is_none());
     }
 }

@@ -50,6 +50,9 @@ struct TenantToml {
     quota: Spanned<QuotaToml>,
     #[serde(default)]
     policy: Option<Spanned<PolicyToml>>,
+    /// PCI devices passed through: `"bb:dd.f"` or `"vendor:device"`.
+    #[serde(default)]
+    devices: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +70,9 @@ struct PolicyToml {
     user_mode_hypercalls: Option<Spanned<bool>>,
     #[serde(default)]
     completion_interrupts: Option<Spanned<bool>>,
+    /// Testing only: pass devices through even without an IOMMU.
+    #[serde(default)]
+    passthrough_without_iommu: Option<Spanned<bool>>,
 }
 
 /// A checked configuration: the manifest and its encoding.
@@ -107,6 +113,10 @@ impl Compiled {
                 t.models,
                 if t.flags.contains(Flags::USER_MODE_HYPERCALLS) { ", user-mode hypercalls" } else { "" },
             );
+            if !t.devices.is_empty() {
+                let warn = if t.flags.contains(Flags::PASSTHROUGH_WITHOUT_IOMMU) { " (allowed without an IOMMU: testing only)" } else { "" };
+                s += &format!("  {:<12} devices {}{warn}\n", "", t.devices.join(", "));
+            }
         }
         s
     }
@@ -151,6 +161,7 @@ fn tenant_field_span(t: &Spanned<TenantToml>, field: &str) -> Range<usize> {
         "quota.inflight_ops" => v.quota.get_ref().inflight_ops.span(),
         "quota.kv_cache_mib" => v.quota.get_ref().kv_cache_mib.span(),
         "flags" => opt(v.policy.as_ref().map(Spanned::span)),
+        "devices" => opt(v.devices.as_ref().map(Spanned::span)),
         _ => t.span(),
     }
 }
@@ -180,8 +191,10 @@ fn to_manifest(f: &FileToml) -> Manifest {
                 weight: *t.weight.get_ref(),
                 flags: Flags::empty()
                     .with(Flags::USER_MODE_HYPERCALLS, flag(|p| &p.user_mode_hypercalls))
-                    .with(Flags::COMPLETION_INTERRUPTS, flag(|p| &p.completion_interrupts)),
+                    .with(Flags::COMPLETION_INTERRUPTS, flag(|p| &p.completion_interrupts))
+                    .with(Flags::PASSTHROUGH_WITHOUT_IOMMU, flag(|p| &p.passthrough_without_iommu)),
                 cpu_budget_ms: *t.cpu_budget_ms.get_ref(),
+                devices: t.devices.as_ref().map(|d| d.get_ref().clone()).unwrap_or_default(),
             }
         })
         .collect();

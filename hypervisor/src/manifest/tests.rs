@@ -15,6 +15,7 @@ fn tenant(name: &str, cpus: &[u8]) -> Tenant {
         weight: 100,
         flags: Flags::COMPLETION_INTERRUPTS,
         cpu_budget_ms: 2000,
+        devices: vec![],
     }
 }
 
@@ -103,12 +104,13 @@ fn resealed_forgeries_are_refused_by_the_field_checks() {
         (e1 + 48, &[1], "cpus"),                     // alice's CPU
         (e1 + 48, &[9], "cpus"),                     // no such CPU
         (e1 + 49, &[3], "cpus"),                     // 2 CPUs for 1 vCPU
-        (e1 + 40, &[4, 0, 0, 0], "flags"),
+        (e1 + 40, &[8, 0, 0, 0], "flags"),
         (e1 + 36, &[0, 0, 0, 0], "quota.inflight_ops"),
         (e1 + 56, &[9, 0, 0, 0], "quota.registered_mib"), // above the tenant's 8 MiB
         (e1 + 60, &[0, 0, 0, 0], "quota.kv_cache_mib"),
         (e1 + 32, &[0, 0, 0, 0], "cpu_budget_ms"),
-        (e1 + 64, &[1], "reserved"),
+        (e1 + 68, &[1], "reserved"),
+        (e1 + 64, &[0xF0, 0xFF, 1, 0], "devices"), // string offset outside the area
     ];
     for &(at, patch, field) in cases {
         let mut b = good.clone();
@@ -218,4 +220,65 @@ fn random_bytes_never_panic() {
         let _ = decode_and_validate(&b);
         let _ = decode_and_admit(&b);
     }
+}
+
+#[test]
+fn passed_through_devices_round_trip_and_bad_ones_name_the_field() {
+    let mut m = manifest();
+    m.tenants[0].devices = vec!["00:03.0".to_string(), "8086:100e".to_string()];
+    m.tenants[1].flags = Flags::PASSTHROUGH_WITHOUT_IOMMU;
+    let bytes = encode(&m).unwrap();
+    let back = decode_and_validate(&bytes).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(back.tenants[0].devices, ["00:03.0", "8086:100e"]);
+    assert!(back.tenants[1].devices.is_empty() && back.tenants[1].flags.contains(Flags::PASSTHROUGH_WITHOUT_IOMMU));
+    // The device list lives in the string area behind the entry's StrRef at 64.
+    let e0 = HEADER_LEN;
+    let (off, len) = (u16::from_le_bytes([bytes[e0 + 64], bytes[e0 + 65]]), u16::from_le_bytes([bytes[e0 + 66], bytes[e0 + 67]]));
+    let strings = &bytes[HEADER_LEN + 3 * ENTRY_LEN..];
+    assert_eq!(&strings[usize::from(off)..usize::from(off + len)], b"00:03.0,8086:100e");
+
+    let mut bad = manifest();
+    bad.tenants[1].devices = vec!["0:3.0".to_string()];
+    assert_eq!(field_of(validate(&bad)), (Some(1), "devices", Problem::BadDevice(crate::pci::SelectorError::Syntax)));
+    bad.tenants[1].devices = vec!["00:03.9".to_string()];
+    assert_eq!(field_of(validate(&bad)), (Some(1), "devices", Problem::BadDevice(crate::pci::SelectorError::OutOfRange)));
+    bad.tenants[1].devices = vec!["00:03.0".to_string(), "00:03.0".to_string()];
+    assert_eq!(field_of(validate(&bad)), (Some(1), "devices", Problem::DeviceTaken { device: "00:03.0".to_string(), other: None }));
+    bad.tenants[1].devices = vec!["00:0a.0".to_string(); 5];
+    assert_eq!(field_of(validate(&bad)), (Some(1), "devices", Problem::TooMany { count: 5, max: MAX_DEVICES }));
+    // Two tenants claiming one device: the later one is refused, naming the earlier.
+    bad.tenants[0].devices = vec!["00:03.0".to_string()];
+    bad.tenants[2].devices = vec!["00:03.0".to_string()];
+    bad.tenants[1].devices = vec![];
+    assert_eq!(
+        field_of(validate(&bad)),
+        (Some(2), "devices", Problem::DeviceTaken { device: "00:03.0".to_string(), other: Some(0) })
+    );
+    let msg = validate(&bad).unwrap_err().to_string();
+    assert_eq!(msg, "tenant #2 `mallory`: devices: device 00:03.0 is already passed through to tenant #0");
+    // The hypervisor admits the first claimant and refuses only the second.
+    let mut ok_first = manifest();
+    ok_first.tenants[0].devices = vec!["00:03.0".to_string()];
+    let mut bytes = encode(&ok_first).unwrap();
+    // Forge tenant 2's device list to point at tenant 0's string.
+    let e2 = HEADER_LEN + 2 * ENTRY_LEN;
+    let r0 = bytes[e0 + 64..e0 + 68].to_vec();
+    bytes[e2 + 64..e2 + 68].copy_from_slice(&r0);
+    reseal(&mut bytes);
+    let a = decode_and_admit(&bytes).unwrap();
+    assert_eq!(a.tenants.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(a.refused.len(), 1);
+    assert_eq!(a.refused[0].field, "devices");
+}
+
+#[test]
+fn manifests_from_before_the_device_field_still_decode() {
+    // Version-1 manifests written before `devices` existed had a zero u64 at entry offset 64.
+    let bytes = encode(&manifest()).unwrap();
+    for i in 0..3 {
+        let e = HEADER_LEN + i * ENTRY_LEN;
+        assert_eq!(&bytes[e + 64..e + 72], &[0u8; 8]);
+    }
+    assert!(decode_and_validate(&bytes).unwrap().tenants.iter().all(|t| t.devices.is_empty()));
 }

@@ -134,3 +134,24 @@ fn missing_field_and_bad_syntax() {
     let e = error(&edit(7, "name = \"al ice\""));
     assert_names(&e, 7, "name", "character 0x20 at 2");
 }
+
+#[test]
+fn passed_through_devices_are_checked_with_file_line_and_field() {
+    // alice gets the e1000 by address, with the testing flag; it compiles and round-trips.
+    let ok = edit(11, "weight = 100\ndevices = [\"00:03.0\"]").replacen("kv_cache_mib = 4\n", "kv_cache_mib = 4\n[tenants.policy]\npassthrough_without_iommu = true\n", 1);
+    let c = compile("ok.toml", &ok, &guests()).unwrap();
+    assert_eq!(c.manifest.tenants[0].devices, ["00:03.0"]);
+    assert!(c.manifest.tenants[0].flags.contains(Flags::PASSTHROUGH_WITHOUT_IOMMU));
+    assert!(c.summary().contains("devices 00:03.0 (allowed without an IOMMU: testing only)"), "{}", c.summary());
+    // Bad address syntax: the line of the `devices` key.
+    let e = error(&edit(23, "weight = 100\ndevices = [\"0:3.0\"]"));
+    assert_names(&e, 24, "tenant #1 `bob`: devices:", "expected a PCI address `bb:dd.f`");
+    // Two tenants claiming one device: the later one, on its `devices` line.
+    let both = edit(11, "weight = 100\ndevices = [\"00:03.0\"]");
+    let both = both.replace("cpus = [2]\nweight = 100", "cpus = [2]\nweight = 100\ndevices = [\"00:03.0\"]");
+    let e = error(&both);
+    assert_names(&e, 25, "tenant #1 `bob`: devices:", "device 00:03.0 is already passed through to tenant #0");
+    // An unknown policy key is still refused (the flag's name is exact).
+    let e = error(&edit(28, "kv_cache_mib = 4\n[tenants.policy]\npassthrough = true"));
+    assert!(e.starts_with("bad.toml:30: ") && e.contains("passthrough"), "{e}");
+}
