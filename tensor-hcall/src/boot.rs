@@ -16,6 +16,36 @@ pub const BOOT_INFO_GPA: u64 = 0x1000;
 /// Bytes of the argument string a guest receives (its module's command line).
 pub const MAX_ARGS: usize = 240;
 
+/// Passed-through devices the boot-information page can list.
+pub const MAX_BOOT_DEVICES: usize = 4;
+
+/// One memory BAR of a PCI device passed through to the guest: where the guest finds it. The
+/// window is mapped uncached in the guest's EPT; the guest's own page tables (the identity map
+/// of the first GiB) reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceWindow {
+    pub vendor: u16,
+    pub device: u16,
+    /// The function's host PCI address (bus << 8 | device << 3 | function).
+    pub bdf: u16,
+    /// The BAR's index in the function's header.
+    pub bar: u8,
+    pub reserved: u8,
+    pub reserved2: u64,
+    /// Guest-physical address of the BAR's first byte.
+    pub gpa: u64,
+    /// Bytes (whole pages).
+    pub len: u64,
+}
+
+// `to_bytes` writes this layout; the guest reads the struct in place.
+const_assert_eq!(core::mem::size_of::<DeviceWindow>(), 32);
+const_assert_eq!(core::mem::offset_of!(DeviceWindow, bdf), 4);
+const_assert_eq!(core::mem::offset_of!(DeviceWindow, bar), 6);
+const_assert_eq!(core::mem::offset_of!(DeviceWindow, gpa), 16);
+const_assert_eq!(core::mem::offset_of!(DeviceWindow, len), 24);
+
 /// What the hypervisor tells a guest at entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,9 +63,15 @@ pub struct GuestBootInfo {
     pub reserved: u32,
     /// The guest's arguments (UTF-8, space-separated `key=value` words).
     pub args: [u8; MAX_ARGS],
+    /// Valid entries of `devices` (0 when nothing is passed through). Added after `args`: a
+    /// guest built before it reads the first 272 bytes, which did not change.
+    pub device_count: u32,
+    pub reserved2: u32,
+    pub devices: [DeviceWindow; MAX_BOOT_DEVICES],
 }
 
-const_assert_eq!(core::mem::size_of::<GuestBootInfo>(), 272);
+const_assert_eq!(core::mem::size_of::<GuestBootInfo>(), 408);
+const_assert_eq!(core::mem::offset_of!(GuestBootInfo, devices), 280);
 const_assert_eq!(core::mem::offset_of!(GuestBootInfo, args), 32);
 const_assert!(core::mem::size_of::<GuestBootInfo>() <= 2048);
 
@@ -65,7 +101,20 @@ impl GuestBootInfo {
         b[16..24].copy_from_slice(&self.memory_size.to_le_bytes());
         b[24..28].copy_from_slice(&self.args_len.to_le_bytes());
         b[28..32].copy_from_slice(&self.reserved.to_le_bytes());
-        b[32..].copy_from_slice(&self.args);
+        b[32..272].copy_from_slice(&self.args);
+        b[272..276].copy_from_slice(&self.device_count.to_le_bytes());
+        b[276..280].copy_from_slice(&self.reserved2.to_le_bytes());
+        for (i, d) in self.devices.iter().enumerate() {
+            let at = 280 + 32 * i;
+            b[at..at + 2].copy_from_slice(&d.vendor.to_le_bytes());
+            b[at + 2..at + 4].copy_from_slice(&d.device.to_le_bytes());
+            b[at + 4..at + 6].copy_from_slice(&d.bdf.to_le_bytes());
+            b[at + 6] = d.bar;
+            b[at + 7] = d.reserved;
+            b[at + 8..at + 16].copy_from_slice(&d.reserved2.to_le_bytes());
+            b[at + 16..at + 24].copy_from_slice(&d.gpa.to_le_bytes());
+            b[at + 24..at + 32].copy_from_slice(&d.len.to_le_bytes());
+        }
         b
     }
 
@@ -85,7 +134,26 @@ impl GuestBootInfo {
             args_len: n as u32,
             reserved: 0,
             args: a,
+            device_count: 0,
+            reserved2: 0,
+            devices: [DeviceWindow::default(); MAX_BOOT_DEVICES],
         }
+    }
+
+    /// Lists `window` among the passed-through devices; `false` when the table is full.
+    pub fn add_device(&mut self, window: DeviceWindow) -> bool {
+        let n = self.device_count as usize;
+        if n >= MAX_BOOT_DEVICES {
+            return false;
+        }
+        self.devices[n] = window;
+        self.device_count += 1;
+        true
+    }
+
+    /// The passed-through device windows (`device_count` clamped to the table).
+    pub fn devices(&self) -> &[DeviceWindow] {
+        &self.devices[..(self.device_count as usize).min(MAX_BOOT_DEVICES)]
     }
 }
 
@@ -109,6 +177,19 @@ mod tests {
         let long = "é".repeat(200);
         let t = GuestBootInfo::new(1, 1, 1, &long);
         assert!(t.args_len as usize <= MAX_ARGS && t.args().chars().all(|c| c == 'é'));
+        assert_eq!(&bytes[272..280], &[0u8; 8], "no devices");
+        let mut d = b;
+        let w = DeviceWindow { vendor: 0x8086, device: 0x100e, bdf: 0x18, bar: 0, gpa: 0x80_0000, len: 0x2_0000, ..Default::default() };
+        for _ in 0..MAX_BOOT_DEVICES {
+            assert!(d.add_device(w));
+        }
+        assert!(!d.add_device(w), "the table holds four");
+        assert_eq!(d.devices().len(), MAX_BOOT_DEVICES);
+        let db = d.to_bytes();
+        assert_eq!(&db[272..276], &4u32.to_le_bytes());
+        assert_eq!(&db[280..286], &[0x86, 0x80, 0x0e, 0x10, 0x18, 0]);
+        assert_eq!(&db[296..304], &0x80_0000u64.to_le_bytes());
+        assert_eq!(&db[304..312], &0x2_0000u64.to_le_bytes());
         let mut bad = b;
         bad.args_len = 10_000;
         assert_eq!(bad.args(), "scenario=triple-fault budget_ms=50");

@@ -18,15 +18,17 @@ pub struct Boot {
     pub cpus: u32,
     /// Extra QEMU arguments (devices).
     pub qemu_args: Vec<String>,
+    /// Extra bochsrc lines (devices).
+    pub bochs_lines: Vec<String>,
 }
 
 impl Boot {
     pub fn qemu(name: &str, firmware: Firmware) -> Self {
-        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256, cpus: 1, qemu_args: Vec::new() }
+        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256, cpus: 1, qemu_args: Vec::new(), bochs_lines: Vec::new() }
     }
 
     pub fn bochs(name: &str) -> Self {
-        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128, cpus: 1, qemu_args: Vec::new() }
+        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128, cpus: 1, qemu_args: Vec::new(), bochs_lines: Vec::new() }
     }
 
     pub fn cmdline(mut self, cmdline: &str) -> Self {
@@ -36,6 +38,11 @@ impl Boot {
 
     pub fn qemu_args(mut self, args: &[&str]) -> Self {
         self.qemu_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn bochs_lines(mut self, lines: &[&str]) -> Self {
+        self.bochs_lines.extend(lines.iter().map(|l| l.to_string()));
         self
     }
 
@@ -58,6 +65,7 @@ impl Boot {
         spec.memory_mib = self.memory_mib;
         spec.cpus = self.cpus;
         spec.qemu_args = self.qemu_args;
+        spec.bochs_lines = self.bochs_lines;
         let outcome = emulator::boot(&spec).unwrap_or_else(|e| panic!("boot {}: {e}", self.image.name));
         Run { outcome }
     }

@@ -74,11 +74,13 @@ pub struct RunSpec {
     pub work_dir: PathBuf,
     /// Extra QEMU arguments (devices such as `-device intel-iommu`, `-drive`, `-device nvme`).
     pub qemu_args: Vec<String>,
+    /// Extra bochsrc lines (devices such as `pci: enabled=1, chipset=i440fx, slot1=e1000`).
+    pub bochs_lines: Vec<String>,
 }
 
 impl RunSpec {
     pub fn new(image: PathBuf, firmware: Firmware, emulator: Emulator, work_dir: PathBuf) -> Self {
-        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new() }
+        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new(), bochs_lines: Vec::new() }
     }
 }
 
@@ -192,7 +194,12 @@ fn spawn(spec: &RunSpec, serial: &Path) -> Result<(Child, Option<PathBuf>), Stri
                 return Err("Bochs has no UEFI firmware here: use --emulator qemu for --uefi".into());
             }
             let rc = spec.work_dir.join("bochsrc");
-            fs::write(&rc, BOCHSRC).map_err(|e| e.to_string())?;
+            let mut bochsrc = String::from(BOCHSRC);
+            for line in &spec.bochs_lines {
+                bochsrc.push_str(line);
+                bochsrc.push('\n');
+            }
+            fs::write(&rc, bochsrc).map_err(|e| e.to_string())?;
             let dbg = spec.work_dir.join("debugger.rc");
             // At start the debugger continues; at the magic breakpoint (clean exit) it quits.
             fs::write(&dbg, "continue\nquit\n").map_err(|e| e.to_string())?;

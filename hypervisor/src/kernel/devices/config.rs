@@ -6,6 +6,7 @@ use hypervisor::acpi::McfgEntry;
 use hypervisor::pci::{Bdf, ConfigAccess};
 
 /// The mechanism in use.
+#[derive(Clone)]
 pub enum Config {
     Ecam { window: McfgEntry, buses: BTreeMap<u8, u64> },
     Legacy,

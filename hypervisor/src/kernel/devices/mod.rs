@@ -11,6 +11,7 @@ mod config;
 mod dma;
 mod mmio;
 mod nvme;
+pub mod passthrough;
 mod store;
 mod vtd;
 
@@ -189,6 +190,21 @@ pub fn init(info: &BootInfo<'_>) {
     let mut bars = Vec::new();
     scan(&mut cfg, 0, &mut [false; 256], &mut registry, &mut bars);
     log::info!("pci: {} functions found through {}", registry.devices().len(), cfg.name());
+    // Until a device is given to someone it may not master the bus: firmware leaves bus
+    // mastering on for devices it used. Bridges forward everyone's traffic and keep theirs.
+    let mut quiesced = 0;
+    for d in registry.devices().iter().filter(|d| d.header.kind == HeaderKind::Endpoint && d.header.class != 0x06) {
+        let cmd = cfg.read16(d.bdf, pci::reg::COMMAND);
+        if cmd & pci::command::BUS_MASTER != 0 {
+            cfg.write16(d.bdf, pci::reg::COMMAND, cmd & !pci::command::BUS_MASTER);
+            quiesced += 1;
+        }
+    }
+    if quiesced > 0 {
+        log::info!("pci: bus mastering turned off on {quiesced} unassigned device(s)");
+    }
+    *passthrough::BARS.lock() = bars.clone();
+    *passthrough::CONFIG.lock() = Some(cfg.clone());
 
     let dmar = match tables.as_ref().map(|t| t.load(b"DMAR", read)) {
         Some(Ok(t)) => {

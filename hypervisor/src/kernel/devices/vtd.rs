@@ -117,6 +117,20 @@ impl Unit {
         Ok(phys)
     }
 
+    /// Maps `[phys, phys + len)` at I/O-virtual `iova` in `domain`, then invalidates.
+    pub fn map(&mut self, domain: &mut Domain, iova: Iova, phys: HostPhys, len: u64, perms: Perms) -> Result<(), VtdError> {
+        domain.map_range(&mut self.frames, iova, phys, len, perms)?;
+        self.invalidate(Granularity::Domain(domain.id().get()))
+    }
+
+    /// Takes `sid` out of `domain` (its DMA is blocked again) and frees the domain's tables.
+    pub fn detach(&mut self, sid: SourceId, domain: Domain) -> Result<(), VtdError> {
+        self.context.remove(&mut self.frames, sid)?;
+        self.invalidate(Granularity::Global)?;
+        domain.destroy(&mut self.frames);
+        Ok(())
+    }
+
     /// Removes the mappings of `[iova, iova + len)` and invalidates: the device loses access.
     pub fn unmap(&mut self, domain: &mut Domain, iova: u64, len: u64) -> Result<(), VtdError> {
         let mut at = iova;

@@ -85,6 +85,8 @@ pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<(), String> {
 /// A loaded guest and its accounts.
 struct Guest {
     name: String,
+    /// The tenant id (as in its boot information); owns its passed-through devices.
+    id: u32,
     vcpu: Vcpu,
     services: TenantServices,
     budget_tsc: u64,
@@ -108,6 +110,10 @@ pub struct TenantSpec<'a> {
     pub budget_ms: u64,
     pub limits: Limits,
     pub user_mode_hypercalls: bool,
+    /// PCI devices passed through (manifest `devices`), and the testing-only permission to do
+    /// so without an IOMMU.
+    pub devices: Vec<String>,
+    pub passthrough_without_iommu: bool,
 }
 
 impl<'a> TenantSpec<'a> {
@@ -118,7 +124,7 @@ impl<'a> TenantSpec<'a> {
         let args = cmdline.split_once(' ').map_or("", |(_, a)| a);
         let memory_mib: u64 = cmdline_value(cmdline, "mem_mib").map_or(Ok(DEFAULT_MEMORY_MIB), str::parse).map_err(|_| "bad mem_mib")?;
         let budget_ms: u64 = cmdline_value(cmdline, "budget_ms").map_or(Ok(DEFAULT_BUDGET_MS), str::parse).map_err(|_| "bad budget_ms")?;
-        Ok(Self { name: name.into(), elf, args: args.into(), memory_mib, budget_ms, limits: Limits::default(), user_mode_hypercalls: false })
+        Ok(Self { name: name.into(), elf, args: args.into(), memory_mib, budget_ms, limits: Limits::default(), user_mode_hypercalls: false, devices: Vec::new(), passthrough_without_iommu: false })
     }
 
     /// A tenant from an admitted manifest entry, with its guest image.
@@ -138,6 +144,8 @@ impl<'a> TenantSpec<'a> {
                 ..Limits::default()
             },
             user_mode_hypercalls: t.flags.contains(Flags::USER_MODE_HYPERCALLS),
+            devices: t.devices.clone(),
+            passthrough_without_iommu: t.flags.contains(Flags::PASSTHROUGH_WITHOUT_IOMMU),
         }
     }
 }
@@ -167,7 +175,10 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
     let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
     let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
     ram.load(GDT_GPA, &gdt_bytes).map_err(err)?;
-    let info = GuestBootInfo::new(tensor_hcall::ABI_VERSION.to_u32(), id, size, args);
+    let mut info = GuestBootInfo::new(tensor_hcall::ABI_VERSION.to_u32(), id, size, args);
+    if !spec.devices.is_empty() {
+        passthrough(id, spec, &mut ram, &mut info)?;
+    }
     ram.load(BOOT_INFO_GPA, &info.to_bytes()).map_err(err)?;
 
     let eptp = Eptp::new(ram.ept_root(), caps, false).map_err(|e| alloc::format!("EPTP: {e:?}"))?;
@@ -189,6 +200,7 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
     );
     Ok(Guest {
         name: name.into(),
+        id,
         vcpu,
         services: TenantServices::new(name, id, ram, spec.limits, spec.user_mode_hypercalls),
         budget_tsc: budget_ms.saturating_mul(tsc::hz() / 1000),
@@ -201,6 +213,26 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
     })
 }
 
+/// Gives the tenant its manifest's PCI devices: their BARs mapped uncached above its RAM (below
+/// the 1 GiB its page tables reach) and listed in its boot information.
+fn passthrough(id: u32, spec: &TenantSpec<'_>, ram: &mut GuestRam, info: &mut GuestBootInfo) -> Result<(), String> {
+    use super::devices::passthrough::{self as pt, TenantRam};
+    let (host_base, ram_size) = ram.host_range();
+    let assigned = pt::assign(id, &spec.name, &spec.devices, spec.passthrough_without_iommu, TenantRam { host_base, size: ram_size }, ram_size, 1 << 30)
+        .map_err(|e| alloc::format!("passthrough refused: {e}"))?;
+    for a in &assigned {
+        for w in &a.windows {
+            let window = tensor_hcall::boot::DeviceWindow { vendor: a.vendor, device: a.device, bdf: a.bdf.source_id(), bar: w.index, gpa: w.guest_phys, len: w.len, ..Default::default() };
+            let mapped = ram.map_device(w.guest_phys, w.host_phys, w.len).map_err(|e| alloc::format!("passthrough: mapping {} BAR{}: {e:?}", a.bdf, w.index));
+            if let Err(e) = mapped.and_then(|()| if info.add_device(window) { Ok(()) } else { Err("passthrough: more BARs than the boot information lists".into()) }) {
+                pt::release(id);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads every `guest:` module and runs the guests until each has exited or been stopped.
 /// Returns `(finished, stopped)`: guests that exited with status 0, and the rest.
 pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], models: &mut EngineHost) -> (usize, usize) {
@@ -211,6 +243,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], models: &mut EngineH
         match load_guest(root, &mut vpids, i as u32 + 1, spec) {
             Ok(g) => guests.push(g),
             Err(e) => {
+                super::devices::passthrough::release(i as u32 + 1);
                 log::error!("guest {}: not started: {e}", spec.name);
                 refused += 1;
             }
@@ -361,6 +394,7 @@ fn stop(g: &mut Guest, reason: StopReason, rip: u64, models: &mut EngineHost) {
     g.services.flush_console();
     // Its sessions close with it: KV caches are freed, never handed to anyone else.
     g.services.tensors.close_all(models);
+    super::devices::passthrough::release(g.id);
     match reason {
         StopReason::Exited { status } => log::info!("guest {}: exited with status {status}", g.name),
         _ => log::warn!("guest {}: stopped: {reason} at RIP {rip:#x}", g.name),

@@ -85,6 +85,24 @@ impl GuestRam {
         Ok(Self { base, size, space })
     }
 
+    /// Host-physical address of guest-physical 0 and the RAM's size (the IOMMU domain of a
+    /// passed-through device maps the same range).
+    pub fn host_range(&self) -> (u64, u64) {
+        (self.base, self.size)
+    }
+
+    /// Maps a passed-through device's BAR window: host-physical MMIO at `gpa`, read-write, not
+    /// executable, uncached (SDM 29.3.7: the EPT memory type UC wins over the guest's PAT). Only
+    /// the guest reaches it; the hypervisor's own accessors stay confined to RAM (`checked`).
+    pub fn map_device(&mut self, gpa: u64, hpa: u64, len: u64) -> Result<(), RamError> {
+        let g = GuestPhysAddr::new(gpa).map_err(|_| RamError::Access { gpa, len })?;
+        let h = HostPhysAddr::new(hpa).map_err(|_| RamError::Access { gpa, len })?;
+        if gpa < self.size {
+            return Err(RamError::Access { gpa, len });
+        }
+        self.space.map(g, h, len, EptPerms::READ | EptPerms::WRITE, MemoryType::Uncacheable).map_err(RamError::Ept)
+    }
+
     /// The EPT root, for the EPTP.
     pub fn ept_root(&self) -> HostPhysAddr {
         self.space.root()

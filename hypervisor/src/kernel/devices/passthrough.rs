@@ -1,0 +1,179 @@
+//! PCI passthrough: a device named in a tenant's manifest is given to that tenant.
+//!
+//! For each device: the registry records the tenant as its only owner (bridges, IOMMUs and the
+//! hypervisor's own devices are refused); its memory BARs are placed at guest-physical addresses
+//! above the tenant's RAM ([`hypervisor::pci::passthrough_windows`]) for the VMM to map uncached
+//! in the tenant's EPT; its command register gets memory decoding and bus mastering (I/O
+//! decoding and INTx off) only now. With an IOMMU the device is put in a domain of its own
+//! whose second-level tables map exactly the tenant's RAM (guest-physical → the tenant's host
+//! frames), so the addresses its driver programs are guest-physical. Without an IOMMU the device
+//! could DMA anywhere: refused unless the manifest sets `passthrough_without_iommu` (testing),
+//! with a warning. Interrupts are not forwarded (see the README).
+//!
+//! When the tenant stops, [`release`] turns decoding and bus mastering off, takes the device out
+//! of its domain and returns it to the unassigned pool.
+
+use super::config::Config;
+use super::vtd::{Unit, VtdError};
+use super::{IOMMU, REGISTRY};
+use alloc::string::String;
+use alloc::vec::Vec;
+use hypervisor::pci::{self, Bar, BarWindow, Bdf, ConfigAccess, DeviceSelector, Owner};
+use iommu::tables::{Domain, Perms};
+use iommu::{HostPhys, Iova, SourceId};
+
+/// What enumeration left for passthrough: configuration access and every function's BARs.
+pub(super) static CONFIG: spin::Mutex<Option<Config>> = spin::Mutex::new(None);
+pub(super) static BARS: spin::Mutex<Vec<(Bdf, u8, Bar)>> = spin::Mutex::new(Vec::new());
+/// Devices given to tenants and, with an IOMMU, their domains.
+static ASSIGNED: spin::Mutex<Vec<(u32, Bdf, Option<Domain>)>> = spin::Mutex::new(Vec::new());
+
+/// A device given to a tenant: where its BARs go in the tenant's guest-physical space.
+pub struct Assigned {
+    pub bdf: Bdf,
+    pub vendor: u16,
+    pub device: u16,
+    pub windows: Vec<BarWindow>,
+}
+
+/// The tenant's RAM as the IOMMU domain maps it: guest-physical 0.. onto host `base`..
+#[derive(Clone, Copy, Debug)]
+pub struct TenantRam {
+    pub host_base: u64,
+    pub size: u64,
+}
+
+/// Gives the devices `selectors` names to tenant `id`, placing their BARs from guest-physical
+/// `guest_base` up to `limit`. All or nothing: on an error every device this call took is
+/// released again and the error says which device and why.
+pub fn assign(id: u32, tenant: &str, selectors: &[String], allow_without_iommu: bool, ram: TenantRam, guest_base: u64, limit: u64) -> Result<Vec<Assigned>, String> {
+    let mut out: Vec<Assigned> = Vec::new();
+    let mut base = guest_base;
+    for s in selectors {
+        match assign_one(id, tenant, s, allow_without_iommu, ram, base, limit) {
+            Ok(a) => {
+                base = a.windows.iter().map(|w| w.guest_phys + w.len).max().unwrap_or(base);
+                out.push(a);
+            }
+            Err(e) => {
+                release(id);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn assign_one(id: u32, tenant: &str, s: &str, allow_without_iommu: bool, ram: TenantRam, base: u64, limit: u64) -> Result<Assigned, String> {
+    let sel = DeviceSelector::parse(s).map_err(|e| alloc::format!("device {s}: {e}"))?;
+    let mut reg = REGISTRY.lock();
+    let dev = sel.find(&reg).ok_or_else(|| alloc::format!("device {sel}: no such PCI function on this machine"))?.clone();
+    let bdf = dev.bdf;
+    pci::assignable(bdf, &dev.header).map_err(|e| alloc::format!("device {sel}: {e}"))?;
+    let iommu_present = IOMMU.lock().is_some();
+    let warning = pci::passthrough_allowed(bdf, iommu_present, allow_without_iommu).map_err(|e| alloc::format!("device {sel}: {e}"))?;
+    reg.claim(bdf, Owner::Tenant(id)).map_err(|e| match e {
+        pci::OwnershipError::AlreadyOwned { owner: Owner::Hypervisor, .. } => alloc::format!("device {sel} ({bdf}) is the hypervisor's own"),
+        pci::OwnershipError::AlreadyOwned { owner, .. } => alloc::format!("device {sel} ({bdf}) already belongs to {owner:?}"),
+        e => alloc::format!("device {sel}: {e:?}"),
+    })?;
+    let bars: Vec<(u8, Bar)> = BARS.lock().iter().filter(|(b, _, _)| *b == bdf).map(|&(_, i, bar)| (i, bar)).collect();
+    let windows = match pci::passthrough_windows(&reg, bdf, id, &bars, base, limit) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = reg.release(bdf, Owner::Tenant(id));
+            return Err(alloc::format!("device {sel}: {e}"));
+        }
+    };
+    drop(reg);
+    if let Some(w) = warning {
+        log::warn!("tenant {tenant}: {bdf}: {w}");
+    }
+    let domain = if iommu_present {
+        match confine(bdf, ram) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let _ = REGISTRY.lock().release(bdf, Owner::Tenant(id));
+                return Err(alloc::format!("device {sel}: IOMMU domain: {e:?}"));
+            }
+        }
+    } else {
+        None
+    };
+    ASSIGNED.lock().push((id, bdf, domain));
+    if let Some(cfg) = CONFIG.lock().as_mut() {
+        let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+        let on = (cmd & !pci::command::IO) | pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::INTX_DISABLE;
+        cfg.write16(bdf, pci::reg::COMMAND, on);
+    }
+    let io_bars = bars.iter().filter(|(_, b)| matches!(b, Bar::Io { .. })).count();
+    for w in &windows {
+        log::info!(
+            "tenant {tenant}: {bdf} [{:04x}:{:04x}] BAR{} host {:#x} -> guest-physical {:#x} ({} KiB, uncached)",
+            dev.header.vendor,
+            dev.header.device,
+            w.index,
+            w.host_phys,
+            w.guest_phys,
+            w.len / 1024
+        );
+    }
+    log::info!(
+        "tenant {tenant}: {bdf} assigned: memory decoding and bus mastering on, {}; {io_bars} I/O BAR(s) not forwarded; interrupts not forwarded (INTx disabled)",
+        if iommu_present { "DMA confined to the tenant's guest-physical RAM by its IOMMU domain" } else { "DMA NOT confined (no IOMMU)" }
+    );
+    Ok(Assigned { bdf, vendor: dev.header.vendor, device: dev.header.device, windows })
+}
+
+/// A domain mapping guest-physical `[0, size)` onto the tenant's host frames, with `bdf` in it.
+fn confine(bdf: Bdf, ram: TenantRam) -> Result<Domain, VtdError> {
+    let mut guard = IOMMU.lock();
+    let (unit, _) = guard.as_mut().ok_or(VtdError::Timeout("no IOMMU"))?;
+    let mut domain = unit.new_domain()?;
+    map_tenant_ram(unit, &mut domain, ram)?;
+    let sid = SourceId::from_raw(bdf.source_id());
+    unit.attach(sid, &domain)?;
+    log::info!(
+        "{bdf} in IOMMU domain {}: guest-physical 0..{:#x} -> host {:#x}..{:#x}, nothing else",
+        domain.id().get(),
+        ram.size,
+        ram.host_base,
+        ram.host_base + ram.size
+    );
+    Ok(domain)
+}
+
+/// Maps the tenant's RAM into `domain` at its guest-physical addresses, read-write.
+pub(super) fn map_tenant_ram(unit: &mut Unit, domain: &mut Domain, ram: TenantRam) -> Result<(), VtdError> {
+    let iova = Iova::try_new(0).map_err(|_| VtdError::Timeout("iova"))?;
+    let phys = HostPhys::try_new(ram.host_base).map_err(|_| VtdError::Timeout("host address"))?;
+    unit.map(domain, iova, phys, ram.size, Perms::READ | Perms::WRITE)
+}
+
+/// Takes every device away from tenant `id`: decoding and bus mastering off, out of its IOMMU
+/// domain (the domain's tables freed), back to unassigned. For when the tenant stops.
+pub fn release(id: u32) {
+    let mine: Vec<(u32, Bdf, Option<Domain>)> = {
+        let mut a = ASSIGNED.lock();
+        let (mine, rest): (Vec<_>, Vec<_>) = core::mem::take(&mut *a).into_iter().partition(|(t, _, _)| *t == id);
+        *a = rest;
+        mine
+    };
+    for (_, bdf, domain) in mine {
+        if let Some(cfg) = CONFIG.lock().as_mut() {
+            let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+            cfg.write16(bdf, pci::reg::COMMAND, cmd & !(pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::IO));
+        }
+        if let Some(d) = domain {
+            if let Some((unit, _)) = IOMMU.lock().as_mut() {
+                if let Err(e) = unit.detach(SourceId::from_raw(bdf.source_id()), d) {
+                    log::error!("{bdf}: leaving its IOMMU domain: {e:?}");
+                }
+            }
+        }
+        match REGISTRY.lock().release(bdf, Owner::Tenant(id)) {
+            Ok(()) => log::info!("{bdf} released: decoding and bus mastering off, unassigned"),
+            Err(e) => log::error!("{bdf}: {e:?}"),
+        }
+    }
+}
