@@ -204,7 +204,10 @@ fn spawn(spec: &RunSpec, serial: &Path) -> Result<(Child, Option<PathBuf>), Stri
             // At start the debugger continues; at the magic breakpoint (clean exit) it quits.
             fs::write(&dbg, "continue\nquit\n").map_err(|e| e.to_string())?;
             let bxlog = spec.work_dir.join("bochs.log");
+            // Bochs' devices write their own files (the e1000's null backend logs what it
+            // sends) into the current directory: keep them with the run.
             let child = Command::new("bochs-bin")
+                .current_dir(&spec.work_dir)
                 .arg("-q")
                 .arg("-f")
                 .arg(&rc)
