@@ -9,12 +9,14 @@
 //! - [`decode`]: the MMIO instruction decoder (iced-x86);
 //! - [`gva`]: guest page-table walks, instruction fetch;
 //! - [`uart`]: the 16550A on COM1;
-//! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function.
+//! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function;
+//! - [`lapic`]: the local APIC (xAPIC registers, timer in all three modes).
 
 pub mod acpi_tables;
 pub mod boot;
 pub mod decode;
 pub mod e820;
 pub mod gva;
+pub mod lapic;
 pub mod pci;
 pub mod uart;
