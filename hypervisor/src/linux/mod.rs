@@ -10,7 +10,8 @@
 //! - [`gva`]: guest page-table walks, instruction fetch;
 //! - [`uart`]: the 16550A on COM1;
 //! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function;
-//! - [`lapic`]: the local APIC (xAPIC registers, timer in all three modes).
+//! - [`lapic`]: the local APIC (xAPIC registers, timer in all three modes);
+//! - [`policy`]: the CPUID and MSR policy.
 
 pub mod acpi_tables;
 pub mod boot;
@@ -19,4 +20,5 @@ pub mod e820;
 pub mod gva;
 pub mod lapic;
 pub mod pci;
+pub mod policy;
 pub mod uart;
