@@ -10,6 +10,8 @@ pub mod arch;
 pub mod console;
 #[cfg(feature = "in-process")]
 pub mod in_process;
+#[cfg(all(feature = "linux", target_os = "linux", target_arch = "x86_64"))]
+pub mod linux;
 pub mod tensor;
 
 pub use tensor_hcall::boot::GuestBootInfo;

@@ -18,6 +18,9 @@ use tensor_hcall::{HcallError, Hypercall};
 pub struct SharedRegion {
     pub handle: u64,
     gpa: u64,
+    /// Where this program reaches the region's bytes: `gpa` itself in a tensorvisor guest
+    /// (identity map), a mapping of the window in a Linux program ([`crate::linux`]).
+    addr: u64,
     len: u64,
 }
 
@@ -28,8 +31,30 @@ impl SharedRegion {
     /// The range must be memory of this guest used for nothing else while the region lives: the
     /// accessors below read and write it through raw pointers.
     pub unsafe fn register<T: Transport + ?Sized>(t: &mut T, gpa: u64, len: u64, flags: RegionFlags) -> Result<Self, HcallError> {
+        // SAFETY: forwarded from the caller; guest-virtual equals guest-physical here.
+        unsafe { Self::register_mapped(t, gpa, gpa, len, flags) }
+    }
+
+    /// Registers `[gpa, gpa + len)`, memory this program reaches at `[addr, addr + len)` (a
+    /// mapping of that guest-physical range, as a Linux program maps its tensor window).
+    ///
+    /// # Safety
+    /// `[addr, addr + len)` must be mapped onto exactly that guest-physical range, stay mapped
+    /// while the region lives, and be used for nothing else.
+    pub unsafe fn register_mapped<T: Transport + ?Sized>(
+        t: &mut T,
+        gpa: u64,
+        addr: u64,
+        len: u64,
+        flags: RegionFlags,
+    ) -> Result<Self, HcallError> {
         let handle = call(t, Hypercall::RegisterMemory { gpa, len, flags: flags.bits() })?;
-        Ok(Self { handle, gpa, len })
+        Ok(Self { handle, gpa, addr, len })
+    }
+
+    /// The region's guest-physical base (what descriptors name).
+    pub fn gpa(&self) -> u64 {
+        self.gpa
     }
 
     pub fn len(&self) -> u64 {
@@ -45,7 +70,7 @@ impl SharedRegion {
         if end > self.len {
             return Err(HcallError::OutOfBounds);
         }
-        Ok(self.gpa + offset)
+        Ok(self.addr + offset)
     }
 
     /// Writes bytes at `offset`.
@@ -188,7 +213,7 @@ impl Ring {
     /// # Safety
     /// As for [`Ring::new`]; and the guest must have an interrupt handler for `vector`.
     pub unsafe fn with_notify<T: Transport + ?Sized>(t: &mut T, gpa: u64, entries: u32, vector: Option<u8>) -> Result<Self, HcallError> {
-        let area = SharedRegion { handle: 0, gpa, len: Self::area_bytes(entries) };
+        let area = SharedRegion { handle: 0, gpa, addr: gpa, len: Self::area_bytes(entries) };
         area.write_bytes(0, &[0u8; RingControl::SIZE])?;
         let d = RingSetupDesc {
             control_gpa: gpa,

@@ -567,17 +567,75 @@ pub fn build_cpio(mode: InitMode, busybox: &[u8], applets: &[String], programs: 
     Ok(c.finish())
 }
 
+/// The Linux target the programs are built for, linked statically (`+crt-static`: glibc's
+/// static libc.a, no dynamic loader in the initramfs).
+pub const LINUX_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The programs of `linux-guest/` that go into `/bin`.
+pub const PROGRAMS: [&str; 2] = ["tv-generate", "tv-hostile"];
+
+static PROGRAMS_BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Builds `linux-guest/`'s programs as static executables (once per process; their own target
+/// directory, so the static RUSTFLAGS never invalidate the host build); returns their directory.
+pub fn build_programs() -> Result<PathBuf, String> {
+    PROGRAMS_BUILT.get_or_init(build_programs_now).clone()
+}
+
+fn build_programs_now() -> Result<PathBuf, String> {
+    let root = crate::root();
+    let target_dir = root.join("target").join("linux-static");
+    say(&format!("building {} for {LINUX_TARGET} (static)", PROGRAMS.join(", ")));
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--package", "linux-guest", "--target", LINUX_TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=symbols")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .current_dir(&root)
+        .output()
+        .map_err(|e| format!("cannot start cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("building linux-guest failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let dir = target_dir.join(LINUX_TARGET).join("release");
+    for p in PROGRAMS {
+        let bin = fs::read(dir.join(p)).map_err(|e| io_err(&dir.join(p), e))?;
+        check_static(&bin).map_err(|e| format!("{p}: {e}"))?;
+    }
+    Ok(dir)
+}
+
+/// A program for the initramfs must be a static x86-64 executable: no `PT_INTERP` (the
+/// initramfs has no dynamic loader).
+pub fn check_static(elf: &[u8]) -> Result<(), String> {
+    const PT_INTERP: u32 = 3;
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || le16(elf, 18) != Some(EM_X86_64) {
+        return Err("not an ELF64 x86-64 file".into());
+    }
+    let (phoff, phentsize, phnum) = (le64(elf, 32).unwrap_or(0) as usize, le16(elf, 54).unwrap_or(0) as usize, le16(elf, 56).unwrap_or(0) as usize);
+    for i in 0..phnum {
+        let t = le32(elf, phoff + i * phentsize).ok_or("program headers out of bounds")?;
+        if t == PT_INTERP {
+            return Err("dynamically linked (has an interpreter)".into());
+        }
+    }
+    Ok(())
+}
+
 /// Builds the initramfs for `mode` under `build/linux/` and returns its path: an uncompressed
 /// newc cpio with busybox-static, `/init`, `/dev/console` and the `linux-guest/` programs.
 pub fn initramfs(mode: InitMode) -> Result<PathBuf, String> {
     let bb = busybox()?;
     let applets = busybox_applets(&bb)?;
     let busybox_bytes = fs::read(&bb).map_err(|e| io_err(&bb, e))?;
-    let programs: Vec<(&str, Vec<u8>)> = Vec::new();
+    let dir = build_programs()?;
+    let mut programs: Vec<(&str, Vec<u8>)> = Vec::new();
+    for p in PROGRAMS {
+        programs.push((p, fs::read(dir.join(p)).map_err(|e| io_err(&dir.join(p), e))?));
+    }
     let cpio = build_cpio(mode, &busybox_bytes, &applets, &programs)?;
-    let dir = crate::image::build_dir().join("linux");
-    fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-    let path = dir.join(format!("initramfs-{}.cpio", mode.name()));
+    let out = crate::image::build_dir().join("linux");
+    fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
+    let path = out.join(format!("initramfs-{}.cpio", mode.name()));
     write_atomic(&path, &cpio)?;
     say(&format!("initramfs ({}): {} KiB, {} busybox applets, at {}", mode.name(), cpio.len() / 1024, applets.len(), path.display()));
     Ok(path)
@@ -814,7 +872,7 @@ mod tests {
 
     /// The test initramfs boots Debian's kernel (its vmlinux, through QEMU's PVH loader) to the
     /// marker and through the whole /init script in QEMU TCG; no hypervisor there, so this shows
-    /// the archive and the script, not the tensor path.
+    /// the archive, the script and the static programs' error paths, not the tensor path.
     #[test]
     fn the_test_initramfs_boots_debian_kernel_in_qemu() {
         let k = kernel().expect("installing Debian's kernel");
@@ -834,5 +892,11 @@ mod tests {
         let at = |m: &str| lines.iter().position(|l| *l == m).unwrap_or_else(|| panic!("no line {m:?} in:\n{log}"));
         assert!(at(INIT_MARKER) < at(DONE_MARKER), "{log}");
         assert!(log.contains("reboot: Restarting system"), "{log}");
+        // QEMU's 00:01.0 is its PIIX3 ISA bridge: the static programs ran and refused it.
+        let generate = lines.iter().position(|l| l.starts_with("tv-generate: error: the PCI function is 8086:")).unwrap_or_else(|| panic!("{log}"));
+        let hostile = at("tv-hostile: user vmcall -> not attempted: no tensorvisor signature in CPUID (VMCALL would be #UD)");
+        assert!(at(INIT_MARKER) < generate && generate < hostile && hostile < at(DONE_MARKER), "{log}");
+        assert!(lines.iter().any(|l| l.starts_with("tv-hostile: outside window -> not attempted: bad BARs")), "{log}");
+        assert!(!log.contains("Kernel panic"), "{log}");
     }
 }
