@@ -548,6 +548,38 @@ mod tests {
         assert!(parse_resources(good.lines().next().unwrap()).is_err());
     }
 
+    /// The real path (sysfs files, mmap, volatile MMIO accessors) on a fake sysfs directory of
+    /// plain files: the mappings work, staging lands in the window's file, and since a plain
+    /// file runs no hypercalls, every call is reported as unanswered, never as a result.
+    #[test]
+    fn open_at_maps_the_bars_and_a_page_without_a_hypervisor_answers_nothing() {
+        let dir = std::env::temp_dir().join(format!("tv-fake-sysfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let resources = "0x00000000fe000000 0x00000000fe000fff 0x0000000000040200\n\
+                         0x00000000fd000000 0x00000000fd00ffff 0x0000000000040200\n";
+        for (f, v) in [("resource", resources), ("vendor", "0x7476\n"), ("device", "0x0001\n")] {
+            std::fs::write(dir.join(f), v).unwrap();
+        }
+        std::fs::write(dir.join("resource0"), vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.join("resource1"), vec![0u8; 0x1_0000]).unwrap();
+        {
+            let mut t = LinuxTransport::open_at(&dir).expect("open the fake function");
+            assert_eq!(t.window(), (0xfd00_0000, 0x1_0000));
+            assert_eq!(t.stage(b"staged"), 0xfd00_0000);
+            assert_eq!(crate::call(&mut t, Hypercall::SessionClose { session: 1 }), Err(HcallError::Internal));
+            assert_eq!(t.sequence_errors, 1);
+            assert_eq!(t.region(64, RegionFlags::READ).err(), Some(HcallError::Internal));
+        }
+        // Through the shared mappings, the stores reached the files: the call number in the
+        // slot's HP_CALL, the descriptor in the window's staging area.
+        let page = std::fs::read(dir.join("resource0")).unwrap();
+        let slot = (LinuxTransport::open_at(&dir).unwrap().slot) as usize;
+        let call_at = slot + HP_CALL as usize;
+        assert_eq!(u64::from_le_bytes(page[call_at..call_at + 8].try_into().unwrap()), CallNumber::RegisterMemory as u64);
+        assert_eq!(&std::fs::read(dir.join("resource1")).unwrap()[..6], b"staged");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn opening_without_the_function_says_so() {
         let dir = std::env::temp_dir().join(format!("tv-no-device-{}", std::process::id()));

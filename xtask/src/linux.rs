@@ -412,6 +412,24 @@ pub fn init_script(mode: InitMode, programs: &[&str]) -> String {
     s
 }
 
+/// The kernel command-line words that hand a tenant's `infer`-style arguments
+/// (`prompt=2,302 max_tokens=8 temp=0`) to the initramfs programs: each `key=value` becomes
+/// `tv.key=value` (the kernel keeps dotted words to itself; `tv-generate` reads them from
+/// `/proc/cmdline`, see `linux-guest/`). Refuses words that are not `key=value` of plain
+/// characters, so nothing can smuggle other kernel parameters in.
+pub fn kernel_args(tenant_args: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for w in tenant_args.split_whitespace() {
+        let (k, v) = w.split_once('=').ok_or_else(|| format!("tenant argument {w:?} is not key=value"))?;
+        let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.,-+".contains(c));
+        if !plain(k) || !plain(v) || k.contains('.') {
+            return Err(format!("tenant argument {w:?}: want key=value of letters, digits and _.,-+"));
+        }
+        out.push(format!("tv.{k}={v}"));
+    }
+    Ok(out.join(" "))
+}
+
 /// A newc ("070701") cpio archive being written (the format the kernel unpacks into its rootfs,
 /// `Documentation/driver-api/early-userspace/buffer-format.rst`): a 110-byte ASCII header of 13
 /// eight-digit hex fields, the NUL-terminated name, padding to 4 bytes, the data, padding to 4
@@ -726,6 +744,16 @@ mod tests {
         let shell = init_script(InitMode::Shell, &["tv-generate", "tv-hostile"]);
         assert!(shell.contains("/bin/tv-generate") && !shell.contains("/bin/tv-hostile ||"));
         assert!(shell.contains("cttyhack /bin/sh") && !shell.contains("reboot"));
+    }
+
+    #[test]
+    fn tenant_arguments_become_dotted_kernel_words() {
+        assert_eq!(kernel_args("prompt=2,302 max_tokens=8  temp=0.9").unwrap(), "tv.prompt=2,302 tv.max_tokens=8 tv.temp=0.9");
+        assert_eq!(kernel_args("").unwrap(), "");
+        assert!(kernel_args("init=/bin/sh").is_err(), "a path is not a plain value");
+        assert!(kernel_args("quiet").is_err());
+        assert!(kernel_args("a.b=1").is_err());
+        assert!(kernel_args("x=\"y\"").is_err());
     }
 
     #[test]
