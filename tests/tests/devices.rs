@@ -1,6 +1,8 @@
 //! Devices owned by the hypervisor, in QEMU TCG (q35, intel-iommu, nvme): PCI enumeration, the
 //! VT-d IOMMU confining the NVMe controller to its own domain, and models read from the NVMe
-//! model store checked against the file's SHA-256. TCG has no VMX: none of this needs it.
+//! model store checked against the file's SHA-256, and the IOMMU side of PCI passthrough (a
+//! tenant's domain maps its guest-physical RAM and nothing else). TCG has no VMX: none of this
+//! needs it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,4 +125,54 @@ fn qemu_disk_without_a_store_is_reported_and_boot_continues() {
         .assert_line(&["model store: no model store on this disk", "no models loaded from nvme", "carrying on without them"])
         .assert_line(&["model store: 0 model(s) loaded"])
         .assert_order("model store: 0 model(s) loaded", "boot complete");
+}
+
+#[test]
+fn qemu_tenant_domain_maps_guest_physical_to_the_tenants_frames_and_nothing_else() {
+    // The first controller is the hypervisor's model store; the second is passed through to a
+    // tenant whose memory is built as for a real one (no guest runs: TCG has no VMX).
+    let store = work().join("store-tenant.img");
+    xtask::disk::write_store(&store, &[("small", &[0x42u8; 8192])]).unwrap();
+    let tenant_disk = work().join("tenant-disk.img");
+    let mut data = b"tenant-dma-proof".repeat(64);
+    data.resize(1 << 20, 0);
+    std::fs::write(&tenant_disk, &data).unwrap();
+    let run = Boot::qemu("devices-tenant-dma", Firmware::Bios)
+        .cmdline("tv.iommu-test=tenant-dma")
+        .qemu_args(&[
+            "-device", "intel-iommu,intremap=off",
+            "-drive", &format!("file={},if=none,id=store,format=raw", store.display()),
+            "-device", "nvme,serial=tvstore,drive=store",
+            "-drive", &format!("file={},if=none,id=tenant,format=raw", tenant_disk.display()),
+            "-device", "nvme,serial=tvtenant,drive=tenant",
+        ])
+        .run();
+    let nvmes: Vec<String> = run
+        .serial()
+        .lines()
+        .filter(|l| l.contains("NVMe controller") && l.contains("pci: "))
+        .map(|l| {
+            let at = l.find("pci: ").unwrap() + 5;
+            l[at..at + 7].to_string()
+        })
+        .collect();
+    assert_eq!(nvmes.len(), 2, "{}", run.outcome.describe());
+    let (store_bdf, tenant_bdf) = (&nvmes[0], &nvmes[1]);
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&["iommu: translation enabled (TE true)", &format!("{store_bdf} in domain 1")])
+        .assert_line(&["tenant DMA test: tenant memory 4 MiB at host", &format!("passing NVMe {tenant_bdf} through")])
+        .assert_line(&[&format!("{tenant_bdf} in IOMMU domain 2: guest-physical 0..0x400000 -> host"), "nothing else"])
+        .assert_line(&[&format!("tenant {}: {tenant_bdf} assigned", "dma-test"), "DMA confined to the tenant's guest-physical RAM"])
+        // Guest-physical 0x200000 is the tenant's frame, read back through the hypervisor's view.
+        .assert_line(&[&format!("tenant DMA test: NVMe {tenant_bdf} read LBA 0 to guest-physical 0x200000"), "holds \"tenant-dma-proof\""])
+        // Outside the tenant's 4 MiB: a fault with the source id and address, and it carries on.
+        .assert_line(&["iommu: DMA fault: source", tenant_bdf, "write at 0x500000"])
+        .assert_line(&["tenant DMA test: DMA outside the tenant's guest-physical space blocked", &format!("fault for {tenant_bdf} at 0x500000")])
+        .assert_line(&[&format!("tenant DMA test: NVMe {tenant_bdf} still serves reads into the tenant after the fault")])
+        .assert_line(&[&format!("{tenant_bdf} released")])
+        .assert_order("tenant DMA test: DMA outside", "boot complete");
+    // The only error is the fault itself: one line, for the tenant's device.
+    let errors: Vec<&str> = run.serial().lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.iter().all(|l| l.contains("iommu: DMA fault: source") && l.contains(tenant_bdf.as_str())), "{errors:#?}");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
 }

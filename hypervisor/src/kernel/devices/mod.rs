@@ -309,6 +309,9 @@ pub fn init(info: &BootInfo<'_>) {
     }
     *IOMMU.lock() = iommu;
     *NVME.lock() = Some(ctrl);
+    if cmdline_value(cmdline, "tv.iommu-test") == Some("tenant-dma") {
+        passthrough::tenant_dma_scenario();
+    }
 }
 
 /// Creates the NVMe controller's domain on the unit at `base`, attaches the controller and turns

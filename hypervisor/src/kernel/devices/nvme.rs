@@ -48,6 +48,9 @@ struct Queue {
     entries: u16,
     sq: DmaBuffer,
     cq: DmaBuffer,
+    /// The bus addresses the controller uses for them (what `DmaMap::map` returned).
+    sq_bus: u64,
+    cq_bus: u64,
     sq_ring: SqRing,
     cq_ring: CqRing,
 }
@@ -61,6 +64,7 @@ pub struct Controller {
     io: Queue,
     next_cid: u16,
     prp_list: DmaBuffer,
+    prp_list_bus: u64,
     pub id: ControllerId,
     pub namespace: NamespaceId,
     /// The largest read in bytes one command may carry.
@@ -88,18 +92,18 @@ impl Controller {
         let mk = |entries: u16, dma: &mut dyn DmaMap, qid: u16| -> Result<Queue, NvmeError> {
             let sq = DmaBuffer::new(64 * u64::from(entries), 4096).ok_or(NvmeError::NoMemory)?;
             let cq = DmaBuffer::new(16 * u64::from(entries), 4096).ok_or(NvmeError::NoMemory)?;
-            dma.map(sq.phys(), sq.len(), false).map_err(NvmeError::Dma)?;
-            dma.map(cq.phys(), cq.len(), true).map_err(NvmeError::Dma)?;
-            Ok(Queue { qid, entries, sq, cq, sq_ring: SqRing::new(entries), cq_ring: CqRing::new(entries) })
+            let sq_bus = dma.map(sq.phys(), sq.len(), false).map_err(NvmeError::Dma)?;
+            let cq_bus = dma.map(cq.phys(), cq.len(), true).map_err(NvmeError::Dma)?;
+            Ok(Queue { qid, entries, sq, cq, sq_bus, cq_bus, sq_ring: SqRing::new(entries), cq_ring: CqRing::new(entries) })
         };
         let admin = mk(ADMIN_ENTRIES.min(qmax), dma, 0)?;
         let io = mk(qmax, dma, 1)?;
         let prp_list = DmaBuffer::new(4096, 4096).ok_or(NvmeError::NoMemory)?;
-        dma.map(prp_list.phys(), prp_list.len(), false).map_err(NvmeError::Dma)?;
+        let prp_list_bus = dma.map(prp_list.phys(), prp_list.len(), false).map_err(NvmeError::Dma)?;
         regs.write32(reg::INTMS, u32::MAX);
         regs.write32(reg::AQA, aqa(ADMIN_ENTRIES.min(qmax)));
-        regs.write64(reg::ASQ, admin.sq.phys());
-        regs.write64(reg::ACQ, admin.cq.phys());
+        regs.write64(reg::ASQ, admin.sq_bus);
+        regs.write64(reg::ACQ, admin.cq_bus);
         regs.write32(reg::CC, CC_ENABLE);
         if !poll(timeout, || regs.read32(reg::CSTS) & (CSTS_READY | CSTS_FATAL) != 0) {
             return Err(NvmeError::NotReady { ready: true, csts: regs.read32(reg::CSTS) });
@@ -117,19 +121,20 @@ impl Controller {
             io,
             next_cid: 1,
             prp_list,
+            prp_list_bus,
             id: ControllerId::parse(&[0; 4096]),
             namespace: NamespaceId { blocks: 0, block_size: 512 },
             max_transfer: 0,
         };
         let ident = DmaBuffer::new(4096, 4096).ok_or(NvmeError::NoMemory)?;
-        dma.map(ident.phys(), 4096, true).map_err(NvmeError::Dma)?;
+        let ident_bus = dma.map(ident.phys(), 4096, true).map_err(NvmeError::Dma)?;
         let mut page = [0u8; 4096];
         let cid = c.cid();
-        c.admin_cmd(Command::identify(cid, 1, 0, ident.phys()), "identify controller")?;
+        c.admin_cmd(Command::identify(cid, 1, 0, ident_bus), "identify controller")?;
         ident.read_into(0, &mut page).ok_or(NvmeError::NoMemory)?;
         c.id = ControllerId::parse(&page);
         let cid = c.cid();
-        c.admin_cmd(Command::identify(cid, 0, 1, ident.phys()), "identify namespace")?;
+        c.admin_cmd(Command::identify(cid, 0, 1, ident_bus), "identify namespace")?;
         ident.read_into(0, &mut page).ok_or(NvmeError::NoMemory)?;
         c.namespace = NamespaceId::parse(&page).map_err(NvmeError::Namespace)?;
         // One list page of PRPs plus PRP1: at most 513 pages per command, and MDTS.
@@ -137,9 +142,9 @@ impl Controller {
         c.max_transfer = c.id.max_transfer(4096).unwrap_or(list_limit).min(list_limit);
 
         let (cid, n) = (c.cid(), c.io.sq_ring_entries());
-        c.admin_cmd(Command::create_cq(cid, 1, n, c.io.cq.phys()), "create I/O completion queue")?;
+        c.admin_cmd(Command::create_cq(cid, 1, n, c.io.cq_bus), "create I/O completion queue")?;
         let cid = c.cid();
-        c.admin_cmd(Command::create_sq(cid, 1, n, c.io.sq.phys(), 1), "create I/O submission queue")?;
+        c.admin_cmd(Command::create_sq(cid, 1, n, c.io.sq_bus, 1), "create I/O submission queue")?;
         Ok(c)
     }
 
@@ -165,7 +170,8 @@ impl Controller {
     }
 
     /// Reads `len` bytes (a multiple of the block size) from `lba` into `dest` at `dest_off`
-    /// (4 KiB-aligned). `dest` must be mapped device-writable in the controller's domain.
+    /// (4 KiB-aligned). `dest` must be mapped device-writable in the controller's domain at its
+    /// physical address (identity, as `Confined` maps).
     pub fn read(&mut self, lba: u64, dest: &DmaBuffer, dest_off: u64, len: u64) -> Result<(), NvmeError> {
         let bs = u64::from(self.namespace.block_size);
         let blocks = len / bs;
@@ -186,7 +192,7 @@ impl Controller {
                 for (i, e) in entries.iter().enumerate() {
                     self.prp_list.write64(8 * i as u64, *e).ok_or(NvmeError::NoMemory)?;
                 }
-                self.prp_list.phys()
+                self.prp_list_bus
             }
         };
         let c = self.read_raw(lba, blocks as u32, prp1, prp2)?;

@@ -177,3 +177,105 @@ pub fn release(id: u32) {
         }
     }
 }
+
+/// Test scenario `tv.iommu-test=tenant-dma` (QEMU: intel-iommu and a second NVMe controller;
+/// TCG has no VMX, so no guest runs). A tenant's memory is built as for a real tenant
+/// ([`GuestRam`], which also builds its EPT), the second controller is passed through to it, and
+/// the hypervisor drives the controller as the tenant's driver would, giving it guest-physical
+/// addresses: a read to guest-physical X must land in the tenant's frame for X (checked through
+/// the hypervisor's own view of the tenant's memory), a read outside the tenant's space must
+/// fault with the controller's source id and that address, and the controller must keep working.
+/// The controller's queues (the hypervisor's buffers in this scenario) are mapped in the
+/// tenant's domain at I/O-virtual addresses above the tenant's guest-physical space, so they
+/// cannot alias tenant memory.
+pub(super) fn tenant_dma_scenario() {
+    use crate::kernel::vmm::ram::GuestRam;
+    const TENANT: u32 = 0x7e57;
+    /// Far above any tenant's guest-physical space, inside the unit's 39-bit width.
+    const QUEUE_IOVA: u64 = 1 << 36;
+    let caps = vmx::EptVpidCap::PAGE_2M;
+    let ram = match GuestRam::new(4 << 20, caps, &[]) {
+        Ok(r) => r,
+        Err(e) => return log::error!("tenant DMA test: tenant memory: {e:?}"),
+    };
+    let (host_base, size) = ram.host_range();
+    let Some(bdf) = REGISTRY.lock().devices().iter().find(|d| d.header.is_nvme() && d.owner == Owner::Unassigned).map(|d| d.bdf) else {
+        return log::error!("tenant DMA test: no second NVMe controller to pass through");
+    };
+    log::info!("tenant DMA test: tenant memory {} MiB at host {host_base:#x}; passing NVMe {bdf} through", size >> 20);
+    let assigned = match assign(TENANT, "dma-test", &[alloc::format!("{bdf}")], false, TenantRam { host_base, size }, size, 1 << 30) {
+        Ok(a) => a,
+        Err(e) => return log::error!("tenant DMA test: {e}"),
+    };
+    let Some(&(_, _, Bar::Memory { base, size: bar_size, .. })) = BARS.lock().iter().find(|(b, i, _)| *b == bdf && *i == 0) else {
+        release(TENANT);
+        return log::error!("tenant DMA test: {bdf} has no memory BAR0");
+    };
+    drop(assigned);
+    let mut queues = QueuesAbove { bdf, offset: QUEUE_IOVA };
+    let mut ctrl = match super::nvme::Controller::init(bdf, base, bar_size, &mut queues) {
+        Ok(c) => c,
+        Err(e) => {
+            let faults = IOMMU.lock().as_ref().map(|(u, _)| u.poll_faults().len()).unwrap_or(0);
+            release(TENANT);
+            return log::error!("tenant DMA test: controller set-up: {e:?} ({faults} DMA fault(s))");
+        }
+    };
+    let poll = || IOMMU.lock().as_ref().map(|(u, _)| u.poll_faults()).unwrap_or_default();
+    let gpa = 0x20_0000u64;
+    let mut read_back = [0u8; 16];
+    match ctrl.read_raw(0, 1, gpa, 0) {
+        Ok(c) if c.status.is_success() && ram.read(gpa, &mut read_back).is_ok() => {
+            let text: alloc::string::String = read_back.iter().map(|&b| if (0x20..0x7f).contains(&b) { char::from(b) } else { '.' }).collect();
+            log::info!("tenant DMA test: NVMe {bdf} read LBA 0 to guest-physical {gpa:#x}; the tenant's frame (host {:#x}) holds \"{text}\"", host_base + gpa);
+        }
+        r => log::error!("tenant DMA test: read to guest-physical {gpa:#x} failed: {r:?}"),
+    }
+    let outside = size + 0x10_0000;
+    match ctrl.read_raw(0, 1, outside, 0) {
+        Ok(c) => log::info!("tenant DMA test: read to guest-physical {outside:#x} (outside the tenant) completed with status {}", c.status.describe()),
+        Err(e) => log::info!("tenant DMA test: read to guest-physical {outside:#x} (outside the tenant) did not complete: {e:?}"),
+    }
+    let faults = poll();
+    if faults.iter().any(|f| f.source.raw() == bdf.source_id() && f.address == outside) {
+        log::info!("tenant DMA test: DMA outside the tenant's guest-physical space blocked: fault for {bdf} at {outside:#x}");
+    } else {
+        log::error!("tenant DMA test: no fault recorded for {bdf} at {outside:#x} ({} other faults)", faults.len());
+    }
+    let again = 0x30_0000u64;
+    let mut b2 = [0u8; 16];
+    match ctrl.read_raw(0, 1, again, 0) {
+        Ok(c) if c.status.is_success() && ram.read(again, &mut b2).is_ok() && b2 == read_back => {
+            log::info!("tenant DMA test: NVMe {bdf} still serves reads into the tenant after the fault")
+        }
+        r => log::error!("tenant DMA test: read after the fault failed: {r:?}"),
+    }
+    release(TENANT);
+}
+
+/// The scenario's controller queues, mapped in the tenant's domain at `phys + offset`.
+struct QueuesAbove {
+    bdf: Bdf,
+    offset: u64,
+}
+
+impl super::nvme::DmaMap for QueuesAbove {
+    fn map(&mut self, phys: u64, len: u64, device_writes: bool) -> Result<u64, &'static str> {
+        let perms = if device_writes { Perms::READ | Perms::WRITE } else { Perms::READ };
+        let iova = phys + self.offset;
+        let mut assigned = ASSIGNED.lock();
+        let domain = assigned.iter_mut().find(|(_, b, _)| *b == self.bdf).and_then(|(_, _, d)| d.as_mut()).ok_or("no tenant domain")?;
+        let mut iommu = IOMMU.lock();
+        let (unit, _) = iommu.as_mut().ok_or("no IOMMU")?;
+        let (v, p) = (Iova::try_new(iova).map_err(|_| "iova")?, HostPhys::try_new(phys).map_err(|_| "phys")?);
+        unit.map(domain, v, p, len.next_multiple_of(4096), perms).map_err(|_| "IOMMU mapping failed")?;
+        Ok(iova)
+    }
+    fn unmap(&mut self, iova: u64, len: u64) -> Result<(), &'static str> {
+        let mut assigned = ASSIGNED.lock();
+        let domain = assigned.iter_mut().find(|(_, b, _)| *b == self.bdf).and_then(|(_, _, d)| d.as_mut()).ok_or("no tenant domain")?;
+        let mut iommu = IOMMU.lock();
+        let (unit, _) = iommu.as_mut().ok_or("no IOMMU")?;
+        unit.unmap(domain, iova, len).map_err(|_| "IOMMU unmapping failed")
+    }
+}

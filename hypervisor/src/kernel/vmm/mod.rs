@@ -2,7 +2,7 @@
 //! into their own EPT-backed memory, and a round-robin run loop that applies the exit policy of
 //! [`hypervisor::vcpu::decide`] and stops misbehaving guests with one log line each.
 
-mod ram;
+pub(crate) mod ram;
 mod services;
 mod vcpu;
 
