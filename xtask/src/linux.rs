@@ -38,6 +38,11 @@ pub struct LinuxKernel {
     pub version: String,
     /// The 32-bit guest-physical PVH entry point the vmlinux' note names.
     pub pvh_entry: u32,
+    /// The end of the kernel's highest loadable segment in guest-physical memory (its
+    /// `p_paddr + p_memsz`): the tenant's RAM must reach past it, with room for the initramfs
+    /// and the kernel's own allocations (Debian's 6.1 kernel ends at 74 MiB and, with our
+    /// initramfs, boots in QEMU with 88 MiB of RAM but not with 80).
+    pub load_end: u64,
 }
 
 /// The directory the kernel and busybox are installed into.
@@ -150,7 +155,7 @@ fn kernel_now() -> Result<LinuxKernel, String> {
         // Cached: check the ELF again (cheap: the headers and notes only).
         let elf = fs::read(&vmlinux).map_err(|e| io_err(&vmlinux, e))?;
         let info = check_vmlinux(&elf).map_err(|e| format!("{} (delete {} to reinstall)", e, dir.display()))?;
-        return Ok(LinuxKernel { vmlinux, bzimage, version: version.trim().to_string(), pvh_entry: info.pvh_entry });
+        return Ok(LinuxKernel { vmlinux, bzimage, version: version.trim().to_string(), pvh_entry: info.pvh_entry, load_end: info.load_end });
     }
     let debs = dir.join("debs");
     fs::create_dir_all(&debs).map_err(|e| io_err(&debs, e))?;
@@ -171,16 +176,17 @@ fn kernel_now() -> Result<LinuxKernel, String> {
     let raw = xz_decompress(payload)?;
     let info = check_vmlinux(&raw)?;
     say(&format!(
-        "vmlinux: ELF64 x86-64, {} MiB (+{} KiB of KASLR relocations dropped), PVH entry {:#x}",
+        "vmlinux: ELF64 x86-64, {} MiB (+{} KiB of KASLR relocations dropped), PVH entry {:#x}, loaded up to {:#x}",
         info.elf_len / (1024 * 1024),
         (raw.len() - info.elf_len) / 1024,
-        info.pvh_entry
+        info.pvh_entry,
+        info.load_end
     ));
     write_atomic(&bzimage, &image)?;
     write_atomic(&vmlinux, &raw[..info.elf_len])?;
     write_atomic(&version_file, version.as_bytes())?;
     say(&format!("installed Debian's kernel {version} in {}", dir.display()));
-    Ok(LinuxKernel { vmlinux, bzimage, version, pvh_entry: info.pvh_entry })
+    Ok(LinuxKernel { vmlinux, bzimage, version, pvh_entry: info.pvh_entry, load_end: info.load_end })
 }
 
 fn le16(b: &[u8], off: usize) -> Option<u16> {
@@ -266,6 +272,8 @@ pub fn xz_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
 pub struct VmlinuxInfo {
     /// The 32-bit PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`, note type 18 of owner "Xen").
     pub pvh_entry: u32,
+    /// The highest `p_paddr + p_memsz` of the loadable segments.
+    pub load_end: u64,
     /// Bytes of the ELF proper (the program and section headers and every section); what follows
     /// in the decompressed payload is the KASLR relocation table, which a loader does not need.
     pub elf_len: usize,
@@ -303,6 +311,7 @@ pub fn check_vmlinux(elf: &[u8]) -> Result<VmlinuxInfo, String> {
     let mut end = (phoff + phentsize * phnum).max(shoff + shentsize * shnum);
     let mut pvh = None;
     let mut loads = 0;
+    let mut load_end = 0u64;
     for i in 0..phnum {
         let ph = usize::try_from(phoff + i * phentsize).map_err(|_| bad("program header"))?;
         let ptype = le32(elf, ph).ok_or_else(|| bad("program header"))?;
@@ -311,6 +320,9 @@ pub fn check_vmlinux(elf: &[u8]) -> Result<VmlinuxInfo, String> {
         end = end.max(off + filesz);
         if ptype == PT_LOAD {
             loads += 1;
+            let paddr = le64(elf, ph + 24).ok_or_else(|| bad("program header"))?;
+            let memsz = le64(elf, ph + 40).ok_or_else(|| bad("program header"))?;
+            load_end = load_end.max(paddr.checked_add(memsz).ok_or_else(|| bad("a segment's physical end"))?);
         }
         if ptype == PT_NOTE {
             let notes = usize::try_from(off)
@@ -336,7 +348,7 @@ pub fn check_vmlinux(elf: &[u8]) -> Result<VmlinuxInfo, String> {
     }
     let elf_len = usize::try_from(end).ok().filter(|&e| e <= elf.len()).ok_or_else(|| bad("a segment or section"))?;
     let pvh_entry = pvh.ok_or("vmlinux: no PVH entry note (Xen note type 18); is CONFIG_PVH set?")?;
-    Ok(VmlinuxInfo { pvh_entry, elf_len })
+    Ok(VmlinuxInfo { pvh_entry, load_end, elf_len })
 }
 
 /// The descriptor of the first note of owner `name` and type `ntype` in a note segment (each
@@ -849,7 +861,7 @@ mod tests {
         let raw = xz_decompress(bzimage_payload(&img).unwrap()).unwrap();
         assert_eq!(raw, with_relocs);
         let info = check_vmlinux(&raw).unwrap();
-        assert_eq!(info, VmlinuxInfo { pvh_entry: 0x0100_0abc, elf_len: elf.len() });
+        assert_eq!(info, VmlinuxInfo { pvh_entry: 0x0100_0abc, load_end: 300, elf_len: elf.len() });
     }
 
     #[test]
@@ -894,7 +906,9 @@ mod tests {
         // Linux puts the PVH entry (pvh_start_xen) in the first 4 GiB of the physical layout,
         // above the 1 MiB where x86_64 kernels load.
         assert!(info.pvh_entry >= 0x10_0000);
-        assert_eq!(k.pvh_entry, info.pvh_entry);
+        assert_eq!((k.pvh_entry, k.load_end), (info.pvh_entry, info.load_end));
+        // The last PT_LOAD of Debian's x86-64 kernel ends well above its 16 MiB load address.
+        assert!(info.load_end > 0x100_0000 && info.load_end < 0x1_0000_0000, "{:#x}", info.load_end);
         assert!(k.version.ends_with("-amd64"), "{}", k.version);
     }
 
