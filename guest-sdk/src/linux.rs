@@ -274,8 +274,13 @@ impl HypercallPage for MmioPage {
 
     fn store(&mut self, offset: u64, value: u64) {
         debug_assert!(offset.is_multiple_of(8) && offset < HYPERCALL_PAGE_SIZE);
-        // SAFETY: as in `load`; the store traps to the hypervisor, which emulates it.
-        unsafe { core::ptr::write_volatile(self.base.add((offset / 8) as usize), value) }
+        // SAFETY: as in `load`; the store traps to the hypervisor, which emulates it. Written
+        // as one `mov m64, r64` so the instruction the hypervisor decodes is always that plain
+        // form (a volatile write of a constant could become `mov m64, imm32`).
+        unsafe {
+            let p = self.base.add((offset / 8) as usize);
+            core::arch::asm!("mov qword ptr [{p}], {v}", p = in(reg) p, v = in(reg) value, options(nostack, preserves_flags));
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use guest_sdk::arch::Vmcall;
 use guest_sdk::linux::{parse_resources, SYSFS_DEVICE};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use tensor_hcall::linux::{PCI_DEVICE_ID, PCI_VENDOR_ID};
 use tensor_hcall::Hypercall;
 
 /// Runs `probe` in a child; returns what it reported (its exit code, through `describe`) or the
@@ -85,6 +86,10 @@ fn mmap(fd: i32, len: usize, offset: i64, addr: *mut libc::c_void, flags: i32) -
 
 fn outside_window() -> Result<String, String> {
     let dir = std::path::Path::new(SYSFS_DEVICE);
+    let id = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).unwrap_or_default();
+    if (id("vendor"), id("device")) != (format!("{:#06x}", PCI_VENDOR_ID), format!("{:#06x}", PCI_DEVICE_ID)) {
+        return Err(format!("not attempted: {SYSFS_DEVICE} is not tensorvisor's function (vendor {:?}, device {:?})", id("vendor"), id("device")));
+    }
     let text = std::fs::read_to_string(dir.join("resource")).map_err(|e| format!("not attempted: {SYSFS_DEVICE}/resource: {e}"))?;
     let (_, window) = parse_resources(&text).map_err(|e| format!("not attempted: {e}"))?;
     let len = window.size as usize;
