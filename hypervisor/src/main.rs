@@ -61,10 +61,11 @@ mod entry {
         let (mut models, models_ok) = infer::load_models(&modules);
         let inference_ok = infer::run(&models, &modules) && models_ok;
         let specs = tenant_specs(&modules);
-        if !specs.is_empty() {
+        let linux_specs = linux_specs(&modules);
+        if !specs.is_empty() || !linux_specs.is_empty() {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {
-                    let (finished, stopped) = vmm::run_guests(&root, &specs, &mut models);
+                    let (finished, stopped) = vmm::run_guests(&root, &specs, &linux_specs, &mut models);
                     log::info!("guests: {finished} finished, {stopped} stopped or refused");
                 }
                 Some(Err(e)) => log::error!("vmx: cannot run guests: {e}"),
@@ -111,6 +112,18 @@ mod entry {
             match vmm::TenantSpec::from_module(m, bytes) {
                 Ok(s) => specs.push(s),
                 Err(e) => log::error!("guest {}: not started: {e}", m.cmdline),
+            }
+        }
+        specs
+    }
+
+    /// Linux tenants: one per `linux:NAME` module (the vmlinux), with its `initrd:NAME` module.
+    fn linux_specs<'a>(modules: &[(hypervisor::multiboot2::Module<'_>, &'a [u8])]) -> alloc::vec::Vec<vmm::linux::LinuxSpec<'a>> {
+        let mut specs = alloc::vec::Vec::new();
+        for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("linux:")) {
+            match vmm::linux::LinuxSpec::from_module(m, bytes, modules) {
+                Ok(s) => specs.push(s),
+                Err(e) => log::error!("linux tenant {}: not started: {e}", m.cmdline),
             }
         }
         specs

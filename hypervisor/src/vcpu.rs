@@ -58,6 +58,11 @@ pub enum StopReason {
     EntryFailed,
     /// An exit the hypervisor does not handle.
     Unhandled { reason: ExitReason },
+    /// A Linux tenant asked its platform for a reset (port 0xcf9, the keyboard controller's
+    /// pulse on port 0x64, port 0x92) or a triple fault ended it: the tenant stops, nothing restarts.
+    Reset { how: &'static str },
+    /// A Linux tenant powered off (ACPI S5 on port 0x604 or 0xb004, or HLT with interrupts off).
+    PowerOff { how: &'static str },
 }
 
 impl fmt::Display for StopReason {
@@ -81,6 +86,8 @@ impl fmt::Display for StopReason {
             ),
             StopReason::EntryFailed => write!(f, "VM entry failed"),
             StopReason::Unhandled { reason } => write!(f, "unhandled exit {reason:?}"),
+            StopReason::Reset { how } => write!(f, "reset requested ({how})"),
+            StopReason::PowerOff { how } => write!(f, "powered off ({how})"),
         }
     }
 }

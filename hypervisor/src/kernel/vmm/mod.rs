@@ -2,6 +2,7 @@
 //! into their own EPT-backed memory, and a round-robin run loop that applies the exit policy of
 //! [`hypervisor::vcpu::decide`] and stops misbehaving guests with one log line each.
 
+pub mod linux;
 pub(crate) mod ram;
 mod services;
 mod vcpu;
@@ -98,6 +99,8 @@ struct Guest {
     memory_bytes: u64,
     exits: u64,
     stopped: Option<StopReason>,
+    /// The platform of a Linux tenant (None for a Rust guest).
+    linux: Option<Box<linux::Platform>>,
 }
 
 /// What a tenant is started with: from the tenant manifest, or from a `guest:` module's
@@ -190,6 +193,7 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
         gdt_base: GDT_GPA,
         gdt_limit: (gdt.len() * 8 - 1) as u32,
         rdi: BOOT_INFO_GPA,
+        linux: false,
     };
     let vcpu = Vcpu::new(&root.caps, eptp.0, vpid.get(), start).map_err(|e| alloc::format!("vCPU: {e}"))?;
     log::info!(
@@ -210,6 +214,32 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
         memory_bytes: size,
         exits: 0,
         stopped: None,
+        linux: None,
+    })
+}
+
+/// Loads one Linux tenant; the error says why it was not started.
+fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::LinuxSpec<'_>) -> Result<Guest, String> {
+    let caps = root.caps.ept_vpid.ok_or("the CPU has no EPT")?;
+    let cr = linux::CrPolicy { cr0: root.caps.guest_cr0_fixed(false), cr4: root.caps.cr4_fixed() };
+    let loaded = linux::load(spec, caps, tsc::hz(), cr)?;
+    let eptp = Eptp::new(loaded.ram.ept_root(), caps, false).map_err(|e| alloc::format!("EPTP: {e:?}"))?;
+    let vpid = vpids.allocate().ok_or("out of VPIDs")?;
+    let vcpu = Vcpu::new(&root.caps, eptp.0, vpid.get(), loaded.start).map_err(|e| alloc::format!("vCPU: {e}"))?;
+    log::info!("guest {}: loaded: {}, VPID {}, CPU budget {} ms", spec.name, loaded.summary, vpid.get(), spec.budget_ms);
+    let size = spec.memory_mib << 20;
+    Ok(Guest {
+        name: spec.name.clone(),
+        vcpu,
+        services: TenantServices::new(&spec.name, id, loaded.ram, spec.limits, spec.user_mode_hypercalls),
+        budget_tsc: spec.budget_ms.saturating_mul(tsc::hz() / 1000),
+        used_tsc: 0,
+        handling_tsc: 0,
+        pending_vector: None,
+        memory_bytes: size,
+        exits: 0,
+        stopped: None,
+        linux: Some(Box::new(loaded.platform)),
     })
 }
 
@@ -235,7 +265,7 @@ fn passthrough(id: u32, spec: &TenantSpec<'_>, ram: &mut GuestRam, info: &mut Gu
 
 /// Loads every `guest:` module and runs the guests until each has exited or been stopped.
 /// Returns `(finished, stopped)`: guests that exited with status 0, and the rest.
-pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], models: &mut EngineHost) -> (usize, usize) {
+pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux::LinuxSpec<'_>], models: &mut EngineHost) -> (usize, usize) {
     let mut vpids = VpidAllocator::new();
     let mut guests: Vec<Guest> = Vec::new();
     let mut refused = 0;
@@ -244,6 +274,15 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], models: &mut EngineH
             Ok(g) => guests.push(g),
             Err(e) => {
                 super::devices::passthrough::release(i as u32 + 1);
+                log::error!("guest {}: not started: {e}", spec.name);
+                refused += 1;
+            }
+        }
+    }
+    for (i, spec) in linux_specs.iter().enumerate() {
+        match load_linux(root, &mut vpids, (specs.len() + i) as u32 + 1, spec) {
+            Ok(g) => guests.push(g),
+            Err(e) => {
                 log::error!("guest {}: not started: {e}", spec.name);
                 refused += 1;
             }
@@ -289,8 +328,13 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], models: &mut EngineH
     crate::println!("# tensorvisor metrics end");
     let mut finished = 0;
     for g in &guests {
-        let ok = matches!(g.stopped, Some(StopReason::Exited { status: 0 }));
+        // A Linux tenant's clean end is its own reset or power-off (`reboot -f`).
+        let linux_end = g.linux.is_some() && matches!(g.stopped, Some(StopReason::Reset { .. } | StopReason::PowerOff { .. }));
+        let ok = matches!(g.stopped, Some(StopReason::Exited { status: 0 })) || linux_end;
         finished += usize::from(ok);
+        if let Some(p) = &g.linux {
+            log::info!("guest {}: Linux platform: {} UART bytes, {} interrupts injected", g.name, p.uart_bytes, p.injected);
+        }
         let c = g.services.tensors.counters;
         log::info!(
             "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied ({} by doorbells)",
@@ -316,10 +360,34 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         log::error!("guest {}: VMPTRLD failed: {e:?}", g.name);
         return;
     }
+    if let Some(p) = g.linux.as_mut() {
+        p.enter_slice();
+    }
+    run_slice_loaded(g, slice, models);
+    if let Some(p) = g.linux.as_mut() {
+        p.leave_slice();
+    }
+}
+
+fn run_slice_loaded(g: &mut Guest, slice: u64, models: &mut EngineHost) {
+    let slice_start = tsc::rdtsc();
     loop {
         let left = g.budget_tsc.saturating_sub(g.used_tsc).max(1);
+        let mut timer = slice.min(left);
+        if let Some(p) = g.linux.as_mut() {
+            let now = tsc::rdtsc();
+            match p.before_entry(&mut g.vcpu, now) {
+                Ok(Some(deadline)) => timer = timer.min(deadline.saturating_sub(now).max(1)),
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!("guest {}: VMCS update failed: {e:?}", g.name);
+                    stop(g, StopReason::EntryFailed, 0, models);
+                    return;
+                }
+            }
+        }
         let t0 = tsc::rdtsc();
-        let result = g.vcpu.run(slice.min(left));
+        let result = g.vcpu.run(timer);
         g.used_tsc += tsc::rdtsc().wrapping_sub(t0);
         g.exits += 1;
         let info = match result {
@@ -355,7 +423,18 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         g.services.tensors.counters.hypervisor_ns = g.handling_tsc.saturating_mul(1_000_000_000) / tsc::hz().max(1);
         let mut services = ExitServices { tenant: &mut g.services, models: &mut *models };
         let t_handle = tsc::rdtsc();
-        let decision = decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut services);
+        let decision = match g.linux.as_mut() {
+            Some(p) => match p.handle(&exit, &mut g.vcpu, &mut services, cpl) {
+                // The preemption timer: the budget, the end of the slice, or a timer event.
+                Decision::Yield => match exhausted {
+                    Some(budget_ms) => Decision::Stop(StopReason::CpuBudgetExceeded { budget_ms, interrupts_enabled: rflags & (1 << 9) != 0 }),
+                    None if tsc::rdtsc().wrapping_sub(slice_start) < slice => Decision::Resume,
+                    None => Decision::Yield,
+                },
+                d => d,
+            },
+            None => decide(&exit, &mut g.vcpu.regs, rflags, cpl, exhausted, &mut services),
+        };
         g.handling_tsc += tsc::rdtsc().wrapping_sub(t_handle);
         if let Some(v) = g.services.tensors.take_pending_interrupt() {
             g.pending_vector = Some(v);
@@ -397,6 +476,7 @@ fn stop(g: &mut Guest, reason: StopReason, rip: u64, models: &mut EngineHost) {
     super::devices::passthrough::release(g.id);
     match reason {
         StopReason::Exited { status } => log::info!("guest {}: exited with status {status}", g.name),
+        StopReason::Reset { .. } | StopReason::PowerOff { .. } if g.linux.is_some() => log::info!("guest {}: stopped: {reason} at RIP {rip:#x}", g.name),
         _ => log::warn!("guest {}: stopped: {reason} at RIP {rip:#x}", g.name),
     }
     g.stopped = Some(reason);

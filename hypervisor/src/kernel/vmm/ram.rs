@@ -61,6 +61,12 @@ impl GuestRam {
     /// 0: page 0 unmapped, the `read_only` ranges (page-aligned, disjoint) read-only, the rest RWX
     /// with the largest pages that fit.
     pub fn new(size: u64, caps: EptVpidCap, read_only: &[(u64, u64)]) -> Result<Self, RamError> {
+        Self::with_first_page(size, caps, read_only, NULL_GUARD)
+    }
+
+    /// Like [`GuestRam::new`], mapping from `first` (0 for a Linux tenant, whose kernel reads the
+    /// real-mode area at guest-physical 0).
+    pub fn with_first_page(size: u64, caps: EptVpidCap, read_only: &[(u64, u64)], first: u64) -> Result<Self, RamError> {
         const GRANULE: u64 = 2 << 20;
         let size = size.max(GRANULE).next_multiple_of(GRANULE);
         let base = FRAMES.lock().alloc(size, GRANULE).map_err(|_| RamError::OutOfMemory)?;
@@ -71,7 +77,7 @@ impl GuestRam {
         let gpa = |a: u64| GuestPhysAddr::new(a).map_err(|_| RamError::Access { gpa: a, len: 0 });
         let hpa = |a: u64| HostPhysAddr::new(base + a).map_err(|_| RamError::Access { gpa: a, len: 0 });
         // Map page by page where permissions differ, then the rest in one large-page run.
-        let mut at = NULL_GUARD;
+        let mut at = first;
         let mut ranges = alloc::vec::Vec::from(read_only);
         ranges.sort_unstable();
         for (start, len) in ranges {

@@ -62,6 +62,19 @@ impl TenantServices {
         }
     }
 
+    /// One byte from a Linux tenant's UART, shown line by line like [`Self::console_write`].
+    pub fn console_byte(&mut self, b: u8) {
+        match b {
+            b'\n' => self.flush_console(),
+            b'\r' => {}
+            b if b < 0x20 || b == 0x7f => self.line.push('?'),
+            b => self.line.push(if b.is_ascii() { b as char } else { '?' }),
+        }
+        if self.line.len() >= MAX_LINE {
+            self.flush_console();
+        }
+    }
+
     fn console_write(&mut self, gpa: u64, len: u64) -> Result<u64, HcallError> {
         if len > MAX_CONSOLE_WRITE {
             return Err(HcallError::InvalidArgument);

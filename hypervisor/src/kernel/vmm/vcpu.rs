@@ -72,6 +72,10 @@ pub struct GuestStart {
     pub gdt_limit: u32,
     /// RDI at entry (the boot-information address).
     pub rdi: u64,
+    /// A Linux tenant (64-bit boot protocol): `__BOOT_CS` 0x10 and `__BOOT_DS` 0x18, RSI =
+    /// boot_params (`rdi` carries that address), CR8 accesses trapped (the tenant's TPR is
+    /// emulated, never the host's).
+    pub linux: bool,
 }
 
 /// Why a vCPU could not be set up.
@@ -132,7 +136,9 @@ impl Vcpu {
             vmclear(phys).map_err(|e| VcpuError::Vmx("VMCLEAR", e))?;
             vmptrld(phys).map_err(|e| VcpuError::Vmx("VMPTRLD", e))?;
         }
-        let mut vcpu = Self { vmcs, launched: false, regs: GuestRegs { rdi: start.rdi, ..Default::default() }, timer_shift: caps.misc.preemption_timer_tsc_shift };
+        // The Linux 64-bit boot protocol takes boot_params in RSI (Documentation/x86/boot.rst).
+        let regs = if start.linux { GuestRegs { rsi: start.rdi, ..Default::default() } } else { GuestRegs { rdi: start.rdi, ..Default::default() } };
+        let mut vcpu = Self { vmcs, launched: false, regs, timer_shift: caps.misc.preemption_timer_tsc_shift };
         vcpu.program(caps, eptp, vpid, start)?;
         Ok(vcpu)
     }
@@ -143,7 +149,7 @@ impl Vcpu {
         unsafe { vmptrld(virt_to_phys(&*self.vmcs)) }
     }
 
-    fn vmcs() -> CurrentVmcs {
+    pub(super) fn vmcs() -> CurrentVmcs {
         // SAFETY: only called between `load`/`new` (which made this vCPU's VMCS current) and the
         // next VMPTRLD, in VMX root operation at CPL 0.
         unsafe { CurrentVmcs::assume_current() }
@@ -156,9 +162,12 @@ impl Vcpu {
             .adjust(PinBasedControls::EXTERNAL_INTERRUPT_EXITING | PinBasedControls::NMI_EXITING | PinBasedControls::VMX_PREEMPTION_TIMER)
             .map_err(VcpuError::Control)?;
         // No MSR bitmap: every RDMSR/WRMSR exits and meets the allow list.
-        let primary = caps
-            .adjust(PrimaryControls::HLT_EXITING | PrimaryControls::UNCONDITIONAL_IO_EXITING | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS)
-            .map_err(VcpuError::Control)?;
+        let mut wanted = PrimaryControls::HLT_EXITING | PrimaryControls::UNCONDITIONAL_IO_EXITING | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS;
+        if start.linux {
+            // Without a TPR shadow, MOV CR8 would reach the host's own TPR.
+            wanted |= PrimaryControls::CR8_LOAD_EXITING | PrimaryControls::CR8_STORE_EXITING;
+        }
+        let primary = caps.adjust(wanted).map_err(VcpuError::Control)?;
         let secondary = caps.adjust(SecondaryControls::ENABLE_EPT | SecondaryControls::ENABLE_VPID).map_err(VcpuError::Control)?;
         let exit = caps
             .adjust(ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::ACK_INTERRUPT_ON_EXIT | ExitControls::SAVE_EFER | ExitControls::LOAD_EFER)
@@ -216,7 +225,8 @@ impl Vcpu {
         Guest64::VmcsLinkPointer.write(v, u64::MAX).map_err(w)?;
         Guest64::Ia32Debugctl.write(v, 0).map_err(w)?;
 
-        Guest16::CsSelector.write(v, 0x08).map_err(w)?;
+        let (cs, ds, tr) = if start.linux { (0x10, 0x18, 0x20) } else { (0x08, 0x10, 0x18) };
+        Guest16::CsSelector.write(v, cs).map_err(w)?;
         Guest32::CsLimit.write(v, 0xffff_ffff).map_err(w)?;
         Guest32::CsAccessRights.write(v, AR_CODE64).map_err(w)?;
         GuestNatural::CsBase.write(v, 0).map_err(w)?;
@@ -228,7 +238,7 @@ impl Vcpu {
             (Guest16::GsSelector, Guest32::GsLimit, Guest32::GsAccessRights, GuestNatural::GsBase),
         ];
         for (sel, limit, ar, base) in data {
-            sel.write(v, 0x10).map_err(w)?;
+            sel.write(v, ds).map_err(w)?;
             limit.write(v, 0xffff_ffff).map_err(w)?;
             ar.write(v, AR_DATA).map_err(w)?;
             base.write(v, 0).map_err(w)?;
@@ -237,7 +247,7 @@ impl Vcpu {
         Guest32::LdtrLimit.write(v, 0).map_err(w)?;
         Guest32::LdtrAccessRights.write(v, AR_UNUSABLE).map_err(w)?;
         GuestNatural::LdtrBase.write(v, 0).map_err(w)?;
-        Guest16::TrSelector.write(v, 0x18).map_err(w)?;
+        Guest16::TrSelector.write(v, tr).map_err(w)?;
         Guest32::TrLimit.write(v, 0x67).map_err(w)?;
         Guest32::TrAccessRights.write(v, AR_TSS64_BUSY).map_err(w)?;
         GuestNatural::TrBase.write(v, 0).map_err(w)?;

@@ -1,0 +1,471 @@
+//! A Linux tenant's VM exits: CPUID and MSR policy, port I/O onto the emulated legacy devices,
+//! control-register writes, HLT that sleeps until the next interrupt, reset and power-off, and
+//! interrupt injection from the emulated 8259A.
+
+use super::super::services::ExitServices;
+use super::super::vcpu::Vcpu;
+use super::legacy::{Pic, Pit, Uart};
+use alloc::boxed::Box;
+use hypervisor::vcpu::{Decision, GuestRegs, Services, StopReason};
+use vmx::exit_info::Exit;
+use vmx::fields::*;
+use vmx::qual::{CrAccessType, Gpr, IoQualification};
+use vmx::cr::FixedBits;
+use vmx::{PrimaryControls, VmFail};
+
+/// The VMX fixed bits of CR0 and CR4 for this CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct CrPolicy {
+    pub cr0: FixedBits,
+    pub cr4: FixedBits,
+}
+
+const CR4_VMXE: u64 = 1 << 13;
+
+/// MSRs (Intel SDM vol. 4, table 2-2).
+const MSR_TSC: u32 = 0x10;
+const MSR_APIC_BASE: u32 = 0x1b;
+const MSR_UCODE_REV: u32 = 0x8b;
+const MSR_SYSENTER_CS: u32 = 0x174;
+const MSR_SYSENTER_ESP: u32 = 0x175;
+const MSR_SYSENTER_EIP: u32 = 0x176;
+const MSR_MISC_ENABLE: u32 = 0x1a0;
+const MSR_PAT: u32 = 0x277;
+const MSR_DEBUGCTL: u32 = 0x1d9;
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SFMASK: u32 = 0xc000_0084;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// EFER bits a tenant may set: SCE, LME, LMA, NXE.
+const EFER_ALLOWED: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
+
+/// MSRs the tenant owns while it runs and the hypervisor never uses: written to the CPU when the
+/// tenant writes them and when its slice starts.
+const PASSED_MSRS: [u32; 5] = [MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_KERNEL_GS_BASE];
+
+/// The FXSAVE area: the tenant's x87/SSE state while the hypervisor (whose engine uses vector
+/// registers) or another tenant runs.
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+/// One Linux tenant's platform.
+pub struct Platform {
+    pic: Pic,
+    pit: Pit,
+    uart: Uart,
+    uart_line: bool,
+    pci_address: u32,
+    tsc_hz: u64,
+    cr: CrPolicy,
+    tpr: u8,
+    pat: u64,
+    passed: [u64; 5],
+    fpu: Box<FxArea>,
+    fpu_saved: bool,
+    /// The vCPU executed HLT with interrupts on and waits for one.
+    halted: bool,
+    pub ram_end: u64,
+    pub window: u64,
+    pub uart_bytes: u64,
+    pub injected: u64,
+}
+
+/// Reads general-purpose register `r` (RSP lives in the VMCS).
+fn gpr(regs: &GuestRegs, r: Gpr) -> u64 {
+    match r {
+        Gpr::Rax => regs.rax,
+        Gpr::Rcx => regs.rcx,
+        Gpr::Rdx => regs.rdx,
+        Gpr::Rbx => regs.rbx,
+        Gpr::Rsp => GuestNatural::Rsp.read(&Vcpu::vmcs()).unwrap_or(0),
+        Gpr::Rbp => regs.rbp,
+        Gpr::Rsi => regs.rsi,
+        Gpr::Rdi => regs.rdi,
+        Gpr::R8 => regs.r8,
+        Gpr::R9 => regs.r9,
+        Gpr::R10 => regs.r10,
+        Gpr::R11 => regs.r11,
+        Gpr::R12 => regs.r12,
+        Gpr::R13 => regs.r13,
+        Gpr::R14 => regs.r14,
+        Gpr::R15 => regs.r15,
+    }
+}
+
+fn set_gpr(regs: &mut GuestRegs, r: Gpr, v: u64) {
+    let slot = match r {
+        Gpr::Rax => &mut regs.rax,
+        Gpr::Rcx => &mut regs.rcx,
+        Gpr::Rdx => &mut regs.rdx,
+        Gpr::Rbx => &mut regs.rbx,
+        Gpr::Rsp => {
+            let _ = GuestNatural::Rsp.write(&mut Vcpu::vmcs(), v);
+            return;
+        }
+        Gpr::Rbp => &mut regs.rbp,
+        Gpr::Rsi => &mut regs.rsi,
+        Gpr::Rdi => &mut regs.rdi,
+        Gpr::R8 => &mut regs.r8,
+        Gpr::R9 => &mut regs.r9,
+        Gpr::R10 => &mut regs.r10,
+        Gpr::R11 => &mut regs.r11,
+        Gpr::R12 => &mut regs.r12,
+        Gpr::R13 => &mut regs.r13,
+        Gpr::R14 => &mut regs.r14,
+        Gpr::R15 => &mut regs.r15,
+    };
+    *slot = v;
+}
+
+/// The CPUID a Linux tenant sees: the host's with what the platform does not provide hidden,
+/// the TSC frequency in leaf 0x15, and our hypervisor leaves.
+pub fn linux_cpuid(services: &dyn Services, leaf: u32, subleaf: u32, tsc_hz: u64) -> [u32; 4] {
+    const MAX_BASIC: u32 = 0x16;
+    if (0x4000_0000..=0x4000_00ff).contains(&leaf) {
+        return services.hypervisor_cpuid(leaf).unwrap_or([0; 4]);
+    }
+    let host_max = services.host_cpuid(0, 0)[0];
+    if leaf < 0x8000_0000 && leaf > MAX_BASIC {
+        return [0; 4];
+    }
+    let mut r = if leaf <= host_max || leaf >= 0x8000_0000 { services.host_cpuid(leaf, subleaf) } else { [0; 4] };
+    match leaf {
+        0 => r[0] = MAX_BASIC,
+        1 => {
+            // EBX: APIC id 0, one logical processor.
+            r[1] = (r[1] & 0xffff) | (1 << 16);
+            // ECX: keep SSE3, PCLMUL, SSSE3, CX16, SSE4.1/4.2, MOVBE, POPCNT, AES, RDRAND; set
+            // hypervisor (31) and TSC-deadline (24) off (no local APIC); hide VMX (5), MONITOR
+            // (3), PDCM (15), PCID (17), x2APIC (21), XSAVE/OSXSAVE/AVX/F16C (26–29), FMA (12).
+            let keep_ecx = 1 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 25 | 1 << 30;
+            r[2] = (r[2] & keep_ecx) | 1 << 31;
+            // EDX: hide MCE (7), APIC (9), MTRR (12), MCA (14), ACPI thermal (22), HTT (28).
+            r[3] &= !(1 << 7 | 1 << 9 | 1 << 12 | 1 << 14 | 1 << 22 | 1 << 28 | 1 << 29);
+        }
+        // Thermal/power: only ARAT (always-running APIC timer).
+        6 => r = [1 << 2, 0, 0, 0],
+        7 if subleaf == 0 => {
+            // EBX: FSGSBASE, BMI1, SMEP, BMI2, ERMS, ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
+            let keep_ebx = 1 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 24 | 1 << 29;
+            r = [0, r[1] & keep_ebx, r[2] & (1 << 2), 0]; // ECX: UMIP only; EDX: no speculation-control MSRs
+        }
+        7 => r = [0; 4],
+        // No architectural performance monitoring, no extended state.
+        0xa | 0xd => r = [0; 4],
+        0x15 => r = [1, 1, tsc_hz as u32, 0],
+        0x16 => {
+            let mhz = (tsc_hz / 1_000_000) as u32;
+            r = [mhz, mhz, 100, 0];
+        }
+        0x8000_0001 => {
+            // EDX: hide RDTSCP (27) (TSC_AUX is not offered).
+            r[3] &= !(1 << 27);
+        }
+        0x8000_0007 => r = [0, 0, 0, 1 << 8], // invariant TSC
+        _ => {}
+    }
+    r
+}
+
+impl Platform {
+    pub fn new(tsc_hz: u64, cr: CrPolicy, ram_end: u64, window: u64) -> Self {
+        Self {
+            pic: Pic::default(),
+            pit: Pit::default(),
+            uart: Uart::default(),
+            uart_line: false,
+            pci_address: 0,
+            tsc_hz,
+            cr,
+            tpr: 0,
+            pat: 0x0007_0406_0007_0406,
+            passed: [0; 5],
+            fpu: Box::new(FxArea([0; 512])),
+            fpu_saved: false,
+            halted: false,
+            ram_end,
+            window,
+            uart_bytes: 0,
+            injected: 0,
+        }
+    }
+
+    /// The tenant's slice starts on this CPU: its syscall MSRs and its x87/SSE state.
+    pub fn enter_slice(&mut self) {
+        for (msr, v) in PASSED_MSRS.iter().zip(self.passed) {
+            // SAFETY: these MSRs exist on every x86_64 CPU and only matter to code that uses
+            // SYSCALL or SWAPGS, which the hypervisor and the Rust guests never execute.
+            unsafe { super::super::cr::wrmsr(*msr, v) };
+        }
+        self.restore_fpu();
+    }
+
+    /// The slice ends: keep the tenant's x87/SSE state away from other tenants' hypercalls.
+    pub fn leave_slice(&mut self) {
+        self.save_fpu();
+    }
+
+    fn save_fpu(&mut self) {
+        if !self.fpu_saved {
+            // SAFETY: the area is 512 bytes, 16-byte aligned and ours; CR4.OSFXSR is set by
+            // the hypervisor's FPU set-up.
+            unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
+            self.fpu_saved = true;
+        }
+    }
+
+    fn restore_fpu(&mut self) {
+        if self.fpu_saved {
+            // SAFETY: the area holds an image FXSAVE wrote (or zeros before the first save,
+            // which is never restored: `fpu_saved` is false until then).
+            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.fpu.0.as_ptr(), options(nostack)) };
+            self.fpu_saved = false;
+        }
+    }
+
+    /// Time passes: raise IRQ 0 if the PIT fired, and inject the highest pending interrupt if
+    /// the vCPU can take it (or ask for an interrupt-window exit). Returns the TSC of the next
+    /// timer event, so the run loop can bound the slice.
+    pub fn before_entry(&mut self, vcpu: &mut Vcpu, now: u64) -> Result<Option<u64>, VmFail> {
+        if self.pit.poll(now) {
+            self.pic.raise(0);
+        }
+        if let Some(vector) = self.pic.pending_vector() {
+            if vcpu.offer_interrupt(vector)? {
+                self.pic.acknowledge();
+                self.injected += 1;
+                if self.halted {
+                    Guest32::ActivityState.write(&mut Vcpu::vmcs(), 0)?;
+                    self.halted = false;
+                }
+            }
+        } else {
+            // Nothing to deliver: no interrupt-window exits.
+            let v = &mut Vcpu::vmcs();
+            let primary = Control32::PrimaryProcessorBasedControls.read(v)?;
+            Control32::PrimaryProcessorBasedControls.write(v, primary & !PrimaryControls::INTERRUPT_WINDOW_EXITING.bits())?;
+        }
+        Ok(self.pit.deadline())
+    }
+
+    /// Decides about one exit of the Linux vCPU.
+    pub fn handle(&mut self, exit: &Exit, vcpu: &mut Vcpu, services: &mut ExitServices<'_>, cpl: u8) -> Decision {
+        let regs = &mut vcpu.regs;
+        match *exit {
+            Exit::Cpuid => {
+                let r = linux_cpuid(services, regs.rax as u32, regs.rcx as u32, self.tsc_hz);
+                regs.rax = u64::from(r[0]);
+                regs.rbx = u64::from(r[1]);
+                regs.rcx = u64::from(r[2]);
+                regs.rdx = u64::from(r[3]);
+                Decision::Advance
+            }
+            Exit::Rdmsr => match self.read_msr(regs.rcx as u32) {
+                Some(v) => {
+                    regs.rax = v & 0xffff_ffff;
+                    regs.rdx = v >> 32;
+                    Decision::Advance
+                }
+                None => Decision::InjectGp,
+            },
+            Exit::Wrmsr => {
+                let v = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+                if self.write_msr(regs.rcx as u32, v) { Decision::Advance } else { Decision::InjectGp }
+            }
+            Exit::Io(io) => self.port_io(&io, regs, services),
+            Exit::CrAccess(cr) => self.cr_access(cr.cr, cr.access, regs),
+            Exit::Hlt => {
+                let rflags = GuestNatural::Rflags.read(&Vcpu::vmcs()).unwrap_or(0);
+                if rflags & (1 << 9) == 0 {
+                    return Decision::Stop(StopReason::PowerOff { how: "HLT with interrupts off" });
+                }
+                // Sleep in the HLT activity state until the next interrupt is injected.
+                self.halted = true;
+                // HLT retires: the STI/MOV-SS shadow ends with it, and VM entry refuses the HLT
+                // activity state under that blocking (SDM 26.3.1.5).
+                let v = &mut Vcpu::vmcs();
+                let blocking = Guest32::InterruptibilityState.read(v).unwrap_or(0) & !0b11;
+                let _ = Guest32::InterruptibilityState.write(v, blocking);
+                match Guest32::ActivityState.write(v, 1) {
+                    Ok(()) => Decision::Advance,
+                    Err(_) => Decision::Stop(StopReason::EntryFailed),
+                }
+            }
+            Exit::Vmcall => {
+                self.save_fpu();
+                let r = services.hypercall(regs, cpl);
+                self.restore_fpu();
+                match r {
+                    Ok(()) => Decision::Advance,
+                    Err(stop) => Decision::Stop(stop),
+                }
+            }
+            Exit::TripleFault => Decision::Stop(StopReason::Reset { how: "triple fault" }),
+            Exit::Xsetbv => Decision::InjectGp,
+            Exit::ExternalInterrupt { .. } | Exit::InterruptWindow | Exit::ExceptionOrNmi { .. } => Decision::Resume,
+            // The run loop decides between the next timer event and the end of the slice.
+            Exit::PreemptionTimer => Decision::Yield,
+            _ => hypervisor::vcpu::decide(exit, regs, 0, cpl, None, services),
+        }
+    }
+
+    fn read_msr(&self, msr: u32) -> Option<u64> {
+        let v = &Vcpu::vmcs();
+        Some(match msr {
+            MSR_TSC => super::super::tsc::rdtsc(),
+            MSR_UCODE_REV => 0,
+            MSR_MISC_ENABLE => 1 | 1 << 11 | 1 << 12, // fast strings; no BTS, no PEBS
+            MSR_PAT => self.pat,
+            MSR_EFER => Guest64::Ia32Efer.read(v).ok()?,
+            MSR_FS_BASE => GuestNatural::FsBase.read(v).ok()?,
+            MSR_GS_BASE => GuestNatural::GsBase.read(v).ok()?,
+            MSR_SYSENTER_CS => u64::from(Guest32::Ia32SysenterCs.read(v).ok()?),
+            MSR_SYSENTER_ESP => GuestNatural::Ia32SysenterEsp.read(v).ok()?,
+            MSR_SYSENTER_EIP => GuestNatural::Ia32SysenterEip.read(v).ok()?,
+            MSR_DEBUGCTL => Guest64::Ia32Debugctl.read(v).ok()?,
+            m => {
+                let i = PASSED_MSRS.iter().position(|&p| p == m)?;
+                self.passed[i]
+            }
+        })
+    }
+
+    fn write_msr(&mut self, msr: u32, value: u64) -> bool {
+        let v = &mut Vcpu::vmcs();
+        let ok = match msr {
+            MSR_UCODE_REV | MSR_MISC_ENABLE | MSR_TSC => Ok(()), // ignored, as a VM may
+            MSR_APIC_BASE => return false,
+            MSR_PAT => {
+                // Each entry must be a defined memory type (SDM 11.12.2): 0, 1, 4, 5, 6, 7.
+                if (0..8).any(|i| matches!((value >> (i * 8)) & 0xff, 2 | 3 | 8..)) {
+                    return false;
+                }
+                self.pat = value;
+                Ok(())
+            }
+            MSR_EFER => {
+                if value & !EFER_ALLOWED != 0 {
+                    return false;
+                }
+                Guest64::Ia32Efer.write(v, value | 1 << 10 | 1 << 8)
+            }
+            MSR_FS_BASE => GuestNatural::FsBase.write(v, value),
+            MSR_GS_BASE => GuestNatural::GsBase.write(v, value),
+            MSR_SYSENTER_CS => Guest32::Ia32SysenterCs.write(v, value as u32),
+            MSR_SYSENTER_ESP => GuestNatural::Ia32SysenterEsp.write(v, value),
+            MSR_SYSENTER_EIP => GuestNatural::Ia32SysenterEip.write(v, value),
+            MSR_DEBUGCTL => Ok(()),
+            m => {
+                let Some(i) = PASSED_MSRS.iter().position(|&p| p == m) else { return false };
+                // Canonical addresses only, as the CPU would check.
+                let canonical = (value as i64) << 16 >> 16 == value as i64;
+                if m != MSR_STAR && m != MSR_SFMASK && !canonical {
+                    return false;
+                }
+                self.passed[i] = value;
+                // SAFETY: see `enter_slice`: these MSRs are the tenant's while it runs.
+                unsafe { super::super::cr::wrmsr(m, value) };
+                Ok(())
+            }
+        };
+        ok.is_ok()
+    }
+
+    fn cr_access(&mut self, cr: u8, access: CrAccessType, regs: &mut GuestRegs) -> Decision {
+        let v = &mut Vcpu::vmcs();
+        let r = match (cr, access) {
+            (0, CrAccessType::MovToCr(g)) => {
+                let value = gpr(regs, g);
+                GuestNatural::Cr0.write(v, self.cr.cr0.apply(value)).and_then(|()| ControlNatural::Cr0ReadShadow.write(v, value))
+            }
+            (4, CrAccessType::MovToCr(g)) => {
+                let value = gpr(regs, g);
+                if value & CR4_VMXE != 0 {
+                    return Decision::InjectGp;
+                }
+                GuestNatural::Cr4.write(v, self.cr.cr4.apply(value | CR4_VMXE)).and_then(|()| ControlNatural::Cr4ReadShadow.write(v, value))
+            }
+            (8, CrAccessType::MovToCr(g)) => {
+                self.tpr = (gpr(regs, g) & 0xf) as u8;
+                Ok(())
+            }
+            (8, CrAccessType::MovFromCr(g)) => {
+                set_gpr(regs, g, u64::from(self.tpr));
+                Ok(())
+            }
+            (0, CrAccessType::Clts) => GuestNatural::Cr0.read(v).and_then(|c| GuestNatural::Cr0.write(v, c & !8)),
+            _ => return Decision::InjectGp,
+        };
+        if r.is_ok() { Decision::Advance } else { Decision::Stop(StopReason::EntryFailed) }
+    }
+
+    fn uart_edge(&mut self) {
+        let line = self.uart.irq_line();
+        if line && !self.uart_line {
+            self.pic.raise(4);
+        }
+        self.uart_line = line;
+    }
+
+    /// Bytes typed on the host's console, for COM1's receiver.
+    pub fn receive(&mut self, b: u8) {
+        self.uart.receive(b);
+        self.uart_edge();
+    }
+
+    fn port_io(&mut self, io: &IoQualification, regs: &mut GuestRegs, services: &mut ExitServices<'_>) -> Decision {
+        let mask: u64 = match io.size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+        if io.string {
+            // No emulated device does string I/O: OUTS goes nowhere, INS reads nothing.
+            return Decision::Advance;
+        }
+        let port = io.port;
+        let now = super::super::tsc::rdtsc();
+        if io.input {
+            let value: u64 = match port {
+                0x3f8..=0x3ff => {
+                    let b = self.uart.read(port - 0x3f8);
+                    self.uart_edge();
+                    u64::from(b)
+                }
+                0x20 | 0x21 | 0xa0 | 0xa1 => u64::from(self.pic.read(port)),
+                0x40 => u64::from(self.pit.read(port, now, self.tsc_hz)),
+                0xcf8 if io.size == 4 => u64::from(self.pci_address),
+                _ => mask,
+            };
+            regs.rax = if io.size == 4 { value & mask } else { (regs.rax & !mask) | (value & mask) };
+            return Decision::Advance;
+        }
+        let value = regs.rax & mask;
+        match port {
+            0x3f8..=0x3ff => {
+                if let Some(b) = self.uart.write(port - 0x3f8, value as u8) {
+                    self.uart_bytes += 1;
+                    services.tenant.console_byte(b);
+                }
+                self.uart_edge();
+            }
+            0x20 | 0x21 | 0xa0 | 0xa1 => self.pic.write(port, value as u8),
+            0x40 | 0x43 => self.pit.write(port, value as u8, now, self.tsc_hz),
+            0xcf8 if io.size == 4 => self.pci_address = value as u32,
+            // Reset: the reset control register (CF9h, bit 2 with bit 1 "hard"), the keyboard
+            // controller's CPU-reset pulse (command 0xFE), the fast-reset bit of port 92h.
+            0xcf9 if value & 0x4 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0xcf9" }),
+            0x64 if value == 0xfe => return Decision::Stop(StopReason::Reset { how: "keyboard controller pulse" }),
+            0x92 if value & 1 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0x92" }),
+            // ACPI PM1a control with SLP_EN (bit 13) and SLP_TYP 5 (S5) as QEMU and Bochs place it.
+            0x604 | 0xb004 if value & (1 << 13) != 0 => return Decision::Stop(StopReason::PowerOff { how: "ACPI S5" }),
+            _ => {}
+        }
+        Decision::Advance
+    }
+}
