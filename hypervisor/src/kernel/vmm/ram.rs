@@ -61,12 +61,13 @@ impl GuestRam {
     /// 0: page 0 unmapped, the `read_only` ranges (page-aligned, disjoint) read-only, the rest RWX
     /// with the largest pages that fit.
     pub fn new(size: u64, caps: EptVpidCap, read_only: &[(u64, u64)]) -> Result<Self, RamError> {
-        Self::with_first_page(size, caps, read_only, NULL_GUARD)
+        Self::with_first_page(size, caps, read_only, NULL_GUARD, None)
     }
 
     /// Like [`GuestRam::new`], mapping from `first` (0 for a Linux tenant, whose kernel reads the
-    /// real-mode area at guest-physical 0).
-    pub fn with_first_page(size: u64, caps: EptVpidCap, read_only: &[(u64, u64)], first: u64) -> Result<Self, RamError> {
+    /// real-mode area at guest-physical 0) up to `mapped` (the whole block if `None`; the rest
+    /// of the block is the hypervisor's until mapped elsewhere).
+    pub fn with_first_page(size: u64, caps: EptVpidCap, read_only: &[(u64, u64)], first: u64, mapped: Option<u64>) -> Result<Self, RamError> {
         const GRANULE: u64 = 2 << 20;
         let size = size.max(GRANULE).next_multiple_of(GRANULE);
         let base = FRAMES.lock().alloc(size, GRANULE).map_err(|_| RamError::OutOfMemory)?;
@@ -87,7 +88,8 @@ impl GuestRam {
             space.map(gpa(start)?, hpa(start)?, len, EptPerms::READ, MemoryType::WriteBack).map_err(RamError::Ept)?;
             at = start + len;
         }
-        space.map(gpa(at)?, hpa(at)?, size - at, EptPerms::RWX, MemoryType::WriteBack).map_err(RamError::Ept)?;
+        let end = mapped.unwrap_or(size).min(size);
+        space.map(gpa(at)?, hpa(at)?, end - at, EptPerms::RWX, MemoryType::WriteBack).map_err(RamError::Ept)?;
         Ok(Self { base, size, space })
     }
 
@@ -107,6 +109,19 @@ impl GuestRam {
             return Err(RamError::Access { gpa, len });
         }
         self.space.map(g, h, len, EptPerms::READ | EptPerms::WRITE, MemoryType::Uncacheable).map_err(RamError::Ept)
+    }
+
+    /// Maps the block's page at `offset` (beyond what `with_first_page` mapped) read-only at
+    /// guest-physical `gpa`: a page the guest reads without exits and whose stores trap (the
+    /// Linux tenant's hypercall page).
+    pub fn map_read_only_page(&mut self, gpa: u64, offset: u64) -> Result<(), RamError> {
+        let err = RamError::Access { gpa, len: PAGE_SIZE };
+        if offset.checked_add(PAGE_SIZE).is_none_or(|end| end > self.size) {
+            return Err(err);
+        }
+        let g = GuestPhysAddr::new(gpa).map_err(|_| err)?;
+        let h = HostPhysAddr::new(self.base + offset).map_err(|_| err)?;
+        self.space.map(g, h, PAGE_SIZE, EptPerms::READ, MemoryType::WriteBack).map_err(RamError::Ept)
     }
 
     /// The EPT root, for the EPTP.

@@ -62,6 +62,15 @@ impl TenantServices {
         }
     }
 
+    /// The tenant's memory.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    pub fn ram_mut(&mut self) -> &mut GuestRam {
+        &mut self.ram
+    }
+
     /// One byte from a Linux tenant's UART, shown line by line like [`Self::console_write`].
     pub fn console_byte(&mut self, b: u8) {
         match b {

@@ -5,6 +5,10 @@
 use super::super::services::ExitServices;
 use super::super::vcpu::Vcpu;
 use super::legacy::{Pic, Pit, Uart};
+use super::pci::PciBus;
+use super::super::ram::GuestRam;
+use hypervisor::linux::decode::{decode, MmioOp, MAX_INSTRUCTION_LEN};
+use tensor_hcall::linux::{HP_ARG0, HP_ARG3, HP_CALL, HP_RESULT, HP_SEQUENCE, HYPERCALL_PAGE_SIZE};
 use alloc::boxed::Box;
 use hypervisor::vcpu::{Decision, GuestRegs, Services, StopReason};
 use vmx::exit_info::Exit;
@@ -59,7 +63,16 @@ pub struct Platform {
     pit: Pit,
     uart: Uart,
     uart_line: bool,
-    pci_address: u32,
+    pci: PciBus,
+    /// Guest-physical address of the hypercall page (BAR 0) and its offset in the tenant's
+    /// memory block, where the hypervisor writes results.
+    hp_gpa: u64,
+    hp_block_offset: u64,
+    hp_args: [u64; 4],
+    hp_sequence: u64,
+    /// Accesses outside the tenant's memory and BARs (reads all ones, writes dropped).
+    pub stray_accesses: u64,
+    pub page_calls: u64,
     tsc_hz: u64,
     cr: CrPolicy,
     tpr: u8,
@@ -173,13 +186,19 @@ pub fn linux_cpuid(services: &dyn Services, leaf: u32, subleaf: u32, tsc_hz: u64
 }
 
 impl Platform {
-    pub fn new(tsc_hz: u64, cr: CrPolicy, ram_end: u64, window: u64) -> Self {
+    pub fn new(tsc_hz: u64, cr: CrPolicy, ram_end: u64, window: u64, hp_gpa: u64, hp_block_offset: u64) -> Self {
         Self {
+            pci: PciBus::new(hp_gpa as u32, ram_end as u32, window as u32),
+            hp_gpa,
+            hp_block_offset,
+            hp_args: [0; 4],
+            hp_sequence: 0,
+            stray_accesses: 0,
+            page_calls: 0,
             pic: Pic::default(),
             pit: Pit::default(),
             uart: Uart::default(),
             uart_line: false,
-            pci_address: 0,
             tsc_hz,
             cr,
             tpr: 0,
@@ -306,6 +325,7 @@ impl Platform {
                 }
             }
             Exit::TripleFault => Decision::Stop(StopReason::Reset { how: "triple fault" }),
+            Exit::EptViolation { qualification, guest_physical, .. } => self.ept_violation(guest_physical, qualification.write, vcpu, services),
             Exit::Xsetbv => Decision::InjectGp,
             Exit::ExternalInterrupt { .. } | Exit::InterruptWindow | Exit::ExceptionOrNmi { .. } => Decision::Resume,
             // The run loop decides between the next timer event and the end of the slice.
@@ -418,6 +438,73 @@ impl Platform {
         self.uart_edge();
     }
 
+    /// An access the EPT did not allow: a store to the hypercall page runs the ABI; anything
+    /// else outside the tenant's memory is a master abort (loads read all ones, stores are
+    /// dropped, counted and the first few logged) so a stray program cannot stop the kernel. An
+    /// instruction that cannot be decoded gets #GP.
+    fn ept_violation(&mut self, gpa: u64, write: bool, vcpu: &mut Vcpu, services: &mut ExitServices<'_>) -> Decision {
+        let Some((bytes, n)) = fetch_instruction(services.tenant.ram()) else { return Decision::InjectGp };
+        let v = &Vcpu::vmcs();
+        let bitness = if Guest32::CsAccessRights.read(v).unwrap_or(0) & (1 << 13) != 0 { 64 } else { 32 };
+        let Ok(access) = decode(bitness, &bytes[..n]) else { return Decision::InjectGp };
+        let regs = &mut vcpu.regs;
+        let in_page = gpa.wrapping_sub(self.hp_gpa);
+        if write && in_page < HYPERCALL_PAGE_SIZE {
+            if let Some(value) = access.store_value(|i| gpr_by_index(regs, i)) {
+                let size = match access.op { MmioOp::Store { size, .. } => size, MmioOp::Load { .. } => 0 };
+                if let Err(stop) = self.page_store(in_page, size, value, services) {
+                    return Decision::Stop(stop);
+                }
+            }
+        } else {
+            self.stray_accesses += 1;
+            if self.stray_accesses <= 8 {
+                log::warn!("linux: stray {} of guest-physical {gpa:#x} (outside memory and BARs): {}", if write { "store" } else { "load" }, if write { "dropped" } else { "reads all ones" });
+            }
+            if let Some((dst, value)) = access.load_result(gpr_by_index(regs, 0), u64::MAX) {
+                let old = gpr_by_index(regs, dst.index);
+                let _ = old;
+                set_gpr_by_index(regs, dst.index, value);
+            }
+        }
+        let v = &mut Vcpu::vmcs();
+        match GuestNatural::Rip.read(v).and_then(|rip| GuestNatural::Rip.write(v, rip.wrapping_add(u64::from(access.len)))) {
+            Ok(()) => Decision::Resume,
+            Err(_) => Decision::Stop(StopReason::EntryFailed),
+        }
+    }
+
+    /// A store to the hypercall page (`tensor_hcall::linux`): 8-byte aligned stores to the
+    /// arguments, and to HP_CALL to run the call with the page's arguments. The page is the
+    /// sanctioned path for programs the tenant's root lets map the BAR, so it runs the call
+    /// with kernel privilege; VMCALL from user mode stays under the tenant's policy.
+    fn page_store(&mut self, offset: u64, size: u8, value: u64, services: &mut ExitServices<'_>) -> Result<(), StopReason> {
+        if size != 8 || offset % 8 != 0 || !(HP_CALL..=HP_ARG3).contains(&offset) {
+            services.tenant.tensors.counters.errors += 1;
+            return Ok(());
+        }
+        let hp = self.hp_block_offset;
+        let ram = services.tenant.ram_mut();
+        if offset >= HP_ARG0 {
+            self.hp_args[((offset - HP_ARG0) / 8) as usize] = value;
+            let _ = ram.load(hp + offset, &value.to_le_bytes());
+            return Ok(());
+        }
+        let _ = ram.load(hp + HP_CALL, &value.to_le_bytes());
+        let [rbx, rcx, rdx, rsi] = self.hp_args;
+        let mut call = GuestRegs { rax: value, rbx, rcx, rdx, rsi, ..GuestRegs::default() };
+        self.save_fpu();
+        let r = services.hypercall(&mut call, 0);
+        self.restore_fpu();
+        r?;
+        self.page_calls += 1;
+        self.hp_sequence += 1;
+        let ram = services.tenant.ram_mut();
+        let _ = ram.load(hp + HP_RESULT, &call.rax.to_le_bytes());
+        let _ = ram.load(hp + HP_SEQUENCE, &self.hp_sequence.to_le_bytes());
+        Ok(())
+    }
+
     fn port_io(&mut self, io: &IoQualification, regs: &mut GuestRegs, services: &mut ExitServices<'_>) -> Decision {
         let mask: u64 = match io.size {
             1 => 0xff,
@@ -439,7 +526,7 @@ impl Platform {
                 }
                 0x20 | 0x21 | 0xa0 | 0xa1 => u64::from(self.pic.read(port)),
                 0x40 => u64::from(self.pit.read(port, now, self.tsc_hz)),
-                0xcf8 if io.size == 4 => u64::from(self.pci_address),
+                0xcf8 | 0xcfc..=0xcff => u64::from(self.pci.read(port, io.size)),
                 _ => mask,
             };
             regs.rax = if io.size == 4 { value & mask } else { (regs.rax & !mask) | (value & mask) };
@@ -456,7 +543,7 @@ impl Platform {
             }
             0x20 | 0x21 | 0xa0 | 0xa1 => self.pic.write(port, value as u8),
             0x40 | 0x43 => self.pit.write(port, value as u8, now, self.tsc_hz),
-            0xcf8 if io.size == 4 => self.pci_address = value as u32,
+            0xcf8 | 0xcfc..=0xcff => self.pci.write(port, io.size, value as u32),
             // Reset: the reset control register (CF9h, bit 2 with bit 1 "hard"), the keyboard
             // controller's CPU-reset pulse (command 0xFE), the fast-reset bit of port 92h.
             0xcf9 if value & 0x4 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0xcf9" }),
@@ -468,4 +555,54 @@ impl Platform {
         }
         Decision::Advance
     }
+}
+
+fn gpr_by_index(regs: &GuestRegs, i: u8) -> u64 {
+    gpr(regs, Gpr::from_low_bits(u64::from(i)))
+}
+
+fn set_gpr_by_index(regs: &mut GuestRegs, i: u8, v: u64) {
+    set_gpr(regs, Gpr::from_low_bits(u64::from(i)), v)
+}
+
+/// Guest-physical address of linear `la` through the guest's 4-level page tables (SDM 4.5);
+/// None if a level is not present or a table is not tenant memory.
+fn translate(ram: &GuestRam, cr3: u64, la: u64) -> Option<u64> {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let mut table = cr3 & ADDR;
+    for level in (0..4u32).rev() {
+        let index = (la >> (12 + 9 * level)) & 511;
+        let mut e = [0u8; 8];
+        ram.read(table + index * 8, &mut e).ok()?;
+        let e = u64::from_le_bytes(e);
+        if e & 1 == 0 {
+            return None;
+        }
+        let page = 1u64 << (12 + 9 * level);
+        if level == 0 || ((level == 1 || level == 2) && e & 0x80 != 0) {
+            return Some((e & ADDR & !(page - 1)) | (la & (page - 1)));
+        }
+        table = e & ADDR;
+    }
+    None
+}
+
+/// The bytes at the guest's RIP (up to 15, fewer at the end of readable memory).
+fn fetch_instruction(ram: &GuestRam) -> Option<([u8; MAX_INSTRUCTION_LEN], usize)> {
+    let v = &Vcpu::vmcs();
+    let rip = GuestNatural::Rip.read(v).ok()?.wrapping_add(GuestNatural::CsBase.read(v).ok()?);
+    let cr3 = GuestNatural::Cr3.read(v).ok()?;
+    let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
+    let mut n = 0;
+    while n < MAX_INSTRUCTION_LEN {
+        let la = rip.wrapping_add(n as u64);
+        let Some(gpa) = translate(ram, cr3, la) else { break };
+        let in_page = (0x1000 - (la & 0xfff)) as usize;
+        let take = in_page.min(MAX_INSTRUCTION_LEN - n);
+        if ram.read(gpa, &mut bytes[n..n + take]).is_err() {
+            break;
+        }
+        n += take;
+    }
+    (n > 0).then_some((bytes, n))
 }

@@ -26,6 +26,7 @@
 
 mod exits;
 mod legacy;
+mod pci;
 
 pub use exits::{CrPolicy, Platform};
 
@@ -34,6 +35,7 @@ use super::vcpu::GuestStart;
 use alloc::string::String;
 use alloc::vec::Vec;
 use hypervisor::elf::GuestImage;
+use hypervisor::linux::boot::HYPERCALL_PAGE_GPA;
 use hypervisor::multiboot2::{cmdline_value, Module};
 
 const GDT_GPA: u64 = 0x1000;
@@ -137,10 +139,13 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
     }
     let size = spec.memory_mib << 20;
     let window = spec.window_mib << 20;
-    if window >= size / 2 {
-        return Err(alloc::format!("window_mib={} leaves too little RAM of mem_mib={}", spec.window_mib, spec.memory_mib));
+    if window >= size / 2 || !window.is_power_of_two() {
+        return Err(alloc::format!("window_mib={} must be a power of two below half of mem_mib={}", spec.window_mib, spec.memory_mib));
     }
     let ram_end = size - window;
+    if ram_end % window != 0 {
+        return Err(alloc::format!("the window (BAR 1) must be aligned to its size: make mem_mib={} a multiple of window_mib={}", spec.memory_mib, spec.window_mib));
+    }
     if spec.cmdline.len() > CMDLINE_MAX {
         return Err(alloc::format!("kernel command line is {} bytes (at most {CMDLINE_MAX})", spec.cmdline.len()));
     }
@@ -161,7 +166,9 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
         }
         None => None,
     };
-    let mut ram = GuestRam::with_first_page(size, caps, &[], 0).map_err(|e| alloc::format!("tenant memory: {e:?}"))?;
+    // The block holds the tenant's memory and, after it, the hypercall page (BAR 0).
+    let mut ram = GuestRam::with_first_page(size + 0x1000, caps, &[], 0, Some(size)).map_err(|e| alloc::format!("tenant memory: {e:?}"))?;
+    ram.map_read_only_page(HYPERCALL_PAGE_GPA, size).map_err(|e| alloc::format!("hypercall page: {e:?}"))?;
     let err = |e| alloc::format!("loading: {e:?}");
     for seg in image.segments() {
         ram.load(seg.guest_addr, &spec.kernel[seg.file_offset..seg.file_offset + seg.file_size]).map_err(err)?;
@@ -208,7 +215,7 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
         spec.window_mib,
         spec.cmdline
     );
-    Ok(Loaded { ram, start, platform: Platform::new(tsc_hz, cr, ram_end, window), summary })
+    Ok(Loaded { ram, start, platform: Platform::new(tsc_hz, cr, ram_end, window, HYPERCALL_PAGE_GPA, size), summary })
 }
 
 /// The EPT capabilities type, named here so the signature above stays short.
