@@ -229,6 +229,7 @@ fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::
     log::info!("guest {}: loaded: {}, VPID {}, CPU budget {} ms", spec.name, loaded.summary, vpid.get(), spec.budget_ms);
     let size = spec.memory_mib << 20;
     Ok(Guest {
+        id,
         name: spec.name.clone(),
         vcpu,
         services: TenantServices::new(&spec.name, id, loaded.ram, spec.limits, spec.user_mode_hypercalls),

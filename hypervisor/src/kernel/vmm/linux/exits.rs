@@ -82,8 +82,6 @@ pub struct Platform {
     fpu_saved: bool,
     /// The vCPU executed HLT with interrupts on and waits for one.
     halted: bool,
-    pub ram_end: u64,
-    pub window: u64,
     pub uart_bytes: u64,
     pub injected: u64,
 }
@@ -207,8 +205,6 @@ impl Platform {
             fpu: Box::new(FxArea([0; 512])),
             fpu_saved: false,
             halted: false,
-            ram_end,
-            window,
             uart_bytes: 0,
             injected: 0,
         }
