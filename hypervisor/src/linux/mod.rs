@@ -11,7 +11,8 @@
 //! - [`uart`]: the 16550A on COM1;
 //! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function;
 //! - [`lapic`]: the local APIC (xAPIC registers, timer in all three modes);
-//! - [`policy`]: the CPUID and MSR policy.
+//! - [`policy`]: the CPUID and MSR policy;
+//! - [`pic`], [`pit`]: the 8259A pair and 8254 channel 0, for a tenant booted without APICs.
 
 pub mod acpi_tables;
 pub mod boot;
@@ -20,5 +21,7 @@ pub mod e820;
 pub mod gva;
 pub mod lapic;
 pub mod pci;
+pub mod pic;
+pub mod pit;
 pub mod policy;
 pub mod uart;
