@@ -15,8 +15,10 @@
 //! raises a vector); [`LocalApic::pending_vector`] is the highest IRR vector whose priority
 //! class is above the PPR; the hypervisor injects it and calls [`LocalApic::ack`] (IRR → ISR);
 //! the guest's EOI write retires the highest ISR vector (reported if it was level-triggered, for
-//! the interrupt source to re-arm). Not modelled: x2APIC MSR access, NMI/SMI/INIT/SIPI delivery
-//! modes, IPIs to other CPUs (reported as [`WriteEffect::UnsupportedIpi`]), APIC base relocation.
+//! the interrupt source to re-arm). The same registers are reachable as x2APIC MSRs
+//! ([`LocalApic::x2apic_read`], [`LocalApic::x2apic_write`]: 64-bit ICR, SELF IPI, read-only
+//! LDR, no DFR). Not modelled: NMI/SMI/INIT/SIPI delivery modes, IPIs to other CPUs
+//! (reported as [`WriteEffect::UnsupportedIpi`]), APIC base relocation.
 
 /// Register offsets in the xAPIC page.
 pub mod reg {
@@ -496,13 +498,18 @@ impl LocalApic {
 
     fn send_ipi(&mut self) -> WriteEffect {
         let icr = self.icr;
+        let names_me = self.names_me((icr >> 56) as u8, icr & (1 << 11) != 0);
+        self.deliver_ipi(icr, names_me)
+    }
+
+    /// Delivers a fixed IPI described by `icr` to this APIC if its shorthand or destination
+    /// (`dest_is_me`) names it; anything else is reported.
+    fn deliver_ipi(&mut self, icr: u64, dest_is_me: bool) -> WriteEffect {
         let vector = icr as u8;
         let delivery = (icr >> 8) & 7;
-        let logical = icr & (1 << 11) != 0;
         let shorthand = (icr >> 18) & 3;
-        let dest = (icr >> 56) as u8;
         let to_me = match shorthand {
-            0 => self.names_me(dest, logical),
+            0 => dest_is_me,
             1 | 2 => true,
             _ => false, // all excluding self: no other vCPU in this tenant
         };
@@ -517,6 +524,113 @@ impl LocalApic {
             }
         }
         WriteEffect::None
+    }
+
+    /// The x2APIC logical id (10.12.10.2): cluster (id 19:4) in 31:16, one bit of 15:0.
+    pub fn x2apic_ldr(&self) -> u32 {
+        ((u32::from(self.id) >> 4) << 16) | (1 << (self.id & 0xf))
+    }
+
+    /// An RDMSR of x2APIC register `msr` (0x800..=0x8ff, SDM Vol. 3A 10.12.1.2, Table 10-6).
+    /// Registers that do not exist in x2APIC mode or are write-only raise #GP.
+    pub fn x2apic_read(&mut self, msr: u32, now_tsc: u64) -> Result<u64, X2apicFault> {
+        use reg::*;
+        let offset = x2apic_offset(msr)?;
+        match offset {
+            ID => Ok(u64::from(self.id)),
+            LDR => Ok(u64::from(self.x2apic_ldr())),
+            ICR_LOW => Ok(self.icr & !(1 << 12)),
+            APR | RRD | EOI | DFR | ICR_HIGH | X2APIC_SELF_IPI => Err(X2apicFault),
+            // Undefined registers are #GP in x2APIC mode, not an ESR error.
+            o if !defined(o) => Err(X2apicFault),
+            _ => Ok(u64::from(self.read(offset, now_tsc))),
+        }
+    }
+
+    /// A WRMSR of `value` to x2APIC register `msr`. Read-only registers, EOI with a non-zero
+    /// value, and reserved bits in the upper half of 32-bit registers raise #GP.
+    pub fn x2apic_write(
+        &mut self,
+        msr: u32,
+        value: u64,
+        now_tsc: u64,
+    ) -> Result<WriteEffect, X2apicFault> {
+        use reg::*;
+        let offset = x2apic_offset(msr)?;
+        if offset != ICR_LOW && value >> 32 != 0 {
+            return Err(X2apicFault);
+        }
+        match offset {
+            ID | VERSION | APR | PPR | RRD | LDR | DFR | ICR_HIGH | TIMER_CURRENT => {
+                Err(X2apicFault)
+            }
+            o if (ISR..IRR + 0x80).contains(&o) => Err(X2apicFault),
+            EOI if value != 0 => Err(X2apicFault),
+            ICR_LOW => {
+                self.poll(now_tsc);
+                self.icr = value & 0xffff_ffff_000c_cfff;
+                let dest = (value >> 32) as u32;
+                let me = if value & (1 << 11) == 0 {
+                    dest == u32::from(self.id) || dest == u32::MAX
+                } else {
+                    let ldr = self.x2apic_ldr();
+                    dest == u32::MAX || ((dest >> 16) == (ldr >> 16) && dest & ldr & 0xffff != 0)
+                };
+                Ok(self.deliver_ipi(self.icr, me))
+            }
+            X2APIC_SELF_IPI => {
+                self.poll(now_tsc);
+                Ok(self.deliver_ipi((1 << 18) | (value & 0xff), true))
+            }
+            o if !defined(o) => Err(X2apicFault),
+            _ => Ok(self.write(offset, value as u32, now_tsc)),
+        }
+    }
+}
+
+/// The x2APIC SELF IPI register's offset (MSR 0x83f).
+const X2APIC_SELF_IPI: u32 = 0x3f0;
+
+/// An x2APIC MSR access that raises #GP(0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X2apicFault;
+
+/// Whether `offset` is a register of this model (Table 10-1).
+fn defined(offset: u32) -> bool {
+    use reg::*;
+    offset & 0xf == 0
+        && (matches!(
+            offset,
+            ID | VERSION
+                | TPR
+                | APR
+                | PPR
+                | EOI
+                | RRD
+                | LDR
+                | DFR
+                | SVR
+                | ESR
+                | ICR_LOW
+                | ICR_HIGH
+                | LVT_TIMER
+                | LVT_THERMAL
+                | LVT_PERF
+                | LVT_LINT0
+                | LVT_LINT1
+                | LVT_ERROR
+                | TIMER_INITIAL
+                | TIMER_CURRENT
+                | TIMER_DIVIDE
+        ) || (ISR..IRR + 0x80).contains(&offset))
+}
+
+/// The xAPIC offset of x2APIC MSR `msr` (MSR = 0x800 + offset / 16).
+fn x2apic_offset(msr: u32) -> Result<u32, X2apicFault> {
+    if (0x800..=0x8ff).contains(&msr) {
+        Ok((msr - 0x800) << 4)
+    } else {
+        Err(X2apicFault)
     }
 }
 

@@ -280,3 +280,80 @@ fn tsc_deadline_timer() {
     a.write(LVT_TIMER, 0xec, 6000);
     assert_eq!(a.next_deadline(), None);
 }
+
+#[test]
+fn x2apic_msrs() {
+    let mut a = LocalApic::new(0x23, TSC_HZ, BUS_HZ);
+    a.x2apic_write(0x80f, u64::from(SVR_ENABLE | 0xff), 0)
+        .unwrap();
+    assert_eq!(a.x2apic_read(0x802, 0), Ok(0x23), "full x2APIC id");
+    assert_eq!(
+        a.x2apic_read(0x80d, 0),
+        Ok((2 << 16) | (1 << 3)),
+        "LDR: cluster 2, bit 3"
+    );
+    assert_eq!(a.x2apic_read(0x803, 0), Ok(u64::from(VERSION_VALUE)));
+    // Not in x2APIC mode, write-only, or read-only: #GP.
+    assert_eq!(a.x2apic_read(0x80e, 0), Err(X2apicFault), "DFR");
+    assert_eq!(a.x2apic_read(0x831, 0), Err(X2apicFault), "ICR high");
+    assert_eq!(
+        a.x2apic_read(0x80b, 0),
+        Err(X2apicFault),
+        "EOI is write-only"
+    );
+    assert_eq!(
+        a.x2apic_read(0x83f, 0),
+        Err(X2apicFault),
+        "SELF IPI is write-only"
+    );
+    assert_eq!(a.x2apic_read(0x801, 0), Err(X2apicFault), "undefined");
+    assert_eq!(a.x2apic_write(0x802, 0, 0), Err(X2apicFault));
+    assert_eq!(a.x2apic_write(0x80d, 0, 0), Err(X2apicFault));
+    assert_eq!(
+        a.x2apic_write(0x808, 1 << 32, 0),
+        Err(X2apicFault),
+        "reserved upper half"
+    );
+    assert_eq!(a.x2apic_write(0x900, 0, 0), Err(X2apicFault));
+    // SELF IPI and the 64-bit ICR with a 32-bit destination.
+    assert_eq!(a.x2apic_write(0x83f, 0x51, 0), Ok(WriteEffect::None));
+    assert_eq!(a.pending_vector(), Some(0x51));
+    a.ack(0x51);
+    assert_eq!(
+        a.x2apic_write(0x80b, 1, 0),
+        Err(X2apicFault),
+        "EOI must be 0"
+    );
+    assert_eq!(a.x2apic_write(0x80b, 0, 0), Ok(WriteEffect::None));
+    assert_eq!(
+        a.x2apic_write(0x830, (0x23 << 32) | 0x61, 0),
+        Ok(WriteEffect::None)
+    );
+    assert_eq!(a.pending_vector(), Some(0x61));
+    assert_eq!(a.x2apic_read(0x830, 0), Ok((0x23 << 32) | 0x61));
+    let other = (0x123u64 << 32) | 0x62;
+    assert_eq!(
+        a.x2apic_write(0x830, other, 0),
+        Ok(WriteEffect::UnsupportedIpi { icr: other })
+    );
+    // Logical: cluster 2, bit 3.
+    assert_eq!(
+        a.x2apic_write(0x830, (0x0002_0008u64 << 32) | (1 << 11) | 0x63, 0),
+        Ok(WriteEffect::None)
+    );
+    assert_eq!(
+        a.x2apic_read(0x820 + 3, 0).unwrap() & 0x8,
+        0x8,
+        "IRR bit of 0x63"
+    );
+    // The timer through MSRs.
+    a.x2apic_write(0x83e, 0xb, 0).unwrap();
+    a.x2apic_write(0x832, 0xec, 0).unwrap();
+    a.x2apic_write(0x838, 1000, 0).unwrap();
+    assert_eq!(a.x2apic_read(0x839, 1000), Ok(500));
+    assert_eq!(
+        a.x2apic_write(0x839, 5, 0),
+        Err(X2apicFault),
+        "current count is read-only"
+    );
+}
