@@ -160,6 +160,7 @@ fn qemu_tenant_domain_maps_guest_physical_to_the_tenants_frames_and_nothing_else
     let (store_bdf, tenant_bdf) = (&nvmes[0], &nvmes[1]);
     run.assert_verdict(Verdict::Success)
         .assert_line(&["iommu: translation enabled (TE true)", &format!("{store_bdf} in domain 1")])
+        .assert_line(&[&format!("tenant DMA test: refused as expected: device {store_bdf} ({store_bdf}) is the hypervisor's own")])
         .assert_line(&["tenant DMA test: tenant memory 4 MiB at host", &format!("passing NVMe {tenant_bdf} through")])
         .assert_line(&[&format!("{tenant_bdf} in IOMMU domain 2: guest-physical 0..0x400000 -> host"), "nothing else"])
         .assert_line(&[&format!("tenant {}: {tenant_bdf} assigned", "dma-test"), "DMA confined to the tenant's guest-physical RAM"])

@@ -128,7 +128,7 @@ fn assign_one(id: u32, tenant: &str, s: &str, allow_without_iommu: bool, ram: Te
 /// A domain mapping guest-physical `[0, size)` onto the tenant's host frames, with `bdf` in it.
 fn confine(bdf: Bdf, ram: TenantRam) -> Result<Domain, VtdError> {
     let mut guard = IOMMU.lock();
-    let (unit, _) = guard.as_mut().ok_or(VtdError::Timeout("no IOMMU"))?;
+    let (unit, _) = guard.as_mut().ok_or(VtdError::NoUnit)?;
     let mut domain = unit.new_domain()?;
     map_tenant_ram(unit, &mut domain, ram)?;
     let sid = SourceId::from_raw(bdf.source_id());
@@ -145,8 +145,8 @@ fn confine(bdf: Bdf, ram: TenantRam) -> Result<Domain, VtdError> {
 
 /// Maps the tenant's RAM into `domain` at its guest-physical addresses, read-write.
 pub(super) fn map_tenant_ram(unit: &mut Unit, domain: &mut Domain, ram: TenantRam) -> Result<(), VtdError> {
-    let iova = Iova::try_new(0).map_err(|_| VtdError::Timeout("iova"))?;
-    let phys = HostPhys::try_new(ram.host_base).map_err(|_| VtdError::Timeout("host address"))?;
+    let iova = Iova::try_new(0).map_err(|_| VtdError::BadAddress(0))?;
+    let phys = HostPhys::try_new(ram.host_base).map_err(|_| VtdError::BadAddress(ram.host_base))?;
     unit.map(domain, iova, phys, ram.size, Perms::READ | Perms::WRITE)
 }
 
@@ -199,6 +199,17 @@ pub(super) fn tenant_dma_scenario() {
         Err(e) => return log::error!("tenant DMA test: tenant memory: {e:?}"),
     };
     let (host_base, size) = ram.host_range();
+    // The hypervisor's own controller (the model store) is never a tenant's.
+    let own = REGISTRY.lock().devices().iter().find(|d| d.owner == Owner::Hypervisor).map(|d| d.bdf);
+    if let Some(own) = own {
+        match assign(TENANT, "greedy", &[alloc::format!("{own}")], false, TenantRam { host_base, size }, size, 1 << 30) {
+            Ok(_) => {
+                release(TENANT);
+                log::error!("tenant DMA test: the hypervisor's NVMe {own} was given to a tenant");
+            }
+            Err(e) => log::info!("tenant DMA test: refused as expected: {e}"),
+        }
+    }
     let Some(bdf) = REGISTRY.lock().devices().iter().find(|d| d.header.is_nvme() && d.owner == Owner::Unassigned).map(|d| d.bdf) else {
         return log::error!("tenant DMA test: no second NVMe controller to pass through");
     };

@@ -22,6 +22,10 @@ pub enum VtdError {
     /// The unit did not acknowledge a command in time.
     Timeout(&'static str),
     Tables(MapError),
+    /// No remapping unit is under the hypervisor's control.
+    NoUnit,
+    /// An address the second-level tables cannot hold.
+    BadAddress(u64),
 }
 
 impl From<MapError> for VtdError {
