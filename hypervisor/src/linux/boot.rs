@@ -922,5 +922,45 @@ pub fn cmdline_bytes(cmdline: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Every boot-data write a tenant needs besides the kernel and the initramfs, as
+/// (guest-physical address, bytes): the GDT, the identity map (64-bit protocol), the zero page or
+/// start-info page, the command line, and the ACPI tables when `acpi` is given. With
+/// [`Layout::kernel`] (file ranges to copy, the rest of `mem_size` zero), [`Layout::initrd`] and
+/// [`Layout::entry`], this is everything a loader writes and sets.
+pub fn boot_writes(
+    image: &KernelImage,
+    layout: &Layout,
+    cmdline: &[u8],
+    acpi: Option<&super::acpi_tables::AcpiConfig>,
+) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
+    if cmdline.len() as u64 + 1 != layout.cmdline_len {
+        return Err(BootError::BadCmdline {
+            len: cmdline.len() as u64,
+            max: layout.cmdline_len.saturating_sub(1),
+        });
+    }
+    let mut w: Vec<(u64, Vec<u8>)> = alloc::vec![(layout.gdt, gdt().to_vec())];
+    if layout.page_tables.is_some() {
+        w.extend(
+            identity_page_tables()
+                .into_iter()
+                .map(|(gpa, page)| (gpa, page.to_vec())),
+        );
+    }
+    let info = match layout.protocol {
+        Protocol::Linux64 => boot_params(image, layout)?,
+        Protocol::Pvh => start_info(layout)?,
+    };
+    w.push((layout.boot_info, info.to_vec()));
+    w.push((layout.cmdline, cmdline_bytes(cmdline)));
+    if let Some(cfg) = acpi {
+        let room = (layout.acpi.end - layout.acpi.start) as usize;
+        let blob = super::acpi_tables::build(layout.acpi.start, room, cfg)
+            .map_err(|_| BootError::BadMemory("ACPI tables do not fit their area"))?;
+        w.push((layout.acpi.start, blob));
+    }
+    Ok(w)
+}
+
 #[cfg(test)]
 mod tests;

@@ -571,3 +571,53 @@ fn gdt_and_identity_map() {
         assert_eq!((e2 & !0x1f_ffff & ((1 << 52) - 1)) | (va & 0x1f_ffff), va);
     }
 }
+
+#[test]
+fn boot_writes_cover_every_structure_without_overlap() {
+    use crate::linux::acpi_tables::AcpiConfig;
+    let k = KernelImage::parse(&vmlinux(true)).unwrap();
+    let cmd = b"console=ttyS0 quiet";
+    let cfg = AcpiConfig {
+        cpus: 1,
+        io_apic: None,
+    };
+    for protocol in [Protocol::Linux64, Protocol::Pvh] {
+        let l = plan(&k, protocol, T256, MIB, cmd).unwrap();
+        let w = boot_writes(&k, &l, cmd, Some(&cfg)).unwrap();
+        let at = |gpa: u64| &w.iter().find(|(a, _)| *a == gpa).unwrap().1;
+        assert_eq!(at(GDT_GPA)[..], gdt()[..]);
+        assert_eq!(at(CMDLINE_GPA)[..], b"console=ttyS0 quiet\0"[..]);
+        assert_eq!(&at(ACPI_GPA)[..8], b"RSD PTR ");
+        match protocol {
+            Protocol::Linux64 => {
+                assert_eq!(at(ZERO_PAGE_GPA)[..], boot_params(&k, &l).unwrap()[..]);
+                assert_eq!(w.len(), 1 + 6 + 3);
+            }
+            Protocol::Pvh => {
+                assert_eq!(at(ZERO_PAGE_GPA)[..], start_info(&l).unwrap()[..]);
+                assert_eq!(w.len(), 3 + 1, "no page tables for PVH");
+            }
+        }
+        // Every write lies in reserved or ACPI memory, none overlaps another, the kernel or the
+        // initramfs.
+        let mut ranges: Vec<(u64, u64)> =
+            w.iter().map(|(a, b)| (*a, *a + b.len() as u64)).collect();
+        ranges.push((l.kernel_range.start, l.kernel_range.end));
+        let i = l.initrd.clone().unwrap();
+        ranges.push((i.start, i.end));
+        ranges.sort();
+        assert!(ranges.windows(2).all(|p| p[0].1 <= p[1].0), "{ranges:x?}");
+        for (a, b) in &w {
+            assert!(
+                !l.e820.is_ram(*a, 1) && !l.e820.is_ram(*a + b.len() as u64 - 1, 1),
+                "{a:#x}"
+            );
+        }
+    }
+    let l = plan(&k, Protocol::Linux64, T256, 0, cmd).unwrap();
+    assert!(matches!(
+        boot_writes(&k, &l, b"other", None),
+        Err(BootError::BadCmdline { .. })
+    ));
+    assert_eq!(boot_writes(&k, &l, cmd, None).unwrap().len(), 1 + 6 + 2);
+}
