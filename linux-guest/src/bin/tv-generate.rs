@@ -14,7 +14,7 @@ fn run() -> Result<(), String> {
     let args = Args::from_env()?;
     let mut t = LinuxTransport::open().map_err(|e| e.to_string())?;
     let (base, len) = t.window();
-    let hv = guest_sdk::detect(&mut t).map(|i| format!("tensorvisor ABI {:?}", i.version)).unwrap_or_else(|| "no hypervisor signature in CPUID".into());
+    let hv = guest_sdk::detect(&mut t).map(|i| format!("tensorvisor ABI {}.{}", i.version.major, i.version.minor)).unwrap_or_else(|| "no hypervisor signature in CPUID".into());
     println!("tv-generate: window {base:#x}+{len:#x}, {hv}");
     let abi = abi_info(&mut t).map_err(|e| format!("Query(ABI): {e:?}"))?;
     let mut model = None;
