@@ -1,40 +1,70 @@
-//! The stock Debian kernel as a tenant, in Bochs: the uncompressed vmlinux through the 64-bit
-//! boot protocol, beside a Rust guest tenant.
+//! The stock Debian kernel as a tenant, in Bochs (VT-x): the uncompressed vmlinux through the
+//! 64-bit boot protocol, beside a Rust guest tenant, with the tiny model loaded by the
+//! hypervisor. One boot checks: the kernel reaches the initramfs marker; `tv-generate` (a static
+//! Linux program on the SDK's `linux` transport: sysfs-mapped hypercall page and window)
+//! generates exactly the host engine's tokens; `tv-hostile` gets the documented errors and
+//! faults while the kernel carries on to `tensorvisor-linux: done` and its own reset; the Rust
+//! tenant completes. The boot time is printed.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tests::Boot;
+use tests::{engine_cli, json_ids, Boot};
 use xtask::emulator::Verdict;
-use xtask::image::guest_elf;
-use xtask::linux::{InitMode, DONE_MARKER, INIT_MARKER};
+use xtask::image::{guest_elf, linux_module_line, LINUX_CMDLINE};
+use xtask::linux::{kernel_args, InitMode, DONE_MARKER, INIT_MARKER};
 
-/// The command line a Linux tenant boots with (README "Linux tenants" explains each option).
-const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 nokaslr mitigations=off tsc=reliable no_timer_check acpi=off nosmp noapic";
-
+fn ids(v: &[u32]) -> String {
+    v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+}
 
 #[test]
-fn debian_kernel_boots_to_the_initramfs_marker_beside_a_rust_tenant() {
+fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
+    let dir = xtask::image::build_dir().join("tests").join("linux");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model: PathBuf = dir.join("tiny.gguf");
+    engine_cli("tvtiny", &["--seed", "1", model.to_str().unwrap()]);
+    let host = engine_cli(
+        "tvgen",
+        &["--model", model.to_str().unwrap(), "--prompt", "Hi there", "--max-tokens", "4", "--temp", "0.9", "--seed", "7",
+          "--threads", "1", "--portable", "--ignore-eos", "--json"],
+    );
+    let prompt = json_ids(&host, "prompt_tokens");
+    let want = json_ids(&host, "tokens");
+    assert_eq!(want.len(), 4, "host generated 4 tokens: {host}");
+
     let hello = guest_elf("hello").expect("build the hello guest");
     let kernel = xtask::linux::kernel().expect("Debian's kernel");
     let initramfs = xtask::linux::initramfs(InitMode::Test).expect("the initramfs");
+    let args = kernel_args(&format!("prompt={} max_tokens=4 temp=0.9 seed=7", ids(&prompt))).unwrap();
     let mut boot = Boot::bochs("linux")
+        .module(&model, "model:tiny.gguf")
         .module(hello, "guest:hello")
-        .module(&kernel.vmlinux, &format!("linux:tux mem_mib=192 -- {CMDLINE}"))
+        .module(&kernel.vmlinux, &linux_module_line("tux", "mem_mib=192", &format!("{LINUX_CMDLINE} {args}")))
         .module(&initramfs, "initrd:tux");
     boot.memory_mib = 512;
-    boot.timeout = Duration::from_secs(600);
+    boot.timeout = Duration::from_secs(900);
     let started = Instant::now();
     let run = boot.run();
     let wall = started.elapsed();
     run.assert_verdict(Verdict::Success)
         .assert_line(&["guest tux: loaded: Linux kernel"])
         .assert_line(&["[tux] [    0.000000] Linux version", &kernel.version])
+        .assert_line(&["[tux] ", "pci 0000:00:01.0: [7476:0001]"])
         .assert_line(&["[tux] ", INIT_MARKER])
+        // Must-show 1: the SDK program's tokens are the host engine's.
+        .assert_line(&["[tux] tv-generate: tokens=", &ids(&want)])
+        // Must-show 2: user-mode VMCALL without the policy, and memory outside the window.
+        .assert_line(&["[tux] tv-hostile: user vmcall -> PermissionDenied"])
+        .assert_line(&["[tux] tv-hostile: outside window -> mmap past end: refused", "read past mapping: killed by SIGSEGV", "read all-ones"])
+        .assert_line(&["linux: stray load of guest-physical", "reads all ones"])
         .assert_line(&["[tux] ", DONE_MARKER])
         .assert_order(INIT_MARKER, DONE_MARKER)
         .assert_line(&["guest tux: stopped: reset requested"])
         .assert_line(&["[hello] hello guest done: 0 failed checks"])
         .assert_line(&["guest hello: exited with status 0"])
         .assert_line(&["guests: 2 finished, 0 stopped or refused"])
+        .assert_no_line("tv-generate: error")
+        .assert_no_line("exited with status 1")
         .assert_no_line("guest tux: stopped: VM entry failed");
     // The boot time: the hypervisor's clock (TSC) at the marker, and Bochs' wall time in all.
     let at_marker = run.serial().lines().find(|l| l.contains(INIT_MARKER)).unwrap_or_default().to_string();

@@ -76,11 +76,14 @@ pub struct RunSpec {
     pub qemu_args: Vec<String>,
     /// Extra bochsrc lines (devices such as `pci: enabled=1, chipset=i440fx, slot1=e1000`).
     pub bochs_lines: Vec<String>,
+    /// Bochs only: COM1 is a TCP socket instead of a file, this process's stdin is typed into it
+    /// and what it prints is echoed and kept in the serial log (`cargo xtask run --linux`).
+    pub console_input: bool,
 }
 
 impl RunSpec {
     pub fn new(image: PathBuf, firmware: Firmware, emulator: Emulator, work_dir: PathBuf) -> Self {
-        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new(), bochs_lines: Vec::new() }
+        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new(), bochs_lines: Vec::new(), console_input: false }
     }
 }
 
@@ -160,7 +163,7 @@ debug: action=ignore
 speaker: enabled=0
 ";
 
-fn spawn(spec: &RunSpec, serial: &Path) -> Result<(Child, Option<PathBuf>), String> {
+fn spawn(spec: &RunSpec, serial: &Path, console_port: Option<u16>) -> Result<(Child, Option<PathBuf>), String> {
     let stdout_log = spec.work_dir.join("emulator.out");
     let out = fs::File::create(&stdout_log).map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -194,7 +197,10 @@ fn spawn(spec: &RunSpec, serial: &Path) -> Result<(Child, Option<PathBuf>), Stri
                 return Err("Bochs has no UEFI firmware here: use --emulator qemu for --uefi".into());
             }
             let rc = spec.work_dir.join("bochsrc");
-            let mut bochsrc = String::from(BOCHSRC);
+            let mut bochsrc = match console_port {
+                Some(port) => BOCHSRC.replace("com1: enabled=1, mode=file, dev=$SERIAL", &format!("com1: enabled=1, mode=socket-server, dev=localhost:{port}")),
+                None => String::from(BOCHSRC),
+            };
             for line in &spec.bochs_lines {
                 bochsrc.push_str(line);
                 bochsrc.push('\n');
@@ -235,11 +241,23 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
     let serial_path = spec.work_dir.join("serial.log");
     fs::write(&serial_path, b"").map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let (mut child, emulator_log) = spawn(spec, &serial_path)?;
+    let console_port = if spec.console_input && spec.emulator == Emulator::Bochs {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("a port for COM1: {e}"))?;
+        Some(l.local_addr().map_err(|e| e.to_string())?.port())
+    } else {
+        None
+    };
+    let (mut child, emulator_log) = spawn(spec, &serial_path, console_port)?;
+    let mut console = match console_port {
+        Some(port) => Some(connect_console(port, &mut child)?),
+        None => None,
+    };
     let mut echoed = 0u64;
     let mut timed_out = false;
     let status = loop {
-        if spec.echo {
+        if let Some(c) = console.as_mut() {
+            pump_console(c, &serial_path);
+        } else if spec.echo {
             echoed = echo_new(&serial_path, echoed);
         }
         match child.try_wait().map_err(|e| e.to_string())? {
@@ -253,12 +271,73 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
-    if spec.echo {
+    if let Some(c) = console.as_mut() {
+        pump_console(c, &serial_path);
+    } else if spec.echo {
         echo_new(&serial_path, echoed);
     }
     let serial = String::from_utf8_lossy(&fs::read(&serial_path).unwrap_or_default()).replace('\r', "");
     let verdict = judge(spec.emulator, &serial, status, timed_out);
     Ok(Outcome { verdict, status, serial, elapsed: start.elapsed(), serial_path, emulator_log })
+}
+
+/// Connects to Bochs' COM1 socket (Bochs listens once it has started) and starts copying this
+/// process's stdin into it.
+fn connect_console(port: u16, child: &mut Child) -> Result<std::net::TcpStream, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let mut to_uart = s.try_clone().map_err(|e| e.to_string())?;
+                std::thread::spawn(move || {
+                    let mut stdin = std::io::stdin().lock();
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = stdin.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        // Terminals send CR+LF or LF; a serial console expects CR for Enter.
+                        let bytes: Vec<u8> = buf[..n].iter().map(|&b| if b == b'\n' { b'\r' } else { b }).collect();
+                        let mut sent = 0;
+                        while sent < bytes.len() {
+                            match to_uart.write(&bytes[sent..]) {
+                                Ok(k) => sent += k,
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                });
+                return Ok(s);
+            }
+            Err(e) => {
+                if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                    return Err(format!("Bochs' COM1 socket on port {port}: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Copies what COM1 printed to stdout and the serial log.
+fn pump_console(c: &mut std::net::TcpStream, serial: &Path) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let mut stdout = std::io::stdout();
+                let _ = stdout.write_all(&buf[..n]);
+                let _ = stdout.flush();
+                if let Ok(mut f) = fs::OpenOptions::new().append(true).open(serial) {
+                    let _ = f.write_all(&buf[..n]);
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Copies what the serial log gained since `from` to stdout; returns the new position.

@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The kernel command line recommended for a Linux tenant (README, "Linux tenants", says why
+/// each option is there).
+pub const LINUX_CMDLINE: &str =
+    "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 nokaslr mitigations=off tsc=reliable no_timer_check acpi=off nosmp noapic";
+
+/// The module line of a Linux tenant's kernel: `linux:NAME options -- kernel command line`.
+pub fn linux_module_line(name: &str, options: &str, cmdline: &str) -> String {
+    format!("linux:{name} {options} -- {cmdline}")
+}
+
 /// The firmware an image is made for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {

@@ -20,6 +20,8 @@ cargo xtask <command>
       --timeout SECS          stop the emulator after SECS seconds (default 300)
       --cmdline S             extra hypervisor command line
       --config FILE           the tenant configuration (default config/tenants.toml)
+      --linux                 Bochs: Debian's stock kernel as a tenant (initramfs shell mode) beside
+                              hello; this terminal's stdin is its COM1, its shell prints here
       --model tiny|gemma|FILE the model the hypervisor loads and generates with (default tiny)
       --prompt TEXT           the prompt (default: Once upon a time); --max-tokens N (default 8)
   disk OUT [NAME=FILE]  write an NVMe model-store disk image (default: the tiny model)
@@ -118,8 +120,11 @@ fn cmd_image(args: &[String]) -> Result<(), String> {
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let flags = Flags { args };
-    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens=", "--config="])?;
+    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens=", "--config=", "--linux"])?;
     setup::ensure()?;
+    if flags.has("--linux") {
+        return cmd_run_linux(&flags);
+    }
     let firmware = if flags.has("--uefi") { Firmware::Uefi } else { Firmware::Bios };
     let emulator = match flags.value("--emulator")? {
         Some("qemu") => match emulator::kvm_with_nested_vmx() {
@@ -207,6 +212,46 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         Verdict::Success => Ok(()),
         Verdict::Failure => Err("the hypervisor stopped with a failure".into()),
         Verdict::Timeout => Err(format!("no result within {timeout} s")),
+        Verdict::NoVerdict => Err("the emulator stopped without a result line".into()),
+    }
+}
+
+/// `cargo xtask run --linux`: the stock kernel with the shell-mode initramfs and the tiny model,
+/// beside the hello guest, in Bochs (the only emulator here with VT-x); COM1 is a socket this
+/// process connects the terminal to, and the tenant's COM1 goes to the hypervisor's console as
+/// it is (`console=raw`).
+fn cmd_run_linux(flags: &Flags<'_>) -> Result<(), String> {
+    if flags.has("--uefi") || flags.value("--emulator")?.is_some_and(|e| e != "bochs") {
+        return Err("--linux runs in Bochs (BIOS): the Linux tenant needs VT-x".into());
+    }
+    let timeout: u64 = match flags.value("--timeout")? {
+        Some(t) => t.parse().map_err(|_| format!("--timeout takes seconds, not `{t}`"))?,
+        None => 3600,
+    };
+    let kernel = xtask::linux::kernel()?;
+    let initramfs = xtask::linux::initramfs(xtask::linux::InitMode::Shell)?;
+    let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
+    // "Once upon a time" in the tiny model's vocabulary (as config/tenants.toml's alice).
+    let args = "tv.prompt=2,302,275,264,266,335,282,277,343,341,337,270,274,266 tv.max_tokens=8 tv.temp=0";
+    let cmdline = format!("{} {args}", image::LINUX_CMDLINE);
+    let spec = ImageSpec::new("linux-run", Firmware::Bios)
+        .cmdline(flags.value("--cmdline")?.unwrap_or(""))
+        .module(model, &format!("model:{model_name}"))
+        .module(image::guest_elf("hello")?, "guest:hello")
+        .module(&kernel.vmlinux, &image::linux_module_line("tux", "mem_mib=192 console=raw", &cmdline))
+        .module(&initramfs, "initrd:tux");
+    let iso = image::make_image(&spec)?;
+    let mut run = RunSpec::new(iso, Firmware::Bios, Emulator::Bochs, image::build_dir().join("run-linux"));
+    run.timeout = Duration::from_secs(timeout);
+    run.memory_mib = 512;
+    run.console_input = true;
+    eprintln!("xtask: booting Linux {} as tenant `tux` in Bochs (timeout {timeout} s); type into its shell once it prints its prompt", kernel.version);
+    let outcome = emulator::boot(&run)?;
+    eprintln!("xtask: Bochs stopped after {:.1} s: {:?}; serial log in {}", outcome.elapsed.as_secs_f64(), outcome.verdict, outcome.serial_path.display());
+    match outcome.verdict {
+        Verdict::Success => Ok(()),
+        Verdict::Failure => Err("the hypervisor stopped with a failure".into()),
+        Verdict::Timeout => Err(format!("stopped after {timeout} s")),
         Verdict::NoVerdict => Err("the emulator stopped without a result line".into()),
     }
 }

@@ -40,6 +40,15 @@ impl Serial {
         unsafe { inb(self.base + LSR) }
     }
 
+    /// A byte typed on the console, if one is waiting (LSR bit 0, data ready).
+    pub fn read_byte(&mut self) -> Option<u8> {
+        if self.line_status() & 1 == 0 {
+            return None;
+        }
+        // SAFETY: reading the receive buffer of our console UART (data is ready).
+        Some(unsafe { inb(self.base) })
+    }
+
     pub fn write_byte(&mut self, byte: u8) {
         // Bounded wait: a missing UART must not hang the hypervisor forever.
         for _ in 0..100_000 {
