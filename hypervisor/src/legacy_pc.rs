@@ -1,12 +1,9 @@
-//! The legacy PC devices a Linux tenant gets, modelled in software behind trapped port I/O: the
-//! 8259A interrupt-controller pair, channel 0 of the 8254 timer and a 16550A UART on COM1.
-//! Nothing here touches real hardware: Bochs' own PIC, PIT and UART stay the hypervisor's.
+//! The legacy interrupt controller and timer a Linux tenant gets, modelled in software behind
+//! trapped port I/O: the 8259A pair and channel 0 of the 8254. Nothing here touches real
+//! hardware: Bochs' own PIC and PIT stay the hypervisor's. (COM1 is `hypervisor::linux::uart`.)
 //!
 //! Facts used: Intel 8259A data sheet (ICW1–ICW4, OCW1–OCW3, fully nested priority), Intel
-//! 82C54 data sheet (control word, modes 0/2/3/4, counter latch), TI/NS PC16550D data sheet
-//! (register map, IIR priorities, LSR bits, FIFO control).
-
-use alloc::collections::VecDeque;
+//! 82C54 data sheet (control word, modes 0/2/3/4, counter latch).
 
 /// One 8259A.
 #[derive(Clone, Copy, Debug, Default)]
@@ -250,107 +247,161 @@ impl Pit {
     }
 }
 
-/// Interrupt-enable bits (IER).
-const IER_RDI: u8 = 1;
-const IER_THRI: u8 = 2;
-/// Line status: data ready, transmitter holding register empty, transmitter empty.
-const LSR_DR: u8 = 0x01;
-const LSR_THRE: u8 = 0x20;
-const LSR_TEMT: u8 = 0x40;
-/// Modem status with the lines of a connected terminal: CTS, DSR, DCD.
-const MSR_CONNECTED: u8 = 0xb0;
-const MCR_LOOP: u8 = 0x10;
-
-/// A 16550A whose transmitter is always ready (bytes leave at once) and whose receiver holds
-/// what the host's console typed.
+/// The MC146818 real-time clock behind CMOS ports 0x70 (index) and 0x71 (data), read-only:
+/// BCD, 24-hour, never mid-update, the date fixed at `EPOCH` and the time of day the seconds
+/// since the hypervisor started (MC146818A data sheet, registers 0x00–0x0D; 0x32 century). The
+/// kernel reads it once for the wall clock; without it Linux spins a second waiting for the
+/// update-in-progress bit of a floating bus to clear, twice per boot.
 #[derive(Clone, Debug, Default)]
-pub struct Uart {
-    ier: u8,
-    lcr: u8,
-    mcr: u8,
-    scr: u8,
-    dll: u8,
-    dlm: u8,
-    fifo: bool,
-    thr_empty_pending: bool,
-    rx: VecDeque<u8>,
+pub struct Cmos {
+    index: u8,
 }
 
-impl Uart {
-    fn dlab(&self) -> bool {
-        self.lcr & 0x80 != 0
-    }
+/// The date the tenant's clock shows: 2026-01-01 (a Thursday).
+pub const EPOCH: (u8, u8, u8, u8) = (26, 1, 1, 5);
 
-    /// The interrupt line (COM1 is IRQ 4).
-    pub fn irq_line(&self) -> bool {
-        (self.ier & IER_RDI != 0 && !self.rx.is_empty()) || (self.ier & IER_THRI != 0 && self.thr_empty_pending)
-    }
+fn bcd(v: u64) -> u8 {
+    ((v / 10 % 10) << 4 | v % 10) as u8
+}
 
-    /// A register write at `offset` (0..8); returns a byte to transmit.
-    pub fn write(&mut self, offset: u16, v: u8) -> Option<u8> {
-        match offset {
-            0 if self.dlab() => self.dll = v,
-            0 => {
-                self.thr_empty_pending = true;
-                return (self.mcr & MCR_LOOP == 0).then_some(v);
-            }
-            1 if self.dlab() => self.dlm = v,
-            1 => {
-                if v & IER_THRI != 0 && self.ier & IER_THRI == 0 {
-                    self.thr_empty_pending = true; // THR is empty: the interrupt is due now
-                }
-                self.ier = v & 0x0f;
-            }
-            2 => {
-                self.fifo = v & 1 != 0;
-                if v & 2 != 0 {
-                    self.rx.clear();
-                }
-            }
-            3 => self.lcr = v,
-            4 => self.mcr = v & 0x1f,
-            7 => self.scr = v,
-            _ => {}
-        }
-        None
-    }
-
-    pub fn read(&mut self, offset: u16) -> u8 {
-        match offset {
-            0 if self.dlab() => self.dll,
-            0 => self.rx.pop_front().unwrap_or(0),
-            1 if self.dlab() => self.dlm,
-            1 => self.ier,
-            2 => {
-                let fifo = if self.fifo { 0xc0 } else { 0 };
-                let id = if self.ier & IER_RDI != 0 && !self.rx.is_empty() {
-                    0x04
-                } else if self.ier & IER_THRI != 0 && self.thr_empty_pending {
-                    self.thr_empty_pending = false; // reading IIR clears the THRE source
-                    0x02
-                } else {
-                    0x01
-                };
-                fifo | id
-            }
-            3 => self.lcr,
-            4 => self.mcr,
-            5 => LSR_THRE | LSR_TEMT | if self.rx.is_empty() { 0 } else { LSR_DR },
-            6 if self.mcr & MCR_LOOP != 0 => {
-                // Loopback: DTR→DSR, RTS→CTS, OUT1→RI, OUT2→DCD.
-                let m = self.mcr;
-                ((m & 1) << 5) | ((m & 2) << 3) | ((m & 4) << 4) | ((m & 8) << 4)
-            }
-            6 => MSR_CONNECTED,
-            7 => self.scr,
-            _ => 0xff,
+impl Cmos {
+    pub fn write(&mut self, port: u16, v: u8) {
+        if port == 0x70 {
+            self.index = v & 0x7f; // bit 7 is the NMI mask
         }
     }
 
-    /// Bytes typed on the host console.
-    pub fn receive(&mut self, b: u8) {
-        if self.rx.len() < 4096 {
-            self.rx.push_back(b);
+    /// `seconds`: the time of day to report (wraps at 24 h).
+    pub fn read(&self, port: u16, seconds: u64) -> u8 {
+        if port != 0x71 {
+            return 0xff;
         }
+        let s = seconds % 86_400;
+        let (year, month, day, weekday) = EPOCH;
+        match self.index {
+            0x00 => bcd(s % 60),
+            0x02 => bcd(s / 60 % 60),
+            0x04 => bcd(s / 3600),
+            0x06 => bcd(u64::from(weekday)),
+            0x07 => bcd(u64::from(day)),
+            0x08 => bcd(u64::from(month)),
+            0x09 => bcd(u64::from(year)),
+            0x32 => 0x20,
+            0x0a => 0x26, // divider 32.768 kHz, rate 1024 Hz, UIP clear
+            0x0b => 0x02, // 24-hour, BCD, no interrupts
+            0x0d => 0x80, // valid RAM and time
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux's `init_8259A`: ICW1..ICW4 for both chips (vectors 0x30 and 0x38, cascade on IR2).
+    fn linux_pic() -> Pic {
+        let mut p = Pic::default();
+        for (cmd, data, base, icw3) in [(0x20, 0x21, 0x30, 0x04), (0xa0, 0xa1, 0x38, 0x02)] {
+            p.write(cmd, 0x11);
+            p.write(data, base);
+            p.write(data, icw3);
+            p.write(data, 0x01);
+        }
+        p.write(0x21, 0xff);
+        p.write(0xa1, 0xff);
+        p
+    }
+
+    #[test]
+    fn pic_masks_latch_and_deliver_in_priority_order() {
+        let mut p = linux_pic();
+        assert_eq!(p.read(0x21), 0xff, "the mask reads back (Linux's probe)");
+        p.raise(4);
+        p.raise(0);
+        assert_eq!(p.pending_vector(), None, "masked requests wait in IRR");
+        p.write(0x21, !0b1_0001);
+        assert_eq!(p.pending_vector(), Some(0x30), "IR0 outranks IR4");
+        p.acknowledge();
+        assert_eq!(p.pending_vector(), None, "IR4 waits while IR0 is in service");
+        p.write(0x20, 0x0b); // OCW3: read ISR
+        assert_eq!(p.read(0x20), 0b1);
+        p.write(0x20, 0x60); // specific EOI for IR0
+        assert_eq!(p.pending_vector(), Some(0x34));
+        p.acknowledge();
+        p.write(0x20, 0x20); // non-specific EOI
+        assert_eq!(p.read(0x20), 0, "nothing in service");
+        assert_eq!(p.pending_vector(), None);
+    }
+
+    #[test]
+    fn pic_slave_requests_arrive_through_ir2() {
+        let mut p = linux_pic();
+        p.write(0x21, !0b100);
+        p.write(0xa1, !0b1000);
+        p.raise(11);
+        assert_eq!(p.pending_vector(), Some(0x3b));
+        p.acknowledge();
+        p.write(0x20, 0x0b);
+        assert_eq!(p.read(0x20), 0b100, "the cascade line is in service on the master");
+        p.write(0xa0, 0x0b);
+        assert_eq!(p.read(0xa0), 0b1000);
+        p.write(0xa0, 0x20);
+        p.write(0x20, 0x20);
+        p.raise(11);
+        assert_eq!(p.pending_vector(), Some(0x3b), "deliverable again after both EOIs");
+        p.write(0x21, 0xff);
+        assert_eq!(p.pending_vector(), None, "masking IR2 hides the slave");
+    }
+
+    const HZ: u64 = 1_193_182_000; // a TSC 1000 times the PIT clock: one PIT tick = 1000 TSC
+
+    #[test]
+    fn pit_periodic_mode_fires_every_period() {
+        let mut t = Pit::default();
+        t.write(0x43, 0x34, 0, HZ); // channel 0, lobyte/hibyte, mode 2
+        t.write(0x40, 100, 0, HZ);
+        assert_eq!(t.deadline(), None, "armed only when the whole count is written");
+        t.write(0x40, 0, 0, HZ);
+        assert_eq!(t.deadline(), Some(100_000));
+        assert!(!t.poll(99_999));
+        assert!(t.poll(100_000));
+        assert_eq!(t.deadline(), Some(200_000));
+        // Far behind: one interrupt, then the next period from now.
+        assert!(t.poll(1_000_000));
+        assert_eq!(t.deadline(), Some(1_100_000));
+    }
+
+    #[test]
+    fn pit_one_shot_fires_once_and_latches_the_count() {
+        let mut t = Pit::default();
+        t.write(0x43, 0x38, 0, HZ); // mode 4, Linux's one-shot
+        t.write(0x40, 0xe8, 0, HZ);
+        t.write(0x40, 0x03, 0, HZ); // 1000 ticks
+        t.write(0x43, 0x00, 250_000, HZ); // latch after 250 ticks
+        let lo = t.read(0x40, 900_000, HZ);
+        let hi = t.read(0x40, 900_000, HZ);
+        assert_eq!(u16::from(lo) | u16::from(hi) << 8, 750, "the latched count, not the current one");
+        assert!(t.poll(1_000_000));
+        assert!(!t.poll(2_000_000), "one-shot");
+        assert_eq!(t.deadline(), None);
+        t.write(0x43, 0xb0, 0, HZ); // channel 2: not modelled, changes nothing
+        assert_eq!(t.deadline(), None);
+    }
+
+    #[test]
+    fn cmos_clock_reads_bcd_time_and_never_updates() {
+        let mut c = Cmos::default();
+        let at = |c: &mut Cmos, reg: u8, secs: u64| {
+            c.write(0x70, 0x80 | reg);
+            c.read(0x71, secs)
+        };
+        let t = 13 * 3600 + 45 * 60 + 7;
+        assert_eq!((at(&mut c, 4, t), at(&mut c, 2, t), at(&mut c, 0, t)), (0x13, 0x45, 0x07));
+        assert_eq!((at(&mut c, 9, t), at(&mut c, 8, t), at(&mut c, 7, t), at(&mut c, 0x32, t)), (0x26, 0x01, 0x01, 0x20));
+        assert_eq!(at(&mut c, 0x0a, t) & 0x80, 0, "update in progress is never set");
+        assert_eq!(at(&mut c, 0x0b, t), 0x02, "24-hour BCD");
+        assert_eq!(at(&mut c, 0, 86_400 + 59), 0x59, "the time of day wraps");
+        assert_eq!(c.read(0x70, 0), 0xff);
     }
 }

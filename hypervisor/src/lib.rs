@@ -11,6 +11,7 @@ pub mod accounting;
 pub mod acpi;
 pub mod dispatch;
 pub mod elf;
+pub mod legacy_pc;
 pub mod linux;
 pub mod frames;
 pub mod manifest;

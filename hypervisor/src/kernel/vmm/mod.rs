@@ -296,6 +296,13 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
             ran = true;
             run_slice(g, slice, models);
         }
+        // What is typed on the hypervisor's console goes to the first running Linux tenant's COM1.
+        if let Some(p) = guests.iter_mut().filter(|g| g.stopped.is_none()).find_map(|g| g.linux.as_mut()) {
+            while p.rx_space() > 0 {
+                let Some(b) = super::serial::CONSOLE.lock().read_byte() else { break };
+                p.receive(b);
+            }
+        }
         if !ran {
             break;
         }

@@ -4,8 +4,9 @@
 
 use super::super::services::ExitServices;
 use super::super::vcpu::Vcpu;
-use super::legacy::{Pic, Pit, Uart};
-use super::pci::PciBus;
+use hypervisor::legacy_pc::{Cmos, Pic, Pit};
+use hypervisor::linux::pci::{ConfigEvent, PciConfig};
+use hypervisor::linux::uart::Uart16550;
 use super::super::ram::GuestRam;
 use hypervisor::linux::decode::{decode, MmioOp, MAX_INSTRUCTION_LEN};
 use tensor_hcall::linux::{HP_ARG0, HP_ARG3, HP_CALL, HP_RESULT, HP_SEQUENCE, HYPERCALL_PAGE_SIZE};
@@ -61,9 +62,10 @@ struct FxArea([u8; 512]);
 pub struct Platform {
     pic: Pic,
     pit: Pit,
-    uart: Uart,
+    cmos: Cmos,
+    uart: Uart16550,
     uart_line: bool,
-    pci: PciBus,
+    pci: PciConfig,
     /// Guest-physical address of the hypercall page (BAR 0) and its offset in the tenant's
     /// memory block, where the hypervisor writes results.
     hp_gpa: u64,
@@ -84,6 +86,9 @@ pub struct Platform {
     halted: bool,
     pub uart_bytes: u64,
     pub injected: u64,
+    /// COM1's bytes go to the hypervisor's console as they are (an interactive shell), not as
+    /// `[NAME] line` log lines.
+    pub raw_console: bool,
 }
 
 /// Reads general-purpose register `r` (RSP lives in the VMCS).
@@ -186,7 +191,7 @@ pub fn linux_cpuid(services: &dyn Services, leaf: u32, subleaf: u32, tsc_hz: u64
 impl Platform {
     pub fn new(tsc_hz: u64, cr: CrPolicy, ram_end: u64, window: u64, hp_gpa: u64, hp_block_offset: u64) -> Self {
         Self {
-            pci: PciBus::new(hp_gpa as u32, ram_end as u32, window as u32),
+            pci: PciConfig::new(hp_gpa as u32, (ram_end as u32, window as u32)),
             hp_gpa,
             hp_block_offset,
             hp_args: [0; 4],
@@ -195,7 +200,8 @@ impl Platform {
             page_calls: 0,
             pic: Pic::default(),
             pit: Pit::default(),
-            uart: Uart::default(),
+            cmos: Cmos::default(),
+            uart: Uart16550::new(),
             uart_line: false,
             tsc_hz,
             cr,
@@ -207,6 +213,7 @@ impl Platform {
             halted: false,
             uart_bytes: 0,
             injected: 0,
+            raw_console: false,
         }
     }
 
@@ -421,16 +428,22 @@ impl Platform {
     }
 
     fn uart_edge(&mut self) {
-        let line = self.uart.irq_line();
+        let line = self.uart.interrupt_line();
         if line && !self.uart_line {
             self.pic.raise(4);
         }
         self.uart_line = line;
     }
 
+    /// Room in COM1's receiver (bytes beyond it would be lost: the caller leaves them waiting).
+    pub fn rx_space(&self) -> usize {
+        self.uart.rx_space()
+    }
+
     /// Bytes typed on the host's console, for COM1's receiver.
     pub fn receive(&mut self, b: u8) {
-        self.uart.receive(b);
+        // A full receive FIFO drops the byte, as an overrun would.
+        let _ = self.uart.receive(b);
         self.uart_edge();
     }
 
@@ -516,13 +529,14 @@ impl Platform {
         if io.input {
             let value: u64 = match port {
                 0x3f8..=0x3ff => {
-                    let b = self.uart.read(port - 0x3f8);
+                    let b = self.uart.read((port - 0x3f8) as u8);
                     self.uart_edge();
                     u64::from(b)
                 }
                 0x20 | 0x21 | 0xa0 | 0xa1 => u64::from(self.pic.read(port)),
                 0x40 => u64::from(self.pit.read(port, now, self.tsc_hz)),
-                0xcf8 | 0xcfc..=0xcff => u64::from(self.pci.read(port, io.size)),
+                0x71 => u64::from(self.cmos.read(port, super::super::tsc::rdtsc() / self.tsc_hz.max(1))),
+                0xcf8 | 0xcfc..=0xcff => u64::from(self.pci.io_read(port, io.size)),
                 _ => mask,
             };
             regs.rax = if io.size == 4 { value & mask } else { (regs.rax & !mask) | (value & mask) };
@@ -531,15 +545,29 @@ impl Platform {
         let value = regs.rax & mask;
         match port {
             0x3f8..=0x3ff => {
-                if let Some(b) = self.uart.write(port - 0x3f8, value as u8) {
+                if let Some(b) = self.uart.write((port - 0x3f8) as u8, value as u8) {
                     self.uart_bytes += 1;
-                    services.tenant.console_byte(b);
+                    if self.raw_console {
+                        let mut console = super::super::super::serial::CONSOLE.lock();
+                        if b == b'\n' {
+                            console.write_byte(b'\r');
+                        }
+                        console.write_byte(b);
+                    } else {
+                        services.tenant.console_byte(b);
+                    }
                 }
                 self.uart_edge();
             }
             0x20 | 0x21 | 0xa0 | 0xa1 => self.pic.write(port, value as u8),
             0x40 | 0x43 => self.pit.write(port, value as u8, now, self.tsc_hz),
-            0xcf8 | 0xcfc..=0xcff => self.pci.write(port, io.size, value as u32),
+            0x70 => self.cmos.write(port, value as u8),
+            0xcf8 | 0xcfc..=0xcff => match self.pci.io_write(port, io.size, value as u32) {
+                // The hypercall page stays where the hypervisor mapped it: a moved BAR 0 or 1
+                // would leave the function unreachable, so it is logged.
+                Some(ConfigEvent::BarMoved { bar, address }) => log::warn!("linux: the tenant moved BAR {bar} of the tensor function to {address:#x}; the hypervisor keeps it at the original address"),
+                _ => {}
+            },
             // Reset: the reset control register (CF9h, bit 2 with bit 1 "hard"), the keyboard
             // controller's CPU-reset pulse (command 0xFE), the fast-reset bit of port 92h.
             0xcf9 if value & 0x4 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0xcf9" }),

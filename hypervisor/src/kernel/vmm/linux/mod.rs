@@ -11,7 +11,7 @@
 //! part of the bzImage (`(setup_sects + 1) * 512` into the file), entered at load address +
 //! 0x200; it is not wired up here.
 //!
-//! **Platform** (see [`legacy`] and [`exits`]): every port traps (unconditional I/O exiting): COM1
+//! **Platform** (see `hypervisor::legacy_pc`, `hypervisor::linux` and [`exits`]): every port traps (unconditional I/O exiting): COM1
 //! (0x3f8–0x3ff) is an emulated 16550A on IRQ 4, the 8259A pair and channel 0 of the 8254 are
 //! emulated (the kernel's tick), the PCI configuration ports latch their address and read all
 //! ones, reset/power-off ports stop the tenant, every other port reads all ones and drops
@@ -25,8 +25,6 @@
 //! of RAM, and the last `window_mib` of the tenant's memory the tensor window (not RAM in e820).
 
 mod exits;
-mod legacy;
-mod pci;
 
 pub use exits::{CrPolicy, Platform};
 
@@ -64,6 +62,8 @@ pub struct LinuxSpec<'a> {
     pub budget_ms: u64,
     pub limits: hypervisor::dispatch::Limits,
     pub user_mode_hypercalls: bool,
+    /// `console=raw`: COM1 straight to the hypervisor's console (`cargo xtask run --linux`).
+    pub raw_console: bool,
 }
 
 impl<'a> LinuxSpec<'a> {
@@ -87,6 +87,7 @@ impl<'a> LinuxSpec<'a> {
             budget_ms: num("budget_ms", 3_600_000)?,
             limits: hypervisor::dispatch::Limits::default(),
             user_mode_hypercalls: cmdline_value(ours, "user_vmcall") == Some("1"),
+            raw_console: cmdline_value(ours, "console") == Some("raw"),
         })
     }
 }
@@ -215,7 +216,9 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
         spec.window_mib,
         spec.cmdline
     );
-    Ok(Loaded { ram, start, platform: Platform::new(tsc_hz, cr, ram_end, window, HYPERCALL_PAGE_GPA, size), summary })
+    let mut platform = Platform::new(tsc_hz, cr, ram_end, window, HYPERCALL_PAGE_GPA, size);
+    platform.raw_console = spec.raw_console;
+    Ok(Loaded { ram, start, platform, summary })
 }
 
 /// The EPT capabilities type, named here so the signature above stays short.
