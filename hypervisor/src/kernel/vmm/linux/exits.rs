@@ -8,7 +8,11 @@ use hypervisor::legacy_pc::{Cmos, Pic, Pit};
 use hypervisor::linux::pci::{ConfigEvent, PciConfig};
 use hypervisor::linux::uart::Uart16550;
 use super::super::ram::GuestRam;
+use hypervisor::dispatch::DISPATCH_FEATURES;
+use hypervisor::linux::policy::{self, CpuPolicy};
+use tensor_hcall::ABI_VERSION;
 use hypervisor::linux::decode::{decode, MmioOp, MAX_INSTRUCTION_LEN};
+use hypervisor::linux::gva::{fetch_instruction as fetch, PagingMode};
 use tensor_hcall::linux::{HP_ARG0, HP_ARG3, HP_CALL, HP_RESULT, HP_SEQUENCE, HYPERCALL_PAGE_SIZE};
 use alloc::boxed::Box;
 use hypervisor::vcpu::{Decision, GuestRegs, Services, StopReason};
@@ -138,55 +142,27 @@ fn set_gpr(regs: &mut GuestRegs, r: Gpr, v: u64) {
     *slot = v;
 }
 
-/// The CPUID a Linux tenant sees: the host's with what the platform does not provide hidden,
-/// the TSC frequency in leaf 0x15, and our hypervisor leaves.
-pub fn linux_cpuid(services: &dyn Services, leaf: u32, subleaf: u32, tsc_hz: u64) -> [u32; 4] {
-    const MAX_BASIC: u32 = 0x16;
-    if (0x4000_0000..=0x4000_00ff).contains(&leaf) {
-        return services.hypervisor_cpuid(leaf).unwrap_or([0; 4]);
-    }
-    let host_max = services.host_cpuid(0, 0)[0];
-    if leaf < 0x8000_0000 && leaf > MAX_BASIC {
-        return [0; 4];
-    }
-    let mut r = if leaf <= host_max || leaf >= 0x8000_0000 { services.host_cpuid(leaf, subleaf) } else { [0; 4] };
-    match leaf {
-        0 => r[0] = MAX_BASIC,
-        1 => {
-            // EBX: APIC id 0, one logical processor.
-            r[1] = (r[1] & 0xffff) | (1 << 16);
-            // ECX: keep SSE3, PCLMUL, SSSE3, CX16, SSE4.1/4.2, MOVBE, POPCNT, AES, RDRAND; set
-            // hypervisor (31) and TSC-deadline (24) off (no local APIC); hide VMX (5), MONITOR
-            // (3), PDCM (15), PCID (17), x2APIC (21), XSAVE/OSXSAVE/AVX/F16C (26–29), FMA (12).
-            let keep_ecx = 1 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 25 | 1 << 30;
-            r[2] = (r[2] & keep_ecx) | 1 << 31;
-            // EDX: hide MCE (7), APIC (9), MTRR (12), MCA (14), ACPI thermal (22), HTT (28).
-            r[3] &= !(1 << 7 | 1 << 9 | 1 << 12 | 1 << 14 | 1 << 22 | 1 << 28 | 1 << 29);
-        }
-        // Thermal/power: only ARAT (always-running APIC timer).
-        6 => r = [1 << 2, 0, 0, 0],
-        7 if subleaf == 0 => {
-            // EBX: FSGSBASE, BMI1, SMEP, BMI2, ERMS, ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
-            let keep_ebx = 1 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 24 | 1 << 29;
-            r = [0, r[1] & keep_ebx, r[2] & (1 << 2), 0]; // ECX: UMIP only; EDX: no speculation-control MSRs
-        }
-        7 => r = [0; 4],
-        // No architectural performance monitoring, no extended state.
-        0xa | 0xd => r = [0; 4],
-        0x15 => r = [1, 1, tsc_hz as u32, 0],
-        0x16 => {
-            let mhz = (tsc_hz / 1_000_000) as u32;
-            r = [mhz, mhz, 100, 0];
-        }
-        0x8000_0001 => {
-            // EDX: hide RDTSCP (27) (TSC_AUX is not offered).
-            r[3] &= !(1 << 27);
-        }
-        0x8000_0007 => r = [0, 0, 0, 1 << 8], // invariant TSC
-        _ => {}
+/// The CPUID a Linux tenant sees: `hypervisor::linux::policy` (host features through allow
+/// lists, the TSC frequency in leaf 0x15 so Linux calibrates nothing, our hypervisor leaves),
+/// less the local APIC and its TSC-deadline timer, which this platform does not provide yet:
+/// without them Linux takes its 8259A/8254 path ("APIC disabled by BIOS").
+pub fn linux_cpuid(leaf: u32, subleaf: u32, tsc_hz: u64) -> [u32; 4] {
+    let p = CpuPolicy { tsc_hz, crystal_hz: CRYSTAL_HZ, apic_id: 0, x2apic: false, abi: ABI_VERSION, features: DISPATCH_FEATURES };
+    let mut r = policy::cpuid(&p, leaf, subleaf, |l, s| {
+        let c = core::arch::x86_64::__cpuid_count(l, s);
+        [c.eax, c.ebx, c.ecx, c.edx]
+    });
+    if leaf == 1 {
+        r[2] &= !policy::LEAF1_ECX_TSC_DEADLINE;
+        r[3] &= !LEAF1_EDX_APIC;
     }
     r
 }
+
+/// The core-crystal frequency leaf 0x15 reports (a common Intel value; any kHz multiple works).
+const CRYSTAL_HZ: u32 = 25_000_000;
+/// CPUID.1:EDX[9], on-chip local APIC.
+const LEAF1_EDX_APIC: u32 = 1 << 9;
 
 impl Platform {
     pub fn new(tsc_hz: u64, cr: CrPolicy, ram_end: u64, window: u64, hp_gpa: u64, hp_block_offset: u64) -> Self {
@@ -280,7 +256,7 @@ impl Platform {
         let regs = &mut vcpu.regs;
         match *exit {
             Exit::Cpuid => {
-                let r = linux_cpuid(services, regs.rax as u32, regs.rcx as u32, self.tsc_hz);
+                let r = linux_cpuid(regs.rax as u32, regs.rcx as u32, self.tsc_hz);
                 regs.rax = u64::from(r[0]);
                 regs.rbx = u64::from(r[1]);
                 regs.rcx = u64::from(r[2]);
@@ -548,11 +524,8 @@ impl Platform {
                 if let Some(b) = self.uart.write((port - 0x3f8) as u8, value as u8) {
                     self.uart_bytes += 1;
                     if self.raw_console {
-                        let mut console = super::super::super::serial::CONSOLE.lock();
-                        if b == b'\n' {
-                            console.write_byte(b'\r');
-                        }
-                        console.write_byte(b);
+                        // The tenant's tty already turns "\n" into "\r\n".
+                        super::super::super::serial::CONSOLE.lock().write_byte(b);
                     } else {
                         services.tenant.console_byte(b);
                     }
@@ -589,44 +562,20 @@ fn set_gpr_by_index(regs: &mut GuestRegs, i: u8, v: u64) {
     set_gpr(regs, Gpr::from_low_bits(u64::from(i)), v)
 }
 
-/// Guest-physical address of linear `la` through the guest's 4-level page tables (SDM 4.5);
-/// None if a level is not present or a table is not tenant memory.
-fn translate(ram: &GuestRam, cr3: u64, la: u64) -> Option<u64> {
-    const ADDR: u64 = 0x000f_ffff_ffff_f000;
-    let mut table = cr3 & ADDR;
-    for level in (0..4u32).rev() {
-        let index = (la >> (12 + 9 * level)) & 511;
-        let mut e = [0u8; 8];
-        ram.read(table + index * 8, &mut e).ok()?;
-        let e = u64::from_le_bytes(e);
-        if e & 1 == 0 {
-            return None;
-        }
-        let page = 1u64 << (12 + 9 * level);
-        if level == 0 || ((level == 1 || level == 2) && e & 0x80 != 0) {
-            return Some((e & ADDR & !(page - 1)) | (la & (page - 1)));
-        }
-        table = e & ADDR;
-    }
-    None
-}
-
-/// The bytes at the guest's RIP (up to 15, fewer at the end of readable memory).
+/// The bytes at the guest's RIP through its page tables (`hypervisor::linux::gva`; execute
+/// rights checked at its CPL; fewer than 15 at the end of fetchable memory).
 fn fetch_instruction(ram: &GuestRam) -> Option<([u8; MAX_INSTRUCTION_LEN], usize)> {
     let v = &Vcpu::vmcs();
     let rip = GuestNatural::Rip.read(v).ok()?.wrapping_add(GuestNatural::CsBase.read(v).ok()?);
-    let cr3 = GuestNatural::Cr3.read(v).ok()?;
-    let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
-    let mut n = 0;
-    while n < MAX_INSTRUCTION_LEN {
-        let la = rip.wrapping_add(n as u64);
-        let Some(gpa) = translate(ram, cr3, la) else { break };
-        let in_page = (0x1000 - (la & 0xfff)) as usize;
-        let take = in_page.min(MAX_INSTRUCTION_LEN - n);
-        if ram.read(gpa, &mut bytes[n..n + take]).is_err() {
-            break;
-        }
-        n += take;
-    }
-    (n > 0).then_some((bytes, n))
+    let cr0 = GuestNatural::Cr0.read(v).ok()?;
+    let mode = PagingMode {
+        paging: cr0 & (1 << 31) != 0,
+        cr3: GuestNatural::Cr3.read(v).ok()?,
+        write_protect: cr0 & (1 << 16) != 0,
+        nxe: Guest64::Ia32Efer.read(v).ok()? & (1 << 11) != 0,
+        phys_bits: (core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff) as u8,
+    };
+    let user = (Guest32::SsAccessRights.read(v).ok()? >> 5) & 3 == 3;
+    let mut mem = |gpa: u64, buf: &mut [u8]| ram.read(gpa, buf).is_ok();
+    fetch(&mut mem, &mode, rip, user).ok()
 }
