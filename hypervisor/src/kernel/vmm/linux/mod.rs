@@ -20,9 +20,10 @@
 //! hidden; the TSC frequency through leaf 0x15 so Linux needs no PIT calibration; our hypervisor
 //! leaves shown); MSRs are an allow list, #GP for the rest.
 //!
-//! Guest-physical layout: 0x1000 GDT, 0x2000–0x4fff the boot page tables, 0x7000 boot_params,
-//! 0x20000 the command line, the kernel at its ELF physical addresses, the initramfs at the top
-//! of RAM, and the last `window_mib` of the tenant's memory the tensor window (not RAM in e820).
+//! Guest-physical layout: `hypervisor::linux::boot::plan` (GDT, identity map, zero page and
+//! command line in the low pages, the kernel at its ELF physical addresses, the initramfs at the
+//! top of RAM, the last `window_mib` of the tenant's memory the tensor window, not RAM in e820);
+//! the hypercall page at `HYPERCALL_PAGE_GPA`.
 
 mod exits;
 
@@ -32,24 +33,8 @@ use super::ram::GuestRam;
 use super::vcpu::GuestStart;
 use alloc::string::String;
 use alloc::vec::Vec;
-use hypervisor::elf::GuestImage;
-use hypervisor::linux::boot::HYPERCALL_PAGE_GPA;
+use hypervisor::linux::boot::{self, EntryState, KernelImage, Protocol, TenantConfig, HYPERCALL_PAGE_GPA};
 use hypervisor::multiboot2::{cmdline_value, Module};
-
-const GDT_GPA: u64 = 0x1000;
-const PML4_GPA: u64 = 0x2000;
-const PDPT_GPA: u64 = 0x3000;
-const PD_GPA: u64 = 0x4000;
-const BOOT_PARAMS_GPA: u64 = 0x7000;
-const CMDLINE_GPA: u64 = 0x2_0000;
-const CMDLINE_MAX: usize = 4095;
-/// The start of the legacy hole (EBDA, VGA, option ROMs, BIOS) that e820 reports reserved.
-const LOW_RAM_END: u64 = 0x9_fc00;
-const HIGH_RAM_START: u64 = 0x10_0000;
-
-/// e820 range types (ACPI 6.x, table 15-312 "Address Range Types").
-const E820_RAM: u32 = 1;
-const E820_RESERVED: u32 = 2;
 
 /// What a Linux tenant is started with.
 pub struct LinuxSpec<'a> {
@@ -100,123 +85,57 @@ pub struct Loaded {
     pub summary: String,
 }
 
-fn put<const N: usize>(bp: &mut [u8], at: usize, v: [u8; N]) {
-    bp[at..at + N].copy_from_slice(&v);
-}
-
-/// The boot_params page (Documentation/x86/zero-page.rst and boot.rst, protocol 2.15 fields).
-fn boot_params(e820: &[(u64, u64, u32)], cmdline_len: usize, initrd: Option<(u64, u64)>) -> Vec<u8> {
-    let mut bp = alloc::vec![0u8; 4096];
-    put(&mut bp, 0x1e8, [e820.len() as u8]); // e820_entries
-    put(&mut bp, 0x1f1, [0]); // setup_sects
-    put(&mut bp, 0x1fe, 0xaa55u16.to_le_bytes()); // boot_flag
-    put(&mut bp, 0x202, *b"HdrS"); // header
-    put(&mut bp, 0x206, 0x020fu16.to_le_bytes()); // version 2.15
-    put(&mut bp, 0x210, [0xff]); // type_of_loader: undefined
-    put(&mut bp, 0x211, [0x01]); // loadflags: LOADED_HIGH
-    if let Some((addr, size)) = initrd {
-        put(&mut bp, 0x218, (addr as u32).to_le_bytes()); // ramdisk_image
-        put(&mut bp, 0x21c, (size as u32).to_le_bytes()); // ramdisk_size
-        put(&mut bp, 0x0c0, ((addr >> 32) as u32).to_le_bytes()); // ext_ramdisk_image
-        put(&mut bp, 0x0c4, ((size >> 32) as u32).to_le_bytes()); // ext_ramdisk_size
-    }
-    put(&mut bp, 0x228, (CMDLINE_GPA as u32).to_le_bytes()); // cmd_line_ptr
-    put(&mut bp, 0x22c, 0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
-    put(&mut bp, 0x238, (cmdline_len as u32).to_le_bytes()); // cmdline_size
-    for (i, &(addr, size, kind)) in e820.iter().enumerate() {
-        let at = 0x2d0 + i * 20;
-        put(&mut bp, at, addr.to_le_bytes());
-        put(&mut bp, at + 8, size.to_le_bytes());
-        put(&mut bp, at + 16, kind.to_le_bytes());
-    }
-    bp
-}
-
-/// Loads the kernel, the initramfs and the boot structures; the error says why the tenant was
+/// Loads the kernel, the initramfs and the boot structures as `hypervisor::linux::boot::plan`
+/// lays them out (the vmlinux through the 64-bit protocol; a bzImage is entered the same way at
+/// its load address + 0x200, a path the tests do not take); the error says why the tenant was
 /// not started (nothing is left half-built: the memory is freed with the error).
 pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolicy) -> Result<Loaded, String> {
     if !(32..=1024).contains(&spec.memory_mib) {
         return Err(alloc::format!("mem_mib={} is outside 32..=1024", spec.memory_mib));
     }
     let size = spec.memory_mib << 20;
-    let window = spec.window_mib << 20;
-    if window >= size / 2 || !window.is_power_of_two() {
-        return Err(alloc::format!("window_mib={} must be a power of two below half of mem_mib={}", spec.window_mib, spec.memory_mib));
-    }
-    let ram_end = size - window;
-    if ram_end % window != 0 {
-        return Err(alloc::format!("the window (BAR 1) must be aligned to its size: make mem_mib={} a multiple of window_mib={}", spec.memory_mib, spec.window_mib));
-    }
-    if spec.cmdline.len() > CMDLINE_MAX {
-        return Err(alloc::format!("kernel command line is {} bytes (at most {CMDLINE_MAX})", spec.cmdline.len()));
-    }
-    let image = GuestImage::parse(spec.kernel, HIGH_RAM_START, ram_end).map_err(|e| alloc::format!("kernel: not a loadable vmlinux: {e}"))?;
-    let kernel_end = image.segments().iter().map(|s| s.guest_addr + s.mem_size).max().unwrap_or(HIGH_RAM_START);
-    let initrd = match spec.initrd {
-        Some(bytes) => {
-            let len = bytes.len() as u64;
-            let at = ram_end.checked_sub(len).ok_or("initramfs larger than the tenant's RAM")? & !0xfff;
-            if at < kernel_end.next_multiple_of(0x20_0000) + (16 << 20) {
-                return Err(alloc::format!(
-                    "initramfs ({} KiB) and kernel (ends at {kernel_end:#x}) do not fit in {} MiB of RAM with room to boot",
-                    len >> 10,
-                    ram_end >> 20
-                ));
-            }
-            Some((at, len, bytes))
-        }
-        None => None,
+    let image = KernelImage::parse(spec.kernel).map_err(|e| alloc::format!("kernel: {e:?}"))?;
+    let tenant = TenantConfig { memory: size, window: spec.window_mib << 20 };
+    let initrd_len = spec.initrd.map_or(0, |i| i.len() as u64);
+    let layout = boot::plan(&image, Protocol::Linux64, tenant, initrd_len, spec.cmdline.as_bytes()).map_err(|e| alloc::format!("layout: {e:?}"))?;
+    let EntryState::Long64 { rip, rsi, cr3 } = layout.entry else {
+        return Err("layout: not a 64-bit entry".into());
     };
+    let window = layout.window.clone().ok_or("layout: no tensor window (window_mib=0)")?;
+    let zero_page = boot::boot_params(&image, &layout).map_err(|e| alloc::format!("boot_params: {e:?}"))?;
+
     // The block holds the tenant's memory and, after it, the hypercall page (BAR 0).
     let mut ram = GuestRam::with_first_page(size + 0x1000, caps, &[], 0, Some(size)).map_err(|e| alloc::format!("tenant memory: {e:?}"))?;
     ram.map_read_only_page(HYPERCALL_PAGE_GPA, size).map_err(|e| alloc::format!("hypercall page: {e:?}"))?;
     let err = |e| alloc::format!("loading: {e:?}");
-    for seg in image.segments() {
-        ram.load(seg.guest_addr, &spec.kernel[seg.file_offset..seg.file_offset + seg.file_size]).map_err(err)?;
+    for k in &layout.kernel {
+        let bytes = spec.kernel.get(k.file.clone()).ok_or("kernel: a segment lies outside the file")?;
+        ram.load(k.gpa, bytes).map_err(err)?;
     }
-    if let Some((at, _, bytes)) = initrd {
-        ram.load(at, bytes).map_err(err)?;
+    if let (Some(range), Some(bytes)) = (&layout.initrd, spec.initrd) {
+        ram.load(range.start, bytes).map_err(err)?;
     }
-    // Identity map of the first GiB with 2 MiB pages for startup_64, which builds its own.
-    ram.load(PML4_GPA, &(PDPT_GPA | 0x3).to_le_bytes()).map_err(err)?;
-    ram.load(PDPT_GPA, &(PD_GPA | 0x3).to_le_bytes()).map_err(err)?;
-    let pd: Vec<u8> = (0..512u64).flat_map(|i| ((i << 21) | 0x83).to_le_bytes()).collect();
-    ram.load(PD_GPA, &pd).map_err(err)?;
-    // Null, null, __BOOT_CS (64-bit code), __BOOT_DS (data).
-    let gdt: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    ram.load(GDT_GPA, &gdt_bytes).map_err(err)?;
+    for (gpa, page) in boot::identity_page_tables() {
+        ram.load(gpa, &page).map_err(err)?;
+    }
+    ram.load(layout.gdt, &boot::gdt()).map_err(err)?;
     let mut cmdline = Vec::from(spec.cmdline.as_bytes());
     cmdline.push(0);
-    ram.load(CMDLINE_GPA, &cmdline).map_err(err)?;
-    let e820 = [
-        (0, LOW_RAM_END, E820_RAM),
-        (LOW_RAM_END, HIGH_RAM_START - LOW_RAM_END, E820_RESERVED),
-        (HIGH_RAM_START, ram_end - HIGH_RAM_START, E820_RAM),
-    ];
-    let bp = boot_params(&e820, spec.cmdline.len(), initrd.map(|(a, l, _)| (a, l)));
-    ram.load(BOOT_PARAMS_GPA, &bp).map_err(err)?;
-    let start = GuestStart {
-        rip: image.entry,
-        rsp: 0,
-        cr3: PML4_GPA,
-        gdt_base: GDT_GPA,
-        gdt_limit: (gdt.len() * 8 - 1) as u32,
-        rdi: BOOT_PARAMS_GPA,
-        linux: true,
-    };
+    ram.load(layout.cmdline, &cmdline).map_err(err)?;
+    ram.load(layout.boot_info, &zero_page).map_err(err)?;
+    let start = GuestStart { rip, rsp: 0, cr3, gdt_base: layout.gdt, gdt_limit: boot::gdt().len() as u32 - 1, rdi: rsi, linux: true };
     let summary = alloc::format!(
-        "Linux kernel {} KiB ({} segments, entry {:#x}), initramfs {} KiB at {:#x}, RAM {} MiB, window {} MiB at {ram_end:#x}, command line \"{}\"",
+        "Linux kernel {} KiB ({} pieces, entry {rip:#x}), initramfs {} KiB at {:#x}, RAM {} MiB, window {} MiB at {:#x}, command line \"{}\"",
         spec.kernel.len() >> 10,
-        image.segments().len(),
-        image.entry,
-        initrd.map_or(0, |(_, l, _)| l >> 10),
-        initrd.map_or(0, |(a, _, _)| a),
-        ram_end >> 20,
-        spec.window_mib,
+        layout.kernel.len(),
+        initrd_len >> 10,
+        layout.initrd.as_ref().map_or(0, |r| r.start),
+        layout.ram_top >> 20,
+        (window.end - window.start) >> 20,
+        window.start,
         spec.cmdline
     );
-    let mut platform = Platform::new(tsc_hz, cr, ram_end, window, HYPERCALL_PAGE_GPA, size);
+    let mut platform = Platform::new(tsc_hz, cr, window.start, window.end - window.start, HYPERCALL_PAGE_GPA, size);
     platform.raw_console = spec.raw_console;
     Ok(Loaded { ram, start, platform, summary })
 }
