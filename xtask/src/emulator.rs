@@ -10,6 +10,7 @@
 
 use crate::image::Firmware;
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,6 +94,9 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// The emulator's exit status (None when it was killed).
     pub status: Option<i32>,
+    /// The signal that ended the emulator, when one did (the harness sends SIGKILL only on a
+    /// timeout; any other signal is the emulator's own crash, worth telling apart).
+    pub signal: Option<i32>,
     pub serial: String,
     pub elapsed: Duration,
     pub serial_path: PathBuf,
@@ -113,9 +117,10 @@ impl Outcome {
     /// A one-paragraph account for test failures: verdict, status, and the log's tail.
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "verdict {:?}, emulator status {:?}, {:.1} s; serial log {}",
+            "verdict {:?}, emulator status {:?}{}, {:.1} s; serial log {}",
             self.verdict,
             self.status,
+            self.signal.map_or(String::new(), |s| format!(" (killed by signal {s})")),
             self.elapsed.as_secs_f64(),
             self.serial_path.display()
         );
@@ -124,6 +129,13 @@ impl Outcome {
         }
         s.push_str("\n--- last 40 lines of the serial log ---\n");
         s.push_str(&self.tail(40));
+        // What the emulator itself printed (a crash message, a Bochs panic) ends the account.
+        let out = self.serial_path.with_file_name("emulator.out");
+        if let Ok(text) = fs::read_to_string(&out) {
+            let lines: Vec<&str> = text.lines().collect();
+            s.push_str(&format!("\n--- last lines of {} ---\n", out.display()));
+            s.push_str(&lines[lines.len().saturating_sub(10)..].join("\n"));
+        }
         s
     }
 }
@@ -254,19 +266,21 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
     };
     let mut echoed = 0u64;
     let mut timed_out = false;
-    let status = loop {
+    let exit = loop {
         if let Some(c) = console.as_mut() {
             pump_console(c, &serial_path);
         } else if spec.echo {
             echoed = echo_new(&serial_path, echoed);
         }
         match child.try_wait().map_err(|e| e.to_string())? {
-            Some(status) => break status.code(),
+            Some(status) => break status,
             None if start.elapsed() > spec.timeout => {
                 timed_out = true;
                 let _ = child.kill();
-                let _ = child.wait();
-                break None;
+                match child.wait() {
+                    Ok(status) => break status,
+                    Err(e) => return Err(format!("waiting for the killed emulator: {e}")),
+                }
             }
             None => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -277,8 +291,9 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
         echo_new(&serial_path, echoed);
     }
     let serial = String::from_utf8_lossy(&fs::read(&serial_path).unwrap_or_default()).replace('\r', "");
+    let (signal, status) = (exit.signal(), exit.code());
     let verdict = judge(spec.emulator, &serial, status, timed_out);
-    Ok(Outcome { verdict, status, serial, elapsed: start.elapsed(), serial_path, emulator_log })
+    Ok(Outcome { verdict, status, signal, serial, elapsed: start.elapsed(), serial_path, emulator_log })
 }
 
 /// Connects to Bochs' COM1 socket (Bochs listens once it has started) and starts copying this
