@@ -29,6 +29,8 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 
+pub mod fair;
+pub mod harness;
 pub mod sim;
 
 pub const MAX_WEIGHT: u32 = 1000;
@@ -259,3 +261,5 @@ impl<T> Scheduler<T> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod engine_tests;

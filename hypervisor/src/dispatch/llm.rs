@@ -24,6 +24,13 @@ pub struct SamplingParams {
     pub stop_token: Option<u32>,
 }
 
+/// One generated token, and whether the session can produce another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenStep {
+    pub token: u32,
+    pub more: bool,
+}
+
 /// What the dispatcher needs from the models.
 pub trait ModelHost {
     fn model_count(&self) -> usize;
@@ -35,15 +42,34 @@ pub trait ModelHost {
     fn open(&mut self, model: u64, max_context: u64) -> Result<u32, HcallError>;
     /// Evaluates `tokens` at the session's next positions.
     fn prefill(&mut self, session: u32, tokens: &[u32]) -> Result<(), HcallError>;
+    /// Starts a generation on `session` with `params` (validated here): the sampler is set up,
+    /// no token is produced yet. A generation already under way on the session is replaced.
+    fn generate_begin(&mut self, session: u32, params: &SamplingParams) -> Result<(), HcallError>;
+    /// One unit of generation work: samples the next token from the session's logits and,
+    /// unless it is the stop token, evaluates it (one forward pass), so the next step can
+    /// sample. `more` is false when the stop token came or the context is full.
+    fn generate_step(&mut self, session: u32) -> Result<GenStep, HcallError>;
     /// Samples up to `max_tokens` tokens, passing each to `emit` as it is produced; returns the
-    /// number produced.
+    /// number produced. (All the steps at once; the dispatcher runs them one unit at a time.)
     fn generate(
         &mut self,
         session: u32,
         params: &SamplingParams,
         max_tokens: u32,
         emit: &mut dyn FnMut(u32) -> Result<(), HcallError>,
-    ) -> Result<u32, HcallError>;
+    ) -> Result<u32, HcallError> {
+        self.generate_begin(session, params)?;
+        let mut n = 0;
+        while n < max_tokens {
+            let step = self.generate_step(session)?;
+            emit(step.token)?;
+            n += 1;
+            if !step.more {
+                break;
+            }
+        }
+        Ok(n)
+    }
     fn close(&mut self, session: u32);
 }
 
@@ -59,6 +85,8 @@ struct Live {
     /// Logits after the last evaluated token (none before the first prefill).
     logits: Option<Vec<f32>>,
     history: Vec<u32>,
+    /// The generation under way: its sampler (with its random state) and stop token.
+    generation: Option<(Sampler, Option<u32>)>,
 }
 
 /// Models loaded into the hypervisor and the sessions open on them.
@@ -152,7 +180,7 @@ impl ModelHost for EngineHost {
         let index = usize::try_from(model).map_err(|_| HcallError::NoSuchModel)?;
         let m = self.models.get(index).ok_or(HcallError::NoSuchModel)?;
         let ctx = usize::try_from(max_context).map_err(|_| HcallError::InvalidArgument)?;
-        let live = Live { model: index, session: Session::new(m.model, ctx), logits: None, history: Vec::new() };
+        let live = Live { model: index, session: Session::new(m.model, ctx), logits: None, history: Vec::new(), generation: None };
         if let Some(i) = self.sessions.iter().position(Option::is_none) {
             self.sessions[i] = Some(live);
             return Ok(i as u32);
@@ -177,48 +205,48 @@ impl ModelHost for EngineHost {
         Ok(())
     }
 
-    fn generate(
-        &mut self,
-        session: u32,
-        params: &SamplingParams,
-        max_tokens: u32,
-        emit: &mut dyn FnMut(u32) -> Result<(), HcallError>,
-    ) -> Result<u32, HcallError> {
+    fn generate_begin(&mut self, session: u32, params: &SamplingParams) -> Result<(), HcallError> {
         let valid = params.temperature >= 0.0 && params.top_p > 0.0 && params.top_p <= 1.0; // false for NaN
         if !valid {
             return Err(HcallError::InvalidArgument);
         }
-        let comp = self.comp();
         let live = self.live(session)?;
-        let mut sampler = Sampler::new(SamplerConfig {
+        let sampler = Sampler::new(SamplerConfig {
             temperature: params.temperature,
             top_k: params.top_k as usize,
             top_p: params.top_p,
             seed: params.seed,
             ..SamplerConfig::default()
         });
-        let mut n = 0;
-        while n < max_tokens {
-            let Some(logits) = live.logits.as_mut() else { return Err(HcallError::InvalidArgument) };
-            let next = sampler.sample(logits, &live.history);
-            emit(next)?;
-            n += 1;
-            live.history.push(next);
-            if params.stop_token == Some(next) {
-                live.logits = None;
-                break;
-            }
-            match live.session.eval(comp, &[next]) {
-                Ok(l) => live.logits = Some(l),
-                // The token was produced; the context has no room to go on.
-                Err(engine::model::SessionError::ContextFull { .. }) => {
-                    live.logits = None;
-                    break;
-                }
-                Err(e) => return Err(eval_error(e)),
-            }
+        live.generation = Some((sampler, params.stop_token));
+        Ok(())
+    }
+
+    fn generate_step(&mut self, session: u32) -> Result<GenStep, HcallError> {
+        let comp = self.comp();
+        let live = self.live(session)?;
+        let (Some(logits), Some((sampler, stop))) = (live.logits.as_mut(), live.generation.as_mut()) else {
+            return Err(HcallError::InvalidArgument);
+        };
+        let next = sampler.sample(logits, &live.history);
+        let stop = *stop;
+        live.history.push(next);
+        if stop == Some(next) {
+            live.logits = None;
+            return Ok(GenStep { token: next, more: false });
         }
-        Ok(n)
+        match live.session.eval(comp, &[next]) {
+            Ok(l) => {
+                live.logits = Some(l);
+                Ok(GenStep { token: next, more: true })
+            }
+            // The token was produced; the context has no room to go on.
+            Err(engine::model::SessionError::ContextFull { .. }) => {
+                live.logits = None;
+                Ok(GenStep { token: next, more: false })
+            }
+            Err(e) => Err(eval_error(e)),
+        }
     }
 
     fn close(&mut self, session: u32) {

@@ -21,8 +21,9 @@ pub mod fuzz;
 mod llm;
 mod ops;
 
-pub use llm::{EngineHost, ModelHost, SamplingParams};
+pub use llm::{EngineHost, GenStep, ModelHost, SamplingParams};
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use tensor_hcall::cpuid::Features;
 use tensor_hcall::desc::{
@@ -178,7 +179,62 @@ pub struct Tenant {
     kv_bytes: u64,
     /// A completion interrupt the vCPU layer should inject.
     pending_interrupt: Option<u8>,
+    /// The engine request the tenant's vCPU is parked on, if any.
+    request: Option<Request>,
     pub counters: Counters,
+}
+
+/// What [`Tenant::begin`] did with a hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begun {
+    /// Answered at once: the value for RAX.
+    Done(u64),
+    /// An engine request, copied and validated, now waiting for the engine: the vCPU stays
+    /// parked (RIP not advanced) until [`Tenant::step`] returns [`Step::Done`].
+    Parked,
+}
+
+/// What one [`Tenant::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// One unit ran; the request has more.
+    More,
+    /// The last unit ran (or the request failed): the value for RAX.
+    Done(u64),
+    /// No request is parked.
+    Idle,
+}
+
+/// The kind of work a unit was, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitKind {
+    /// One submission-queue entry of a doorbell batch.
+    Op,
+    /// A whole prompt evaluation (one unit: the engine's batched evaluation is not split, so its
+    /// numerics equal the engine's).
+    Prefill,
+    /// One generated token: sampling plus one forward pass.
+    Token,
+}
+
+/// An engine request in progress. Everything it needs from the guest was copied into it and
+/// validated when it was made; running it only writes results to guest memory.
+enum Request {
+    Doorbell(DoorbellJob),
+    Prefill { engine_id: u32, tokens: Vec<u32> },
+    Generate { engine_id: u32, out_gpa: u64, max_tokens: u32, written: u32 },
+}
+
+/// A doorbell batch: the submission entries it took (copied once), run one per unit.
+struct DoorbellJob {
+    layout: RingLayout,
+    cq_entries: u32,
+    control_flags: u32,
+    cq_event_index: u32,
+    entries: VecDeque<SqEntry>,
+    sq_consumer: u32,
+    cq_producer: u32,
+    done: u32,
 }
 
 impl Tenant {
@@ -193,6 +249,7 @@ impl Tenant {
             registered: 0,
             kv_bytes: 0,
             pending_interrupt: None,
+            request: None,
             counters: Counters::default(),
         }
     }
@@ -228,13 +285,85 @@ impl Tenant {
     }
 
     /// Handles one hypercall (all but `ConsoleWrite` and `Exit`, which the vCPU layer handles)
-    /// and returns the value for RAX.
+    /// to completion and returns the value for RAX: [`Tenant::begin`], then every unit of an
+    /// engine request at once (for callers with nothing else to run, such as the in-process
+    /// transport and the fuzzer).
     pub fn hypercall(&mut self, regs: &HcallRegs, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> u64 {
+        match self.begin(regs, mem, models) {
+            Begun::Done(rax) => rax,
+            Begun::Parked => loop {
+                match self.step(mem, models) {
+                    Step::More => {}
+                    Step::Done(rax) => break rax,
+                    Step::Idle => break encode_result(Err(HcallError::Busy)),
+                }
+            },
+        }
+    }
+
+    /// Starts one hypercall: answers it at once, or, for engine work (`Doorbell` with entries,
+    /// `SessionPrefill`, `SessionGenerate`), copies and validates its descriptors, charges its
+    /// quotas and parks it as a request the engine scheduler runs unit by unit. Bad arguments
+    /// and quota refusals are answered here, never queued.
+    pub fn begin(&mut self, regs: &HcallRegs, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> Begun {
         self.counters.hypercalls += 1;
+        if self.request.is_some() {
+            // The vCPU is parked on a request; nothing else can call. Refuse, never queue.
+            return Begun::Done(self.finish(Err(HcallError::Busy)));
+        }
         let r = match Hypercall::decode(regs) {
             Ok(call) => self.call(call, mem, models),
             Err(e) => Err(e),
         };
+        match r {
+            Ok(_) if self.request.is_some() => Begun::Parked,
+            r => Begun::Done(self.finish(r)),
+        }
+    }
+
+    /// Whether a request is parked waiting for engine units.
+    pub fn parked(&self) -> bool {
+        self.request.is_some()
+    }
+
+    /// The kind of the parked request's next unit.
+    pub fn next_unit(&self) -> Option<UnitKind> {
+        self.request.as_ref().map(|r| match r {
+            Request::Doorbell(_) => UnitKind::Op,
+            Request::Prefill { .. } => UnitKind::Prefill,
+            Request::Generate { .. } => UnitKind::Token,
+        })
+    }
+
+    /// Runs one unit of the parked request: one submission entry, the prefill, or one token.
+    pub fn step(&mut self, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> Step {
+        let Some(mut req) = self.request.take() else { return Step::Idle };
+        let r: Result<Option<u64>, HcallError> = match &mut req {
+            Request::Doorbell(job) => self.doorbell_unit(job, mem),
+            Request::Prefill { engine_id, tokens } => models.prefill(*engine_id, tokens).map(|()| {
+                self.counters.tokens += tokens.len() as u64;
+                Some(tokens.len() as u64)
+            }),
+            Request::Generate { engine_id, out_gpa, max_tokens, written } => (|| {
+                let s = models.generate_step(*engine_id)?;
+                mem.write(*out_gpa + 4 * u64::from(*written), &s.token.to_le_bytes())?;
+                *written += 1;
+                self.counters.tokens += 1;
+                Ok((!s.more || *written >= *max_tokens).then_some(u64::from(*written)))
+            })(),
+        };
+        match r {
+            Ok(None) => {
+                self.request = Some(req);
+                Step::More
+            }
+            Ok(Some(v)) => Step::Done(self.finish(Ok(v))),
+            Err(e) => Step::Done(self.finish(Err(e))),
+        }
+    }
+
+    /// Counts a finished call's outcome and encodes it for RAX.
+    fn finish(&mut self, r: Result<u64, HcallError>) -> u64 {
         if r.is_err() {
             self.counters.errors += 1;
         }
@@ -263,7 +392,7 @@ impl Tenant {
             Hypercall::Doorbell { ring } => self.doorbell(ring, mem),
             Hypercall::SessionOpen { model_id, max_context } => self.session_open(model_id, max_context, models),
             Hypercall::SessionPrefill { session, region, offset, count } => {
-                self.session_prefill(session, region, offset, count, mem, models)
+                self.session_prefill(session, region, offset, count, mem)
             }
             Hypercall::SessionGenerate { desc_gpa } => self.session_generate(desc_gpa, mem, models),
             Hypercall::SessionClose { session } => self.session_close(session, models),
@@ -386,26 +515,54 @@ impl Tenant {
         Ok(0)
     }
 
-    /// Processes every new submission (up to the in-flight quota) and posts their completions.
-    /// Returns how many entries were consumed.
+    /// Takes every new submission (up to the in-flight quota and the free completion slots):
+    /// copies the entries once into a batch the engine runs one entry per unit; completions are
+    /// posted as each entry finishes and the indices when the batch is done. The result is how
+    /// many entries the batch took.
     fn doorbell(&mut self, ring: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
         if ring != 0 {
             return Err(HcallError::BadHandle);
         }
         let Some(r) = self.ring.as_ref() else { return Err(HcallError::BadHandle) };
-        let (layout, sq_entries, cq_entries, vector) = (r.layout, r.sq_entries, r.cq_entries, r.vector);
-        let (mut sq_consumer, mut cq_producer) = (r.sq_consumer, r.cq_producer);
+        let (layout, sq_entries, cq_entries) = (r.layout, r.sq_entries, r.cq_entries);
+        let (sq_consumer, cq_producer) = (r.sq_consumer, r.cq_producer);
         let control = RingControl::from_bytes(&self.read_desc::<{ RingControl::SIZE }>(mem, layout.control.0)?);
         let pending = ring_pending(sq_consumer, control.sq_producer.value, sq_entries)?;
-        let cq_consumer = control.cq_consumer.value;
         let before = self.counters.descriptor_bytes - RingControl::SIZE as u64;
-        let mut done = 0u32;
-        while done < pending.min(self.limits.inflight_ops) {
-            if ring_pending(cq_consumer, cq_producer, cq_entries)? >= cq_entries {
-                break; // the guest has not consumed completions: stop, keep the rest queued
-            }
-            let slot = u64::from(ring_slot(sq_consumer, sq_entries));
-            let entry = SqEntry::from_bytes(&self.read_desc::<{ SqEntry::SIZE }>(mem, layout.sq.0 + slot * SqEntry::SIZE as u64)?);
+        let mut take = pending.min(self.limits.inflight_ops);
+        if take > 0 {
+            // Completions the guest has not consumed hold their slots: stop there, keep the rest
+            // queued.
+            let used = ring_pending(control.cq_consumer.value, cq_producer, cq_entries)?;
+            take = take.min(cq_entries.saturating_sub(used));
+        }
+        let mut entries = VecDeque::with_capacity(take as usize);
+        for i in 0..take {
+            let slot = u64::from(ring_slot(sq_consumer.wrapping_add(i), sq_entries));
+            entries.push_back(SqEntry::from_bytes(&self.read_desc::<{ SqEntry::SIZE }>(mem, layout.sq.0 + slot * SqEntry::SIZE as u64)?));
+        }
+        self.counters.doorbell_bytes += self.counters.descriptor_bytes - before;
+        let mut job = DoorbellJob {
+            layout,
+            cq_entries,
+            control_flags: control.flags,
+            cq_event_index: control.cq_event_index,
+            entries,
+            sq_consumer,
+            cq_producer,
+            done: 0,
+        };
+        if take == 0 {
+            return self.doorbell_finish(&mut job, mem);
+        }
+        self.request = Some(Request::Doorbell(job));
+        Ok(0)
+    }
+
+    /// Runs one entry of a doorbell batch and posts its completion; finishes the batch after
+    /// its last entry.
+    fn doorbell_unit(&mut self, job: &mut DoorbellJob, mem: &dyn GuestMemory) -> Result<Option<u64>, HcallError> {
+        if let Some(entry) = job.entries.pop_front() {
             let status = self.execute(&entry, mem);
             self.counters.ops += 1;
             let cqe = CqEntry {
@@ -417,24 +574,34 @@ impl Tenant {
                 result: status.unwrap_or(0),
                 reserved: 0,
             };
-            let cslot = u64::from(ring_slot(cq_producer, cq_entries));
-            mem.write(layout.cq.0 + cslot * CqEntry::SIZE as u64, &cqe.to_bytes())?;
-            sq_consumer = sq_consumer.wrapping_add(1);
-            cq_producer = cq_producer.wrapping_add(1);
-            done += 1;
+            let cslot = u64::from(ring_slot(job.cq_producer, job.cq_entries));
+            mem.write(job.layout.cq.0 + cslot * CqEntry::SIZE as u64, &cqe.to_bytes())?;
+            job.sq_consumer = job.sq_consumer.wrapping_add(1);
+            job.cq_producer = job.cq_producer.wrapping_add(1);
+            job.done += 1;
         }
-        self.counters.doorbell_bytes += self.counters.descriptor_bytes - before;
+        if job.entries.is_empty() {
+            return self.doorbell_finish(job, mem).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Publishes a batch's indices and raises its completion interrupt.
+    fn doorbell_finish(&mut self, job: &mut DoorbellJob, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        let (sq_consumer, cq_producer, done) = (job.sq_consumer, job.cq_producer, job.done);
         if let Some(r) = self.ring.as_mut() {
             r.sq_consumer = sq_consumer;
             r.cq_producer = cq_producer;
         }
+        let layout = job.layout;
         mem.write(layout.control.0 + 64, &sq_consumer.to_le_bytes())?;
         mem.write(layout.control.0 + 128, &cq_producer.to_le_bytes())?;
+        let vector = self.ring.as_ref().and_then(|r| r.vector);
         // Completion interrupt, unless suppressed, and only when the CQ producer passed the
         // guest's event index (the virtio event-index rule: new - event - 1 < new - old).
-        let suppressed = RingControlFlags::from_bits_truncate(control.flags).contains(RingControlFlags::SUPPRESS_COMPLETION_INTERRUPTS);
+        let suppressed = RingControlFlags::from_bits_truncate(job.control_flags).contains(RingControlFlags::SUPPRESS_COMPLETION_INTERRUPTS);
         let old = cq_producer.wrapping_sub(done);
-        let crossed = cq_producer.wrapping_sub(control.cq_event_index).wrapping_sub(1) < cq_producer.wrapping_sub(old);
+        let crossed = cq_producer.wrapping_sub(job.cq_event_index).wrapping_sub(1) < cq_producer.wrapping_sub(old);
         if let (Some(v), false, true, true) = (vector, suppressed, done > 0, crossed) {
             self.pending_interrupt = Some(v);
         }
@@ -488,7 +655,6 @@ impl Tenant {
         offset: u64,
         count: u64,
         mem: &dyn GuestMemory,
-        models: &mut dyn ModelHost,
     ) -> Result<u64, HcallError> {
         let engine_id = self.lookup(&self.sessions, session, Kind::Session)?.engine_id;
         let r = self.lookup(&self.regions, region, Kind::Region)?;
@@ -502,9 +668,8 @@ impl Tenant {
         let mut bytes = alloc::vec![0u8; count as usize * 4];
         mem.read(r.gpa + offset, &mut bytes)?;
         let tokens: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        models.prefill(engine_id, &tokens)?;
-        self.counters.tokens += count;
-        Ok(count)
+        self.request = Some(Request::Prefill { engine_id, tokens });
+        Ok(0)
     }
 
     fn session_generate(&mut self, desc_gpa: u64, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
@@ -523,15 +688,12 @@ impl Tenant {
             seed: d.seed,
             stop_token: (d.flags & 1 != 0).then_some(d.stop_token),
         };
-        let mut written = 0u64;
-        let mut sink = |t: u32| {
-            mem.write(out_gpa + 4 * written, &t.to_le_bytes())?;
-            written += 1;
-            Ok(())
-        };
-        let n = models.generate(engine_id, &params, d.max_tokens, &mut sink)?;
-        self.counters.tokens += u64::from(n);
-        Ok(u64::from(n))
+        models.generate_begin(engine_id, &params)?;
+        if d.max_tokens == 0 {
+            return Ok(0);
+        }
+        self.request = Some(Request::Generate { engine_id, out_gpa, max_tokens: d.max_tokens, written: 0 });
+        Ok(0)
     }
 
     fn session_close(&mut self, session: u64, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
@@ -546,6 +708,8 @@ impl Tenant {
 
     /// Closes every session (when the tenant stops), so KV caches are freed and never reused.
     pub fn close_all(&mut self, models: &mut dyn ModelHost) {
+        // A request it was parked on is dropped with it.
+        self.request = None;
         for (_, s) in self.sessions.items.iter_mut() {
             if let Some(s) = s.take() {
                 models.close(s.engine_id);
