@@ -30,7 +30,7 @@ cargo xtask <command>
       --count N               round trips (default 200000)
   bench abi             64 tensor ops batched vs one doorbell each, in Bochs: exits, instructions, bytes copied
   bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
-  bench tenants         scheduler shares (simulated) and the memory model for 1, 2, 4 tenants, as JSON
+  bench tenants [--no-boot]  engine shares on the real request path, a flood case, and memory for 1, 2, 4 tenants measured in Bochs, as JSON
   config check|compile [FILE] [OUT]  validate config/tenants.toml (or FILE); compile it to the binary manifest
   fuzz hcall --cases N  randomized adversarial hypercalls against the real dispatcher
   test                  host unit tests of every crate, then the emulator integration tests;

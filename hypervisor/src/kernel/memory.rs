@@ -336,3 +336,10 @@ pub fn read_phys(phys: u64, buf: &mut [u8]) -> bool {
     }
     true
 }
+
+/// What the frame allocator has free and the heap has in use, in bytes (for the memory the
+/// tenants cost: guest RAM and EPT tables come from frames, sessions' KV caches from the heap).
+pub fn usage() -> (u64, u64) {
+    let free = FRAMES.lock().free_bytes();
+    (free, HEAP.lock().used() as u64)
+}

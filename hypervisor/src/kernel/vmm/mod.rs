@@ -18,7 +18,9 @@ use hypervisor::multiboot2::{cmdline_value, Module};
 use hypervisor::vcpu::{decide, Decision, StopReason};
 use ram::GuestRam;
 use hypervisor::accounting::{render_prometheus, Usage};
-use hypervisor::dispatch::{EngineHost, Limits};
+use hypervisor::dispatch::{EngineHost, Limits, Step, UnitKind};
+use hypervisor::sched::fair::Fair;
+use hypervisor::sched::TenantSlot;
 use services::{ExitServices, TenantServices};
 use tensor_hcall::boot::{GuestBootInfo, BOOT_INFO_GPA};
 use vcpu::{EntryFailure, GuestStart, Vcpu};
@@ -38,6 +40,10 @@ const STACK_SIZE: u64 = 64 * 1024;
 const DEFAULT_MEMORY_MIB: u64 = 4;
 const DEFAULT_BUDGET_MS: u64 = 2_000;
 const SLICE_MS: u64 = 5;
+/// Engine time per unit of weight per DRR round.
+const ENGINE_QUANTUM_US: u64 = 500;
+/// Engine time run between guest slices while some vCPU can run.
+const ENGINE_SLICE_MS: u64 = 5;
 
 /// VMX root operation on the boot CPU.
 pub struct VmxRoot {
@@ -101,6 +107,24 @@ struct Guest {
     stopped: Option<StopReason>,
     /// The platform of a Linux tenant (None for a Rust guest).
     linux: Option<Box<linux::Platform>>,
+    /// Its slot in the engine scheduler and its engine weight.
+    slot: TenantSlot,
+    weight: u32,
+    /// Parked on an engine request: not run until the request completes.
+    parked: bool,
+    /// The RAX of a completed request, to set (and RIP to advance) before it runs again.
+    resume: Option<u64>,
+    engine: EngineAccount,
+}
+
+/// What the engine did for one tenant.
+#[derive(Default)]
+struct EngineAccount {
+    units: u64,
+    requests: u64,
+    /// The request in progress: its units, and other tenants' units run meanwhile.
+    request_units: u64,
+    others_at_park: u64,
 }
 
 /// What a tenant is started with: from the tenant manifest, or from a `guest:` module's
@@ -117,6 +141,8 @@ pub struct TenantSpec<'a> {
     /// so without an IOMMU.
     pub devices: Vec<String>,
     pub passthrough_without_iommu: bool,
+    /// Engine weight (DRR), 1..=1000.
+    pub weight: u32,
 }
 
 impl<'a> TenantSpec<'a> {
@@ -127,7 +153,19 @@ impl<'a> TenantSpec<'a> {
         let args = cmdline.split_once(' ').map_or("", |(_, a)| a);
         let memory_mib: u64 = cmdline_value(cmdline, "mem_mib").map_or(Ok(DEFAULT_MEMORY_MIB), str::parse).map_err(|_| "bad mem_mib")?;
         let budget_ms: u64 = cmdline_value(cmdline, "budget_ms").map_or(Ok(DEFAULT_BUDGET_MS), str::parse).map_err(|_| "bad budget_ms")?;
-        Ok(Self { name: name.into(), elf, args: args.into(), memory_mib, budget_ms, limits: Limits::default(), user_mode_hypercalls: false, devices: Vec::new(), passthrough_without_iommu: false })
+        let weight: u32 = cmdline_value(cmdline, "weight").map_or(Ok(1), str::parse).map_err(|_| "bad weight")?;
+        Ok(Self {
+            name: name.into(),
+            elf,
+            args: args.into(),
+            memory_mib,
+            budget_ms,
+            limits: Limits::default(),
+            user_mode_hypercalls: false,
+            devices: Vec::new(),
+            passthrough_without_iommu: false,
+            weight,
+        })
     }
 
     /// A tenant from an admitted manifest entry, with its guest image.
@@ -149,12 +187,13 @@ impl<'a> TenantSpec<'a> {
             user_mode_hypercalls: t.flags.contains(Flags::USER_MODE_HYPERCALLS),
             devices: t.devices.clone(),
             passthrough_without_iommu: t.flags.contains(Flags::PASSTHROUGH_WITHOUT_IOMMU),
+            weight: u32::from(t.weight),
         }
     }
 }
 
 /// Loads one guest; the error says why it was not started.
-fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantSpec<'_>) -> Result<Guest, String> {
+fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantSpec<'_>, slot: TenantSlot) -> Result<Guest, String> {
     let (name, args, mem_mib, budget_ms, bytes) = (spec.name.as_str(), spec.args.as_str(), spec.memory_mib, spec.budget_ms, spec.elf);
     if !(2..=1024).contains(&mem_mib) {
         return Err(alloc::format!("mem_mib={mem_mib} is outside 2..=1024"));
@@ -206,7 +245,12 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
         name: name.into(),
         id,
         vcpu,
-        services: TenantServices::new(name, id, ram, spec.limits, spec.user_mode_hypercalls),
+        services: {
+            let mut s = TenantServices::new(name, id, ram, spec.limits, spec.user_mode_hypercalls);
+            // Its VMCALLs park on engine work; the run loop resumes it when the request is done.
+            s.may_park = true;
+            s
+        },
         budget_tsc: budget_ms.saturating_mul(tsc::hz() / 1000),
         used_tsc: 0,
         handling_tsc: 0,
@@ -215,11 +259,16 @@ fn load_guest(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &TenantS
         exits: 0,
         stopped: None,
         linux: None,
+        slot,
+        weight: spec.weight,
+        parked: false,
+        resume: None,
+        engine: EngineAccount::default(),
     })
 }
 
 /// Loads one Linux tenant; the error says why it was not started.
-fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::LinuxSpec<'_>) -> Result<Guest, String> {
+fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::LinuxSpec<'_>, slot: TenantSlot) -> Result<Guest, String> {
     let caps = root.caps.ept_vpid.ok_or("the CPU has no EPT")?;
     let cr = linux::CrPolicy { cr0: root.caps.guest_cr0_fixed(false), cr4: root.caps.cr4_fixed() };
     let loaded = linux::load(spec, caps, tsc::hz(), cr)?;
@@ -241,6 +290,12 @@ fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::
         exits: 0,
         stopped: None,
         linux: Some(Box::new(loaded.platform)),
+        slot,
+        // The manifest's Linux entries carry no engine weight yet.
+        weight: 1,
+        parked: false,
+        resume: None,
+        engine: EngineAccount::default(),
     })
 }
 
@@ -270,8 +325,18 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
     let mut vpids = VpidAllocator::new();
     let mut guests: Vec<Guest> = Vec::new();
     let mut refused = 0;
+    let us = (tsc::hz() / 1_000_000).max(1);
+    let (free_at_start, heap_at_start) = super::memory::usage();
+    let Ok(mut fair) = Fair::new(ENGINE_QUANTUM_US * us) else {
+        log::error!("engine scheduler: bad quantum");
+        return (0, specs.len());
+    };
     for (i, spec) in specs.iter().enumerate() {
-        match load_guest(root, &mut vpids, i as u32 + 1, spec) {
+        let loaded = fair
+            .add(spec.weight)
+            .map_err(|e| alloc::format!("engine weight: {e}"))
+            .and_then(|slot| load_guest(root, &mut vpids, i as u32 + 1, spec, slot).inspect_err(|_| drop(fair.remove(slot))));
+        match loaded {
             Ok(g) => guests.push(g),
             Err(e) => {
                 super::devices::passthrough::release(i as u32 + 1);
@@ -281,7 +346,11 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
         }
     }
     for (i, spec) in linux_specs.iter().enumerate() {
-        match load_linux(root, &mut vpids, (specs.len() + i) as u32 + 1, spec) {
+        let loaded = fair
+            .add(1)
+            .map_err(|e| alloc::format!("engine weight: {e}"))
+            .and_then(|slot| load_linux(root, &mut vpids, (specs.len() + i) as u32 + 1, spec, slot).inspect_err(|_| drop(fair.remove(slot))));
+        match loaded {
             Ok(g) => guests.push(g),
             Err(e) => {
                 log::error!("guest {}: not started: {e}", spec.name);
@@ -289,12 +358,36 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
             }
         }
     }
+    log::info!(
+        "engine scheduler: deficit round robin over {} tenant(s), quantum {ENGINE_QUANTUM_US} us per unit of weight, engine slice {ENGINE_SLICE_MS} ms",
+        guests.len()
+    );
+    let (free_loaded, heap_loaded) = super::memory::usage();
+    log::info!(
+        "memory: {} tenant(s) loaded: {} bytes of frames (guest RAM, EPT tables), heap {} bytes before them (kernel, models) and {} bytes after",
+        guests.len(),
+        free_at_start.saturating_sub(free_loaded),
+        heap_at_start,
+        heap_loaded
+    );
+    let mut heap_peak = heap_loaded;
+    let mut shares_logged = false;
     let slice = SLICE_MS * (tsc::hz() / 1000);
+    let engine_slice = ENGINE_SLICE_MS * (tsc::hz() / 1000);
     loop {
-        let mut ran = false;
-        for g in guests.iter_mut().filter(|g| g.stopped.is_none()) {
-            ran = true;
+        // Guest slices for every vCPU that can run.
+        for g in guests.iter_mut().filter(|g| g.stopped.is_none() && !g.parked) {
             run_slice(g, slice, models);
+            heap_peak = heap_peak.max(super::memory::usage().1);
+            if g.services.parked {
+                g.services.parked = false;
+                if g.stopped.is_none() {
+                    g.parked = true;
+                    g.engine.request_units = 0;
+                    g.engine.others_at_park = fair.picks();
+                    let _ = fair.set_backlogged(g.slot, true);
+                }
+            }
         }
         // What is typed on the hypervisor's console goes to the first running Linux tenant's COM1.
         if let Some(p) = guests.iter_mut().filter(|g| g.stopped.is_none()).find_map(|g| g.linux.as_mut()) {
@@ -303,10 +396,77 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
                 p.receive(b);
             }
         }
-        if !ran {
+        if !shares_logged && guests.iter().any(|g| g.stopped.is_some()) {
+            // The engine's split while every tenant was there to take a share.
+            shares_logged = true;
+            let total: u64 = guests.iter().map(|g| fair.charged(g.slot).cost).sum::<u64>().max(1);
+            for g in &guests {
+                let c = fair.charged(g.slot);
+                log::info!(
+                    "engine shares until the first tenant stopped: {} weight {} units {} ticks {} share {}.{:04}",
+                    g.name,
+                    g.weight,
+                    c.units,
+                    c.cost,
+                    c.cost * 10_000 / total / 10_000,
+                    c.cost * 10_000 / total % 10_000
+                );
+            }
+        }
+        if guests.iter().all(|g| g.stopped.is_some()) {
+            break;
+        }
+        // Engine units, picked by weight, until a request completes (its vCPU runs at once) or
+        // the engine slice is spent while some vCPU can run; only units while all are parked.
+        let mut spent = 0u64;
+        loop {
+            let runnable = guests.iter().any(|g| g.stopped.is_none() && !g.parked);
+            if runnable && spent >= engine_slice {
+                break;
+            }
+            let Some(slot) = fair.pick() else { break };
+            let Some(g) = guests.iter_mut().find(|g| g.slot == slot) else { break };
+            let kind = g.services.tensors.next_unit();
+            let t0 = tsc::rdtsc();
+            let step = g.services.engine_step(models);
+            let cost = tsc::rdtsc().wrapping_sub(t0);
+            let _ = fair.charge(slot, cost);
+            spent += cost;
+            g.handling_tsc += cost;
+            g.engine.units += 1;
+            g.engine.request_units += 1;
+            let rax = match step {
+                Step::More => continue,
+                Step::Done(rax) => rax,
+                // Picked without a request (cannot happen: parked means a request): resume it.
+                Step::Idle => tensor_hcall::encode_result(Err(tensor_hcall::HcallError::Busy)),
+            };
+            g.parked = false;
+            g.resume = Some(rax);
+            g.engine.requests += 1;
+            let _ = fair.set_backlogged(slot, false);
+            if let Some(v) = g.services.tensors.take_pending_interrupt() {
+                g.pending_vector = Some(v);
+            }
+            let others = fair.picks() - g.engine.others_at_park - g.engine.request_units;
+            log::info!(
+                "engine: {}: {} request done in {} unit(s), {others} unit(s) of other tenants interleaved",
+                g.name,
+                match kind {
+                    Some(UnitKind::Op) => "doorbell",
+                    Some(UnitKind::Prefill) => "prefill",
+                    Some(UnitKind::Token) => "generate",
+                    None => "no",
+                },
+                g.engine.request_units
+            );
             break;
         }
     }
+    log::info!(
+        "memory: heap peak while the tenants ran {heap_peak} bytes ({} bytes over the start: sessions' KV caches and buffers)",
+        heap_peak.saturating_sub(heap_at_start)
+    );
     let usage: Vec<(String, Usage)> = guests
         .iter()
         .map(|g| {
@@ -345,7 +505,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
         }
         let c = g.services.tensors.counters;
         log::info!(
-            "guest {}: {} exits, {} us in the guest, {} us handling its exits, {} hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied ({} by doorbells)",
+            "guest {}: {} exits, {} us in the guest, {} us handling its exits and engine work, {} hypercalls ({} errors), {} ops, {} tokens, {} descriptor bytes copied ({} by doorbells), {} engine units in {} requests ({} engine TSC ticks charged)",
             g.name,
             g.exits,
             g.used_tsc / (tsc::hz() / 1_000_000).max(1),
@@ -355,7 +515,10 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
             c.ops,
             c.tokens,
             c.descriptor_bytes,
-            c.doorbell_bytes
+            c.doorbell_bytes,
+            g.engine.units,
+            g.engine.requests,
+            fair.charged(g.slot).cost
         );
     }
     (finished, guests.len() - finished + refused)
@@ -367,6 +530,24 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         stop(g, StopReason::EntryFailed, 0, models);
         log::error!("guest {}: VMPTRLD failed: {e:?}", g.name);
         return;
+    }
+    if let Some(rax) = g.resume.take() {
+        // Its engine request completed: the result, and RIP past the VMCALL (the VMCS still
+        // holds that exit's instruction length: the vCPU has not run since).
+        g.vcpu.regs.rax = rax;
+        let offered = match g.pending_vector {
+            Some(v) => g.vcpu.offer_interrupt(v).map(|injected| {
+                if injected {
+                    g.pending_vector = None;
+                }
+            }),
+            None => Ok(()),
+        };
+        if let Err(e) = g.vcpu.advance().and(offered) {
+            log::error!("guest {}: VMCS update failed: {e:?}", g.name);
+            stop(g, StopReason::EntryFailed, 0, models);
+            return;
+        }
     }
     if let Some(p) = g.linux.as_mut() {
         p.enter_slice();
@@ -446,6 +627,10 @@ fn run_slice_loaded(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         g.handling_tsc += tsc::rdtsc().wrapping_sub(t_handle);
         if let Some(v) = g.services.tensors.take_pending_interrupt() {
             g.pending_vector = Some(v);
+        }
+        if g.services.parked && decision == Decision::Advance {
+            // Parked on an engine request: RIP stays on the VMCALL until it completes.
+            return;
         }
         let applied = match decision {
             Decision::Advance => g.vcpu.advance(),

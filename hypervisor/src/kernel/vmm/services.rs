@@ -4,7 +4,7 @@
 use super::ram::GuestRam;
 use super::tsc;
 use alloc::string::String;
-use hypervisor::dispatch::{EngineHost, GuestMemory, Limits, Tenant, DISPATCH_FEATURES};
+use hypervisor::dispatch::{Begun, EngineHost, GuestMemory, Limits, Tenant, DISPATCH_FEATURES};
 use hypervisor::vcpu::{GuestRegs, Services, StopReason};
 use tensor_hcall::boot::MSR_TENANT_ID;
 use tensor_hcall::call::MAX_CONSOLE_WRITE;
@@ -26,6 +26,13 @@ pub struct TenantServices {
     pub tensors: Tenant,
     /// Whether the guest's user mode (CPL 3) may make hypercalls (tenant policy).
     user_mode_hypercalls: bool,
+    /// Set when a hypercall parked as an engine request: the run loop must not advance RIP
+    /// and the vCPU waits for the engine scheduler (see `run_guests`).
+    pub parked: bool,
+    /// Whether engine calls may park (the run loop resumes the vCPU at completion). Off: they
+    /// run to completion inside the call, as the Linux tenant's hypercall page needs (its
+    /// result goes into the page before the store instruction retires).
+    pub may_park: bool,
 }
 
 /// A tenant's services together with the models all tenants share, for one exit.
@@ -51,7 +58,12 @@ impl GuestMemory for GuestRam {
 impl TenantServices {
     pub fn new(name: &str, tenant_id: u32, ram: GuestRam, limits: Limits, user_mode_hypercalls: bool) -> Self {
         let tensors = Tenant::new(tenant_id as u16, limits);
-        Self { name: name.into(), tenant_id, ram, line: String::new(), tensors, user_mode_hypercalls }
+        Self { name: name.into(), tenant_id, ram, line: String::new(), tensors, user_mode_hypercalls, parked: false, may_park: false }
+    }
+
+    /// Runs one unit of the parked engine request against this tenant's memory.
+    pub fn engine_step(&mut self, models: &mut EngineHost) -> hypervisor::dispatch::Step {
+        self.tensors.step(&self.ram, models)
     }
 
     /// Prints what is left of an unterminated console line.
@@ -140,7 +152,16 @@ impl Services for ExitServices<'_> {
                 Ok(Hypercall::ConsoleWrite { gpa, len }) => self.tenant.console_write(gpa, len),
                 Ok(_) => {
                     let t = &mut *self.tenant;
-                    regs.rax = t.tensors.hypercall(&hregs, &t.ram, self.models);
+                    // Engine work parks: its descriptors are copied and validated now, the units
+                    // run when the engine scheduler picks them, RAX and RIP change at completion.
+                    if !t.may_park {
+                        regs.rax = t.tensors.hypercall(&hregs, &t.ram, self.models);
+                        return Ok(());
+                    }
+                    match t.tensors.begin(&hregs, &t.ram, self.models) {
+                        Begun::Done(rax) => regs.rax = rax,
+                        Begun::Parked => t.parked = true,
+                    }
                     return Ok(());
                 }
                 Err(e) => Err(e),
