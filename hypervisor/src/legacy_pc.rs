@@ -261,7 +261,7 @@ pub struct Cmos {
 pub const EPOCH: (u8, u8, u8, u8) = (26, 1, 1, 5);
 
 fn bcd(v: u64) -> u8 {
-    ((v / 10 % 10) << 4 | v % 10) as u8
+    (((v / 10 % 10) << 4) | (v % 10)) as u8
 }
 
 impl Cmos {

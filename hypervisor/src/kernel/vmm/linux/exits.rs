@@ -464,7 +464,7 @@ impl Platform {
     /// sanctioned path for programs the tenant's root lets map the BAR, so it runs the call
     /// with kernel privilege; VMCALL from user mode stays under the tenant's policy.
     fn page_store(&mut self, offset: u64, size: u8, value: u64, services: &mut ExitServices<'_>) -> Result<(), StopReason> {
-        if size != 8 || offset % 8 != 0 || !(HP_CALL..=HP_ARG3).contains(&offset) {
+        if size != 8 || !offset.is_multiple_of(8) || !(HP_CALL..=HP_ARG3).contains(&offset) {
             services.tenant.tensors.counters.errors += 1;
             return Ok(());
         }
@@ -535,12 +535,13 @@ impl Platform {
             0x20 | 0x21 | 0xa0 | 0xa1 => self.pic.write(port, value as u8),
             0x40 | 0x43 => self.pit.write(port, value as u8, now, self.tsc_hz),
             0x70 => self.cmos.write(port, value as u8),
-            0xcf8 | 0xcfc..=0xcff => match self.pci.io_write(port, io.size, value as u32) {
+            0xcf8 | 0xcfc..=0xcff => {
                 // The hypercall page stays where the hypervisor mapped it: a moved BAR 0 or 1
                 // would leave the function unreachable, so it is logged.
-                Some(ConfigEvent::BarMoved { bar, address }) => log::warn!("linux: the tenant moved BAR {bar} of the tensor function to {address:#x}; the hypervisor keeps it at the original address"),
-                _ => {}
-            },
+                if let Some(ConfigEvent::BarMoved { bar, address }) = self.pci.io_write(port, io.size, value as u32) {
+                    log::warn!("linux: the tenant moved BAR {bar} of the tensor function to {address:#x}; the hypervisor keeps it at the original address");
+                }
+            }
             // Reset: the reset control register (CF9h, bit 2 with bit 1 "hard"), the keyboard
             // controller's CPU-reset pulse (command 0xFE), the fast-reset bit of port 92h.
             0xcf9 if value & 0x4 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0xcf9" }),
