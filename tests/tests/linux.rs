@@ -70,3 +70,27 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
     let at_marker = run.serial().lines().find(|l| l.contains(INIT_MARKER)).unwrap_or_default().to_string();
     println!("linux boot: marker line `{at_marker}`; whole Bochs run {:.1} s wall (image build included: {:.1} s)", run.outcome.elapsed.as_secs_f64(), wall.as_secs_f64());
 }
+
+/// A kernel that is no kernel, and a real one (Debian's bzImage, whose `init_size` alone is about
+/// 64 MiB) in a 32 MiB tenant, are refused with one line each before any memory is given out;
+/// the Rust tenant beside them runs.
+#[test]
+fn a_malformed_or_oversized_linux_tenant_is_refused_and_the_others_run() {
+    let hello = guest_elf("hello").expect("build the hello guest");
+    let kernel = xtask::linux::kernel().expect("Debian's kernel");
+    let initramfs = xtask::linux::initramfs(InitMode::Test).expect("the initramfs");
+    let junk = xtask::root().join("README.md");
+    let run = Boot::bochs("linux-refused")
+        .module(hello, "guest:hello")
+        .module(&junk, &linux_module_line("junk", "mem_mib=64", LINUX_CMDLINE))
+        .module(&kernel.bzimage, &linux_module_line("small", "mem_mib=32", LINUX_CMDLINE))
+        .module(&initramfs, "initrd:small")
+        .run();
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&["guest junk: not started: kernel:"])
+        .assert_line(&["guest small: not started: layout:"])
+        .assert_no_line("guest junk: loaded")
+        .assert_no_line("guest small: loaded")
+        .assert_line(&["guest hello: exited with status 0"])
+        .assert_line(&["guests: 1 finished, 2 stopped or refused"]);
+}
