@@ -11,8 +11,11 @@
 //! - [`uart`]: the 16550A on COM1;
 //! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function;
 //! - [`lapic`]: the local APIC (xAPIC registers, timer in all three modes);
-//! - [`policy`]: the CPUID and MSR policy;
-//! - [`pic`], [`pit`]: the 8259A pair and 8254 channel 0, for a tenant booted without APICs.
+//! - [`policy`]: the CPUID and MSR policy.
+//!
+//! The 8259A pair, 8254 channel 0 and CMOS clock the tenant boots on today (no local APIC yet)
+//! are `crate::legacy_pc`. The local APIC and ACPI tables here are for the APIC path, not yet
+//! wired into the run loop.
 
 pub mod acpi_tables;
 pub mod boot;
@@ -21,7 +24,5 @@ pub mod e820;
 pub mod gva;
 pub mod lapic;
 pub mod pci;
-pub mod pic;
-pub mod pit;
 pub mod policy;
 pub mod uart;
