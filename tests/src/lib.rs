@@ -18,17 +18,19 @@ pub struct Boot {
     pub cpus: u32,
     /// Extra QEMU arguments (devices).
     pub qemu_args: Vec<String>,
+    /// Bochs: COM1 as a socket with this scripted input (see `RunSpec::console_script`).
+    pub console_script: Vec<(String, String)>,
     /// Extra bochsrc lines (devices).
     pub bochs_lines: Vec<String>,
 }
 
 impl Boot {
     pub fn qemu(name: &str, firmware: Firmware) -> Self {
-        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256, cpus: 1, qemu_args: Vec::new(), bochs_lines: Vec::new() }
+        Self { image: ImageSpec::new(name, firmware), emulator: Emulator::Qemu { kvm: false }, timeout: Duration::from_secs(60), memory_mib: 256, cpus: 1, qemu_args: Vec::new(), bochs_lines: Vec::new(), console_script: Vec::new() }
     }
 
     pub fn bochs(name: &str) -> Self {
-        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128, cpus: 1, qemu_args: Vec::new(), bochs_lines: Vec::new() }
+        Self { image: ImageSpec::new(name, Firmware::Bios), emulator: Emulator::Bochs, timeout: Duration::from_secs(120), memory_mib: 128, cpus: 1, qemu_args: Vec::new(), bochs_lines: Vec::new(), console_script: Vec::new() }
     }
 
     pub fn cmdline(mut self, cmdline: &str) -> Self {
@@ -65,6 +67,8 @@ impl Boot {
         spec.memory_mib = self.memory_mib;
         spec.cpus = self.cpus;
         spec.qemu_args = self.qemu_args;
+        spec.console_input = !self.console_script.is_empty();
+        spec.console_script = self.console_script;
         spec.bochs_lines = self.bochs_lines;
         let outcome = emulator::boot(&spec).unwrap_or_else(|e| panic!("boot {}: {e}", self.image.name));
         Run { outcome }

@@ -13,6 +13,14 @@ use xtask::emulator::Verdict;
 use xtask::image::{guest_elf, linux_module_line, LINUX_CMDLINE};
 use xtask::linux::{kernel_args, InitMode, DONE_MARKER, INIT_MARKER};
 
+/// `xtask::linux::initramfs` writes through a temporary file named after the process id, so the
+/// tests of this binary (one process, several threads) build their initramfs one at a time.
+fn initramfs(mode: InitMode) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    xtask::linux::initramfs(mode).expect("the initramfs")
+}
+
 fn ids(v: &[u32]) -> String {
     v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -34,7 +42,7 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
 
     let hello = guest_elf("hello").expect("build the hello guest");
     let kernel = xtask::linux::kernel().expect("Debian's kernel");
-    let initramfs = xtask::linux::initramfs(InitMode::Test).expect("the initramfs");
+    let initramfs = initramfs(InitMode::Test);
     let args = kernel_args(&format!("prompt={} max_tokens=4 temp=0.9 seed=7", ids(&prompt))).unwrap();
     let mut boot = Boot::bochs("linux")
         .module(&model, "model:tiny.gguf")
@@ -78,7 +86,7 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
 fn a_malformed_or_oversized_linux_tenant_is_refused_and_the_others_run() {
     let hello = guest_elf("hello").expect("build the hello guest");
     let kernel = xtask::linux::kernel().expect("Debian's kernel");
-    let initramfs = xtask::linux::initramfs(InitMode::Test).expect("the initramfs");
+    let initramfs = initramfs(InitMode::Test);
     let junk = xtask::root().join("README.md");
     let run = Boot::bochs("linux-refused")
         .module(hello, "guest:hello")
@@ -93,4 +101,36 @@ fn a_malformed_or_oversized_linux_tenant_is_refused_and_the_others_run() {
         .assert_no_line("guest small: loaded")
         .assert_line(&["guest hello: exited with status 0"])
         .assert_line(&["guests: 1 finished, 2 stopped or refused"]);
+}
+
+/// Must-show 4 as `cargo xtask run --linux` does it, with the typing scripted: Bochs' COM1 is a
+/// socket, the shell-mode initramfs runs tv-generate and then `/bin/sh`, the tenant's COM1 goes
+/// to the console unframed (`console=raw`); a typed command is evaluated by the shell and
+/// `reboot -f` stops the tenant.
+#[test]
+fn the_linux_shell_takes_typed_commands_on_the_console() {
+    let kernel = xtask::linux::kernel().expect("Debian's kernel");
+    let initramfs = initramfs(InitMode::Shell);
+    let dir = xtask::image::build_dir().join("tests").join("linux-shell");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model: PathBuf = dir.join("tiny.gguf");
+    engine_cli("tvtiny", &["--seed", "1", model.to_str().unwrap()]);
+    let mut boot = Boot::bochs("linux-shell")
+        .module(&model, "model:tiny.gguf")
+        .module(&kernel.vmlinux, &linux_module_line("tux", "mem_mib=192 console=raw", &format!("{LINUX_CMDLINE} tv.prompt=2,100 tv.max_tokens=2")))
+        .module(&initramfs, "initrd:tux");
+    boot.memory_mib = 512;
+    boot.timeout = Duration::from_secs(900);
+    boot.console_script = vec![
+        ("tensorvisor-linux: shell".into(), "echo shell-says-$((6*7))\n".into()),
+        ("shell-says-42".into(), "reboot -f\n".into()),
+    ];
+    let run = boot.run();
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&[INIT_MARKER])
+        .assert_line(&["tv-generate: tokens="])
+        .assert_line(&["echo shell-says-$((6*7))"])
+        .assert_order("echo shell-says-$((6*7))", "\nshell-says-42")
+        .assert_line(&["guest tux: stopped: reset requested"])
+        .assert_line(&["guests: 1 finished, 0 stopped or refused"]);
 }

@@ -80,11 +80,14 @@ pub struct RunSpec {
     /// Bochs only: COM1 is a TCP socket instead of a file, this process's stdin is typed into it
     /// and what it prints is echoed and kept in the serial log (`cargo xtask run --linux`).
     pub console_input: bool,
+    /// With `console_input`: instead of stdin, type each `.1` once the serial log shows `.0`,
+    /// in order (a scripted session for tests).
+    pub console_script: Vec<(String, String)>,
 }
 
 impl RunSpec {
     pub fn new(image: PathBuf, firmware: Firmware, emulator: Emulator, work_dir: PathBuf) -> Self {
-        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new(), bochs_lines: Vec::new(), console_input: false }
+        Self { image, firmware, emulator, timeout: Duration::from_secs(120), memory_mib: 256, cpus: 1, echo: false, gdb: false, work_dir, qemu_args: Vec::new(), bochs_lines: Vec::new(), console_input: false, console_script: Vec::new() }
     }
 }
 
@@ -261,14 +264,25 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
     };
     let (mut child, emulator_log) = spawn(spec, &serial_path, console_port)?;
     let mut console = match console_port {
-        Some(port) => Some(connect_console(port, &mut child)?),
+        Some(port) => Some(connect_console(port, &mut child, spec.console_script.is_empty())?),
         None => None,
     };
     let mut echoed = 0u64;
     let mut timed_out = false;
+    let mut script = spec.console_script.iter().peekable();
     let exit = loop {
         if let Some(c) = console.as_mut() {
             pump_console(c, &serial_path);
+            if let Some((wait, send)) = script.peek() {
+                let log = fs::read(&serial_path).unwrap_or_default();
+                if String::from_utf8_lossy(&log).contains(wait.as_str()) {
+                    let bytes: Vec<u8> = send.bytes().map(|b| if b == b'\n' { b'\r' } else { b }).collect();
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.write_all(&bytes);
+                    let _ = c.set_nonblocking(true);
+                    script.next();
+                }
+            }
         } else if spec.echo {
             echoed = echo_new(&serial_path, echoed);
         }
@@ -298,13 +312,16 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
 
 /// Connects to Bochs' COM1 socket (Bochs listens once it has started) and starts copying this
 /// process's stdin into it.
-fn connect_console(port: u16, child: &mut Child) -> Result<std::net::TcpStream, String> {
+fn connect_console(port: u16, child: &mut Child, from_stdin: bool) -> Result<std::net::TcpStream, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => {
                 s.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let mut to_uart = s.try_clone().map_err(|e| e.to_string())?;
+                if !from_stdin {
+                    return Ok(s);
+                }
                 std::thread::spawn(move || {
                     let mut stdin = std::io::stdin().lock();
                     let mut buf = [0u8; 256];
