@@ -133,9 +133,12 @@ fn unpack_deb(deb: &Path, member: &str, dest: &Path) -> Result<(), String> {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a concurrent reader never
-/// sees half a file.
+/// sees half a file. The temporary name is unique per process and per call, so threads of one
+/// process (parallel tests building the same initramfs) never write each other's file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }

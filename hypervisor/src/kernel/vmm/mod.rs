@@ -335,7 +335,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
         let loaded = fair
             .add(spec.weight)
             .map_err(|e| alloc::format!("engine weight: {e}"))
-            .and_then(|slot| load_guest(root, &mut vpids, i as u32 + 1, spec, slot).inspect_err(|_| drop(fair.remove(slot))));
+            .and_then(|slot| load_guest(root, &mut vpids, i as u32 + 1, spec, slot).inspect_err(|_| release_slot(&mut fair, slot)));
         match loaded {
             Ok(g) => guests.push(g),
             Err(e) => {
@@ -349,7 +349,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
         let loaded = fair
             .add(1)
             .map_err(|e| alloc::format!("engine weight: {e}"))
-            .and_then(|slot| load_linux(root, &mut vpids, (specs.len() + i) as u32 + 1, spec, slot).inspect_err(|_| drop(fair.remove(slot))));
+            .and_then(|slot| load_linux(root, &mut vpids, (specs.len() + i) as u32 + 1, spec, slot).inspect_err(|_| release_slot(&mut fair, slot)));
         match loaded {
             Ok(g) => guests.push(g),
             Err(e) => {
@@ -673,4 +673,11 @@ fn stop(g: &mut Guest, reason: StopReason, rip: u64, models: &mut EngineHost) {
         _ => log::warn!("guest {}: stopped: {reason} at RIP {rip:#x}", g.name),
     }
     g.stopped = Some(reason);
+}
+
+/// Gives back the scheduler slot of a tenant that was not started.
+fn release_slot(fair: &mut Fair, slot: hypervisor::sched::TenantSlot) {
+    if let Err(e) = fair.remove(slot) {
+        log::warn!("engine scheduler: slot of a tenant not started: {e:?}");
+    }
 }
