@@ -98,6 +98,16 @@ mod entry {
                         log::error!("manifest: tenant refused: {e}");
                     }
                     for (_, t) in &admitted.tenants {
+                        if !t.cpus.is_empty() || t.vcpus > 1 {
+                            // Validated, disjoint and recorded, but not yet applied: say so
+                            // rather than let a configuration look enforced.
+                            log::warn!(
+                                "tenant {}: {} vCPU(s) pinned to CPUs {:?} in the manifest: not enforced yet: it runs one vCPU, on the boot CPU",
+                                t.name,
+                                t.vcpus,
+                                t.cpus
+                            );
+                        }
                         match guest(&t.guest) {
                             Some(elf) => specs.push(vmm::TenantSpec::from_manifest(t, elf)),
                             None => log::error!("tenant {}: not started: no guest image named {} was delivered", t.name, t.guest),
