@@ -9,7 +9,7 @@ use hypervisor::linux::pci::{ConfigEvent, PciConfig};
 use hypervisor::linux::uart::Uart16550;
 use super::super::ram::GuestRam;
 use hypervisor::dispatch::DISPATCH_FEATURES;
-use hypervisor::linux::policy::{self, CpuPolicy};
+use hypervisor::linux::policy::{self, CpuPolicy, MsrDevice, MsrRule};
 use tensor_hcall::ABI_VERSION;
 use hypervisor::linux::decode::{decode, MmioOp, MAX_INSTRUCTION_LEN};
 use hypervisor::linux::gva::{fetch_instruction as fetch, PagingMode};
@@ -31,27 +31,12 @@ pub struct CrPolicy {
 
 const CR4_VMXE: u64 = 1 << 13;
 
-/// MSRs (Intel SDM vol. 4, table 2-2).
-const MSR_TSC: u32 = 0x10;
-const MSR_APIC_BASE: u32 = 0x1b;
-const MSR_UCODE_REV: u32 = 0x8b;
-const MSR_SYSENTER_CS: u32 = 0x174;
-const MSR_SYSENTER_ESP: u32 = 0x175;
-const MSR_SYSENTER_EIP: u32 = 0x176;
-const MSR_MISC_ENABLE: u32 = 0x1a0;
-const MSR_PAT: u32 = 0x277;
-const MSR_DEBUGCTL: u32 = 0x1d9;
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SFMASK: u32 = 0xc000_0084;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-
-/// EFER bits a tenant may set: SCE, LME, LMA, NXE.
-const EFER_ALLOWED: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
+// MSR numbers (Intel SDM Vol. 4, table 2-2), as the policy names them.
+use policy::msr::{
+    DEBUGCTL as MSR_DEBUGCTL, EFER as MSR_EFER, FS_BASE as MSR_FS_BASE, GS_BASE as MSR_GS_BASE, KERNEL_GS_BASE as MSR_KERNEL_GS_BASE,
+    CSTAR as MSR_CSTAR, LSTAR as MSR_LSTAR, PAT as MSR_PAT, SFMASK as MSR_SFMASK, STAR as MSR_STAR, SYSENTER_CS as MSR_SYSENTER_CS,
+    SYSENTER_EIP as MSR_SYSENTER_EIP, SYSENTER_ESP as MSR_SYSENTER_ESP,
+};
 
 /// MSRs the tenant owns while it runs and the hypervisor never uses: written to the CPU when the
 /// tenant writes them and when its slice starts.
@@ -313,12 +298,23 @@ impl Platform {
         }
     }
 
+    /// RDMSR: which MSRs exist and what the constant ones read is `linux::policy::msr_rule`;
+    /// this only knows where the tenant's state lives (VMCS guest fields, the PAT copy, the
+    /// syscall MSRs loaded around its slices). `None`: #GP.
     fn read_msr(&self, msr: u32) -> Option<u64> {
+        match policy::msr_rule(msr)? {
+            MsrRule::Constant { value, .. } => Some(value),
+            MsrRule::Device(MsrDevice::Tsc) => Some(super::super::tsc::rdtsc()),
+            // CPUID shows no local APIC on this platform yet, so its MSRs do not exist.
+            MsrRule::Device(MsrDevice::ApicBase | MsrDevice::TscDeadline) => None,
+            MsrRule::State { .. } => self.state_msr(msr),
+        }
+    }
+
+    /// The current value of a `State` MSR.
+    fn state_msr(&self, msr: u32) -> Option<u64> {
         let v = &Vcpu::vmcs();
         Some(match msr {
-            MSR_TSC => super::super::tsc::rdtsc(),
-            MSR_UCODE_REV => 0,
-            MSR_MISC_ENABLE => 1 | 1 << 11 | 1 << 12, // fast strings; no BTS, no PEBS
             MSR_PAT => self.pat,
             MSR_EFER => Guest64::Ia32Efer.read(v).ok()?,
             MSR_FS_BASE => GuestNatural::FsBase.read(v).ok()?,
@@ -334,43 +330,46 @@ impl Platform {
         })
     }
 
+    /// WRMSR: the policy's rule checks the value (#GP when it refuses); accepted values of
+    /// `State` MSRs go where the tenant's state lives. `false`: #GP.
     fn write_msr(&mut self, msr: u32, value: u64) -> bool {
+        let Some(rule) = policy::msr_rule(msr) else { return false };
+        let current = match rule {
+            MsrRule::State { .. } => match self.state_msr(msr) {
+                Some(c) => c,
+                None => return false,
+            },
+            _ => 0,
+        };
+        let Ok(value) = policy::check_write(rule, current, value) else { return false };
         let v = &mut Vcpu::vmcs();
-        let ok = match msr {
-            MSR_UCODE_REV | MSR_MISC_ENABLE | MSR_TSC => Ok(()), // ignored, as a VM may
-            MSR_APIC_BASE => return false,
-            MSR_PAT => {
-                // Each entry must be a defined memory type (SDM 11.12.2): 0, 1, 4, 5, 6, 7.
-                if (0..8).any(|i| matches!((value >> (i * 8)) & 0xff, 2 | 3 | 8..)) {
-                    return false;
+        let ok = match rule {
+            // Ignored writes (microcode revision, MISC_ENABLE) and the TSC, which a tenant may
+            // not move: accepted and dropped, as a VM may.
+            MsrRule::Constant { .. } | MsrRule::Device(MsrDevice::Tsc) => Ok(()),
+            MsrRule::Device(MsrDevice::ApicBase | MsrDevice::TscDeadline) => return false,
+            MsrRule::State { .. } => match msr {
+                MSR_PAT => {
+                    self.pat = value;
+                    Ok(())
                 }
-                self.pat = value;
-                Ok(())
-            }
-            MSR_EFER => {
-                if value & !EFER_ALLOWED != 0 {
-                    return false;
+                // Long mode stays on: the tenant cannot leave it under this VMCS.
+                MSR_EFER => Guest64::Ia32Efer.write(v, value | 1 << 10 | 1 << 8),
+                MSR_FS_BASE => GuestNatural::FsBase.write(v, value),
+                MSR_GS_BASE => GuestNatural::GsBase.write(v, value),
+                MSR_SYSENTER_CS => Guest32::Ia32SysenterCs.write(v, value as u32),
+                MSR_SYSENTER_ESP => GuestNatural::Ia32SysenterEsp.write(v, value),
+                MSR_SYSENTER_EIP => GuestNatural::Ia32SysenterEip.write(v, value),
+                MSR_DEBUGCTL => Guest64::Ia32Debugctl.write(v, value),
+                m => {
+                    let Some(i) = PASSED_MSRS.iter().position(|&p| p == m) else { return false };
+                    self.passed[i] = value;
+                    // SAFETY: see `enter_slice`: these MSRs are the tenant's while it runs, and
+                    // the policy checked the value (canonical addresses, SFMASK's width).
+                    unsafe { super::super::cr::wrmsr(m, value) };
+                    Ok(())
                 }
-                Guest64::Ia32Efer.write(v, value | 1 << 10 | 1 << 8)
-            }
-            MSR_FS_BASE => GuestNatural::FsBase.write(v, value),
-            MSR_GS_BASE => GuestNatural::GsBase.write(v, value),
-            MSR_SYSENTER_CS => Guest32::Ia32SysenterCs.write(v, value as u32),
-            MSR_SYSENTER_ESP => GuestNatural::Ia32SysenterEsp.write(v, value),
-            MSR_SYSENTER_EIP => GuestNatural::Ia32SysenterEip.write(v, value),
-            MSR_DEBUGCTL => Ok(()),
-            m => {
-                let Some(i) = PASSED_MSRS.iter().position(|&p| p == m) else { return false };
-                // Canonical addresses only, as the CPU would check.
-                let canonical = (value as i64) << 16 >> 16 == value as i64;
-                if m != MSR_STAR && m != MSR_SFMASK && !canonical {
-                    return false;
-                }
-                self.passed[i] = value;
-                // SAFETY: see `enter_slice`: these MSRs are the tenant's while it runs.
-                unsafe { super::super::cr::wrmsr(m, value) };
-                Ok(())
-            }
+            },
         };
         ok.is_ok()
     }
