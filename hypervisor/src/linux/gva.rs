@@ -49,23 +49,8 @@ pub struct Access {
     pub user: bool,
 }
 
-/// Page sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageSize {
-    Size4K,
-    Size2M,
-    Size1G,
-}
-
-impl PageSize {
-    pub const fn bytes(self) -> u64 {
-        match self {
-            PageSize::Size4K => 1 << 12,
-            PageSize::Size2M => 1 << 21,
-            PageSize::Size1G => 1 << 30,
-        }
-    }
-}
+/// Page sizes: the same leaf sizes as the hypervisor's own tables.
+pub use crate::paging::PageSize;
 
 /// A successful translation and the effective rights along the walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
