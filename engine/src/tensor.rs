@@ -189,12 +189,29 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
     }
     for (i, tile) in tiles.iter().enumerate() {
         let range = split_range(total, threads, i, 16);
-        for (k, g) in range.enumerate() {
-            let mi = offsets.partition_point(|&o| o <= g) - 1;
-            let (rows, r) = (mats[mi].rows, g - offsets[mi]);
-            for t in 0..n {
-                outs[mi][t * rows + r] = tile[k * n + t];
+        scatter_tile(tile, range, n, &offsets, mats, outs);
+    }
+}
+
+/// Copies a worker's tile (`[row][token]` over the global rows `range`) into the outputs
+/// (`[token][row]` per matrix). Rows go in groups of up to 16 within one matrix, so each token
+/// gets one short contiguous run: a plain row-by-row transpose stores with a stride of
+/// `rows * 4` bytes, which for 2048-row outputs is a multiple of 4 KiB and keeps evicting
+/// the same L1 set (it was 6% of a prefill).
+fn scatter_tile(tile: &[f32], range: Range<usize>, n: usize, offsets: &[usize], mats: &[Matrix<'_>], outs: &mut [&mut [f32]]) {
+    let mut g = range.start;
+    while g < range.end {
+        let mi = offsets.partition_point(|&o| o <= g) - 1;
+        let rows = mats[mi].rows;
+        let r0 = g - offsets[mi];
+        let len = 16.min(range.end - g).min(offsets[mi + 1] - g);
+        let k0 = g - range.start;
+        for t in 0..n {
+            let dst = &mut outs[mi][t * rows + r0..t * rows + r0 + len];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = tile[(k0 + j) * n + t];
             }
         }
+        g += len;
     }
 }

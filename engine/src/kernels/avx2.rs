@@ -117,6 +117,14 @@ pub fn dot_rows4(ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> Option<[f32; 4]> {
             // SAFETY: AVX2/FMA guaranteed by the caller; each row holds `a.len()` 34-byte blocks.
             Some(unsafe { dot_rows4_q8_0(w, a) })
         }
+        (GgmlType::Q4_0, Acts::Q8_0(a)) if w.iter().all(|r| r.len() == 18 * a.len()) => {
+            // SAFETY: as above, 18-byte blocks.
+            Some(unsafe { dot_rows4_q0u::<1>(w, a) })
+        }
+        (GgmlType::Q5_0, Acts::Q8_0(a)) if w.iter().all(|r| r.len() == 22 * a.len()) => {
+            // SAFETY: as above, 22-byte blocks.
+            Some(unsafe { dot_rows4_q0u::<2>(w, a) })
+        }
         _ => None,
     }
 }
@@ -202,6 +210,64 @@ unsafe fn dot_rows4_q8_0(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)), ones);
             let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
             acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// The quants of a Q4_0 (`K` = 1) or Q5_0 (`K` = 2) block as *unsigned* bytes (0..15 or
+/// 0..31, before the offset 8 or 16 is taken off) and its scale.
+///
+/// # Safety
+/// AVX2+FMA present; `b` is one whole block of the type (18 or 22 bytes).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q0u<const K: u8>(b: &[u8]) -> (__m256i, f32) {
+    let d = h2f(le16(b, 0));
+    if K == 1 {
+        // SAFETY: 16 bytes from offset 2 of an 18-byte block.
+        return (unsafe { nibbles(b.as_ptr().add(2)) }, d);
+    }
+    let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+    let bitmask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+    let hb = _mm256_cmpeq_epi8(_mm256_or_si256(spread, bitmask), _mm256_set1_epi8(-1));
+    // SAFETY: 16 bytes from offset 6 of a 22-byte block.
+    let q = unsafe { nibbles(b.as_ptr().add(6)) };
+    (_mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10))), d)
+}
+
+/// Dots of four Q4_0 (`K` = 1) or Q5_0 (`K` = 2) rows with one activation row, each
+/// bit-identical to [`dot`]: the weights stay unsigned (`u`), so `maddubs(u, y)` needs no sign
+/// trick, and the offset comes off as the exact integer `off · Σy` per 4-byte lane, computed
+/// once per activation block for the four rows. Every lane therefore holds the same integer
+/// `Σ (u − off)·y` as in the one-row kernel, which is converted and accumulated in the same
+/// order. (`|u·y|` pairs stay below 2·31·127, so `maddubs` never saturates.)
+///
+/// # Safety
+/// AVX2+FMA present; every row of `w` holds `a.len()` blocks of the type.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows4_q0u<const K: u8>(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    let bb: usize = if K == 1 { 18 } else { 22 };
+    let off = _mm256_set1_epi8(if K == 1 { 8 } else { 16 });
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let span = bb * a.len() * 4;
+    let ahead = w[0].as_ptr().wrapping_add(2 * span);
+    let step = span.div_ceil(a.len().max(1)).div_ceil(64) * 64;
+    for (i, y) in a.iter().enumerate() {
+        for l in (0..step).step_by(64) {
+            // Prefetching is only a hint: it never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * step + l) as *const i8);
+        }
+        // SAFETY: y.qs is 32 bytes.
+        let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
+        let bias = _mm256_madd_epi16(_mm256_maddubs_epi16(off, qy), ones);
+        for r in 0..4 {
+            // SAFETY: `w[r]` holds `a.len()` blocks of `bb` bytes.
+            let (u, dw) = unsafe { unpack_q0u::<K>(&w[r][bb * i..bb * i + bb]) };
+            let p = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, qy), ones), bias);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y.d), _mm256_cvtepi32_ps(p), acc[r]);
         }
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
