@@ -63,7 +63,10 @@ impl<'a> Matrix<'a> {
         let mut r0 = range.start;
         while r0 < range.end {
             let r1 = (r0 + RB).min(range.end);
-            for t in (0..n4).step_by(4) {
+            let panel: Vec<&[u8]> = (r0..r1).map(|r| self.row(r)).collect();
+            let at = (r0 - range.start) * n;
+            let done = n4 > 0 && kernels::gemm_q0(cpu, self.ty, &panel, acts, n4, &mut tile[at..], n);
+            for t in (0..if done { 0 } else { n4 }).step_by(4) {
                 for r in r0..r1 {
                     let v = if gemm4 {
                         kernels::dot4_gemm(cpu, self.ty, self.row(r), &acts[t..t + 4])

@@ -5,7 +5,7 @@
 use engine::cpu::CpuFeatures;
 use engine::half::{bf16_to_f32, f16_to_f32};
 use engine::kernels;
-use engine::quant::{dequantize_row, dot_scalar, quantize_acts, Acts, GgmlType, QK_K};
+use engine::quant::{dequantize_row, dot_scalar, quantize_acts, Acts, GgmlType, QK, QK_K};
 use engine::sampler::Rng;
 
 const TYPES: [GgmlType; 9] = [
@@ -349,4 +349,44 @@ fn tiled_and_gemm_kernels_are_bit_identical_across_paths() {
             }
         }
     }
+}
+
+/// The panel GEMM for the Q8_0 family (`gemm_q0`) gives the bits of `dot` for every (row,
+/// token), with an odd number of rows (the last two-row tile is half used) and two groups of
+/// four tokens; it declines (returns false, writes nothing) on the portable path and for
+/// other types.
+#[test]
+fn panel_gemm_equals_single_dots() {
+    let mut rng = Rng::new(71);
+    let n = 8 * QK;
+    let simd = CpuFeatures::detect();
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0] {
+        let rows: Vec<Vec<u8>> = (0..5).map(|_| random_row(&mut rng, ty, n, None)).collect();
+        let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+        let acts: Vec<_> = (0..9)
+            .map(|i| {
+                // Token 3 is all extremes (every activation quant ±127).
+                let x: Vec<f32> = (0..n).map(|j| if i == 3 { if j % 3 == 0 { -1.0 } else { 1.0 } } else { (rng.next_f32() - 0.5) * 5.0 }).collect();
+                quantize_acts(ty.act_format(), &x)
+            })
+            .collect();
+        let stride = 9;
+        let mut out = vec![f32::NAN; 5 * stride];
+        assert!(!kernels::gemm_q0(CpuFeatures::portable(), ty, &refs, &acts, 8, &mut out, stride));
+        assert!(out.iter().all(|v| v.is_nan()), "portable path wrote");
+        if !simd.avx2_fma() {
+            continue;
+        }
+        assert!(kernels::gemm_q0(simd, ty, &refs, &acts, 8, &mut out, stride), "{ty:?}");
+        for (r, row) in rows.iter().enumerate() {
+            for t in 0..8 {
+                let want = kernels::dot(simd, ty, row, &acts[t]).unwrap();
+                assert_eq!(out[r * stride + t].to_bits(), want.to_bits(), "{ty:?} row {r} token {t}");
+            }
+            assert!(out[r * stride + 8].is_nan(), "token 8 is outside n4");
+        }
+    }
+    let q6: Vec<u8> = random_row(&mut rng, GgmlType::Q6_K, 256, None);
+    let acts = vec![quantize_acts(GgmlType::Q6_K.act_format(), &[0.5; 256]); 4];
+    assert!(!kernels::gemm_q0(simd, GgmlType::Q6_K, &[&q6], &acts, 4, &mut [0.0; 4], 4));
 }

@@ -3,6 +3,7 @@
 //! so, and such a value with `avx2_fma` set can only be made by detection or by the `unsafe`
 //! `CpuFeatures::assume`.
 
+use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use crate::quant::{scale_min_k4, Acts, BlockQ8K, BlockQ8_0, GgmlType};
@@ -213,6 +214,161 @@ unsafe fn dot_rows4_q8_0(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
         }
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// Products of up to 16 weight rows of a Q8_0-family type (`rows`, each `nb` blocks) with the
+/// first `n4` (a multiple of four) activation rows: `out[r * stride + t] = dot(rows[r], acts[t])`
+/// bit for bit. Each weight block is unpacked once into a panel and then meets every token; the
+/// inner tile is two rows by four tokens (eight accumulators), and per (row, token, block) the
+/// work is `maddubs`, `madd`, one correction, `cvt`, the scale product and the FMA: Q4_0/Q5_0
+/// keep their quants unsigned and take the offset off as the exact per-lane integer
+/// `off · Σy` (computed once per token block for all rows), Q8_0 keeps the sign trick. Every
+/// lane holds the same integer as in the one-row kernel and every accumulator sees the same
+/// FMAs in the same order (GGML's one-accumulator Q8_0-family dot), so the bits are equal.
+/// `false` (nothing written) for other types, formats or shapes.
+pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+    let (bb, off) = match ty {
+        GgmlType::Q8_0 => (34, 0u8),
+        GgmlType::Q4_0 => (18, 8),
+        GgmlType::Q5_0 => (22, 16),
+        _ => return false,
+    };
+    let Some(first) = rows.first() else { return true };
+    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || first.len() % bb != 0 {
+        return false;
+    }
+    let nb = first.len() / bb;
+    if rows.iter().any(|r| r.len() != nb * bb) || out.len() < (rows.len() - 1) * stride + n4 || n4 > stride {
+        return false;
+    }
+    let mut ys: Vec<&[BlockQ8_0]> = Vec::with_capacity(n4);
+    for a in &acts[..n4] {
+        match a {
+            Acts::Q8_0(v) if v.len() == nb => ys.push(v),
+            _ => return false,
+        }
+    }
+    // The panel: per (row, block) the bytes maddubs takes unsigned (|q| for Q8_0, the raw
+    // quants otherwise), the signs (Q8_0 only) and the weight scale.
+    let m = rows.len() * nb;
+    let mut u = alloc::vec![[0u8; 32]; m];
+    let mut sg = alloc::vec![[0u8; 32]; if off == 0 { m } else { 0 }];
+    let mut dw = alloc::vec![0f32; m];
+    for (r, row) in rows.iter().enumerate() {
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            let k = r * nb + b;
+            // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); `blk` is one whole
+            // block of the type; the stores go to 32-byte arrays.
+            unsafe {
+                let (q, d) = match ty {
+                    GgmlType::Q8_0 => unpack_q0::<0>(blk),
+                    GgmlType::Q4_0 => unpack_q0u::<1>(blk),
+                    _ => unpack_q0u::<2>(blk),
+                };
+                dw[k] = d;
+                if off == 0 {
+                    _mm256_storeu_si256(u[k].as_mut_ptr() as *mut __m256i, _mm256_sign_epi8(q, q));
+                    _mm256_storeu_si256(sg[k].as_mut_ptr() as *mut __m256i, q);
+                } else {
+                    _mm256_storeu_si256(u[k].as_mut_ptr() as *mut __m256i, q);
+                }
+            }
+        }
+    }
+    let mut bias = alloc::vec![[0i32; 8]; if off == 0 { 0 } else { 4 * nb }];
+    for t in (0..n4).step_by(4) {
+        let y = [ys[t], ys[t + 1], ys[t + 2], ys[t + 3]];
+        if off != 0 {
+            for (j, yt) in y.iter().enumerate() {
+                for (b, blk) in yt.iter().enumerate() {
+                    // SAFETY: as above; qs is 32 bytes, the store goes to an [i32; 8].
+                    unsafe { offset_lanes(off, blk, &mut bias[j * nb + b]) };
+                }
+            }
+        }
+        let mut r = 0;
+        while r < rows.len() {
+            let two = r + 1 < rows.len();
+            let r1 = if two { r + 1 } else { r };
+            let (ua, ub) = (&u[r * nb..(r + 1) * nb], &u[r1 * nb..(r1 + 1) * nb]);
+            let (da, db) = (&dw[r * nb..(r + 1) * nb], &dw[r1 * nb..(r1 + 1) * nb]);
+            // SAFETY: as above; every slice holds `nb` entries (checked when built).
+            let v = unsafe {
+                if off == 0 {
+                    tile2x4::<true>([ua, ub], [da, db], [&sg[r * nb..(r + 1) * nb], &sg[r1 * nb..(r1 + 1) * nb]], &[], y, nb)
+                } else {
+                    tile2x4::<false>([ua, ub], [da, db], [&[], &[]], &bias, y, nb)
+                }
+            };
+            out[r * stride + t..r * stride + t + 4].copy_from_slice(&v[0]);
+            if two {
+                out[r1 * stride + t..r1 * stride + t + 4].copy_from_slice(&v[1]);
+            }
+            r += 2;
+        }
+    }
+    true
+}
+
+/// `off · (y[4k] + .. + y[4k+3])` for the eight lanes `k` of one activation block.
+///
+/// # Safety
+/// AVX2 present.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offset_lanes(off: u8, y: &BlockQ8_0, dst: &mut [i32; 8]) {
+    // SAFETY: qs is 32 bytes; dst is 32 bytes.
+    unsafe {
+        let qy = load32(y.qs.as_ptr() as *const u8);
+        let v = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(off as i8), qy), _mm256_set1_epi16(1));
+        _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, v);
+    }
+}
+
+/// Two panel rows by four tokens (see [`gemm_q0`]). `SIGNED`: Q8_0 (`u` = |q|, `sg` = q, no
+/// bias); otherwise `u` = unsigned quants and `bias[t * nb + b]` the offset lanes.
+///
+/// # Safety
+/// AVX2+FMA present; `u`, `dw` (and `sg` when `SIGNED`) hold `nb` entries per row, every `y[t]`
+/// `nb` blocks, and `bias` (unless `SIGNED`) `4 * nb` entries.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile2x4<const SIGNED: bool>(
+    u: [&[[u8; 32]]; 2],
+    dw: [&[f32]; 2],
+    sg: [&[[u8; 32]]; 2],
+    bias: &[[i32; 8]],
+    y: [&[BlockQ8_0]; 4],
+    nb: usize,
+) -> [[f32; 4]; 2] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    for b in 0..nb {
+        // SAFETY (all loads below): index `b < nb` within slices of `nb` (or `4 * nb`) entries
+        // of 32-byte arrays.
+        let w = unsafe { [load32(u[0][b].as_ptr()), load32(u[1][b].as_ptr())] };
+        let s = if SIGNED { unsafe { [load32(sg[0][b].as_ptr()), load32(sg[1][b].as_ptr())] } } else { w };
+        let d = [_mm256_set1_ps(dw[0][b]), _mm256_set1_ps(dw[1][b])];
+        for t in 0..4 {
+            let yb = &y[t][b];
+            let qy = unsafe { load32(yb.qs.as_ptr() as *const u8) };
+            let dy = _mm256_set1_ps(yb.d);
+            let bs = if SIGNED { ones } else { unsafe { load32(bias[t * nb + b].as_ptr() as *const u8) } };
+            for r in 0..2 {
+                let p = if SIGNED {
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(w[r], _mm256_sign_epi8(qy, s[r])), ones)
+                } else {
+                    _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w[r], qy), ones), bs)
+                };
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(d[r], dy), _mm256_cvtepi32_ps(p), acc[r][t]);
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; 2];
+    for r in 0..2 {
+        for t in 0..4 {
+            out[r][t] = hsum(acc[r][t]);
+        }
+    }
+    out
 }
 
 /// The quants of a Q4_0 (`K` = 1) or Q5_0 (`K` = 2) block as *unsigned* bytes (0..15 or

@@ -61,6 +61,20 @@ pub fn dot_rows4(cpu: CpuFeatures, ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> 
     Some([dot(cpu, ty, w[0], acts)?, dot(cpu, ty, w[1], acts)?, dot(cpu, ty, w[2], acts)?, dot(cpu, ty, w[3], acts)?])
 }
 
+/// Products of up to 16 weight rows of a Q8_0-family type with the first `n4` (a multiple of
+/// four) activation rows into `out[r * stride + t]`, each equal to [`dot`] bit for bit, with the
+/// weight blocks unpacked once for all tokens. `false` (nothing written) where no such kernel
+/// exists (the portable path, other types): the caller then uses [`dot4`].
+#[inline]
+pub fn gemm_q0(cpu: CpuFeatures, ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        return avx2::gemm_q0(ty, rows, acts, n4, out, stride);
+    }
+    let _ = (cpu, ty, rows, acts, n4, out, stride);
+    false
+}
+
 /// Dot product in the order of GGML's tiled K-quant matmul (see
 /// [`crate::quant::dot_tiled_scalar`]), bit-identical on every path. `None` for the types
 /// without a tiled form.
