@@ -342,16 +342,26 @@ unsafe fn tile2x4<const SIGNED: bool>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); 4]; 2];
     for b in 0..nb {
-        // SAFETY (all loads below): index `b < nb` within slices of `nb` (or `4 * nb`) entries
-        // of 32-byte arrays.
+        // SAFETY: `b < nb`, the length of every slice here; the arrays are 32 bytes.
         let w = unsafe { [load32(u[0][b].as_ptr()), load32(u[1][b].as_ptr())] };
-        let s = if SIGNED { unsafe { [load32(sg[0][b].as_ptr()), load32(sg[1][b].as_ptr())] } } else { w };
+        let s = if SIGNED {
+            // SAFETY: as above (`sg` holds `nb` entries per row when `SIGNED`).
+            unsafe { [load32(sg[0][b].as_ptr()), load32(sg[1][b].as_ptr())] }
+        } else {
+            w
+        };
         let d = [_mm256_set1_ps(dw[0][b]), _mm256_set1_ps(dw[1][b])];
         for t in 0..4 {
             let yb = &y[t][b];
+            // SAFETY: qs is 32 bytes.
             let qy = unsafe { load32(yb.qs.as_ptr() as *const u8) };
             let dy = _mm256_set1_ps(yb.d);
-            let bs = if SIGNED { ones } else { unsafe { load32(bias[t * nb + b].as_ptr() as *const u8) } };
+            let bs = if SIGNED {
+                ones
+            } else {
+                // SAFETY: `t * nb + b < 4 * nb`, the length of `bias` when not `SIGNED`.
+                unsafe { load32(bias[t * nb + b].as_ptr() as *const u8) }
+            };
             for r in 0..2 {
                 let p = if SIGNED {
                     _mm256_madd_epi16(_mm256_maddubs_epi16(w[r], _mm256_sign_epi8(qy, s[r])), ones)
