@@ -65,7 +65,12 @@ impl<'a> Matrix<'a> {
             let r1 = (r0 + RB).min(range.end);
             let panel: Vec<&[u8]> = (r0..r1).map(|r| self.row(r)).collect();
             let at = (r0 - range.start) * n;
-            let done = n4 > 0 && kernels::gemm_q0(cpu, self.ty, &panel, acts, n4, &mut tile[at..], n);
+            let done = n4 > 0
+                && if gemm4 {
+                    kernels::gemm_q4k(cpu, &panel, acts, n4, &mut tile[at..], n)
+                } else {
+                    !tiled && kernels::gemm_q0(cpu, self.ty, &panel, acts, n4, &mut tile[at..], n)
+                };
             for t in (0..if done { 0 } else { n4 }).step_by(4) {
                 for r in r0..r1 {
                     let v = if gemm4 {

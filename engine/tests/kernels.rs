@@ -390,3 +390,40 @@ fn panel_gemm_equals_single_dots() {
     let acts = vec![quantize_acts(GgmlType::Q6_K.act_format(), &[0.5; 256]); 4];
     assert!(!kernels::gemm_q0(simd, GgmlType::Q6_K, &[&q6], &acts, 4, &mut [0.0; 4], 4));
 }
+
+/// The Q4_K panel GEMM gives the bits of `dot4_gemm` (llama.cpp's repacked GEMM order) for
+/// every (row, token), with an odd number of rows and two groups of four tokens; it declines on
+/// the portable path and for mismatched activations.
+#[test]
+fn q4k_panel_gemm_equals_dot4_gemm() {
+    let mut rng = Rng::new(72);
+    let n = 3 * QK_K;
+    let simd = CpuFeatures::detect();
+    let ty = GgmlType::Q4_K;
+    let rows: Vec<Vec<u8>> = (0..5).map(|_| random_row(&mut rng, ty, n, None)).collect();
+    let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+    let acts: Vec<_> = (0..8)
+        .map(|i| {
+            let x: Vec<f32> = (0..n).map(|j| if i == 5 { if j % 5 == 0 { -2.0 } else { 2.0 } } else { (rng.next_f32() - 0.5) * 5.0 }).collect();
+            quantize_acts(ty.act_format(), &x)
+        })
+        .collect();
+    let stride = 8;
+    let mut out = vec![f32::NAN; 5 * stride];
+    assert!(!kernels::gemm_q4k(CpuFeatures::portable(), &refs, &acts, 8, &mut out, stride));
+    assert!(out.iter().all(|v| v.is_nan()), "portable path wrote");
+    if !simd.avx2_fma() {
+        return;
+    }
+    assert!(kernels::gemm_q4k(simd, &refs, &acts, 8, &mut out, stride));
+    for (r, row) in rows.iter().enumerate() {
+        for t in (0..8).step_by(4) {
+            let want = kernels::dot4_gemm(simd, ty, row, &acts[t..t + 4]).unwrap();
+            for k in 0..4 {
+                assert_eq!(out[r * stride + t + k].to_bits(), want[k].to_bits(), "row {r} token {}", t + k);
+            }
+        }
+    }
+    let q8 = vec![quantize_acts(GgmlType::Q8_0.act_format(), &vec![0.5; n]); 4];
+    assert!(!kernels::gemm_q4k(simd, &refs, &q8, 4, &mut out, stride));
+}

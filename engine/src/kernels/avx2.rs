@@ -6,6 +6,7 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
+use crate::half::f16_to_f32;
 use crate::quant::{scale_min_k4, Acts, BlockQ8K, BlockQ8_0, GgmlType};
 
 #[inline]
@@ -308,6 +309,147 @@ pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut
         }
     }
     true
+}
+
+/// One Q4_K super-block unpacked for [`gemm_q4k`]: the low and high nibbles of each 64-value
+/// sub-block pair as bytes, the eight 6-bit scales (as the `i16` pairs `maddubs` results are
+/// multiplied by) and mins, and the two f16 scales as f32.
+#[derive(Clone, Copy)]
+struct Q4kPanel {
+    q: [[u8; 32]; 8],
+    sc: [i16; 8],
+    mn: [i32; 8],
+    d: f32,
+    dmin: f32,
+}
+
+/// Products of up to 16 Q4_K rows with the first `n4` (a multiple of four) Q8_K activation
+/// rows in llama.cpp's repacked Q4_K GEMM order (`dot4_gemm`), bit for bit: for every output,
+/// per super-block and 64-value sub-block pair, `acc = fma(isum, d·d8, acc)` and
+/// `accm = fma(msum, dmin·d8, accm)`, result `acc − accm`. The rows' blocks are unpacked once
+/// for all tokens; two rows by four tokens form the eight lanes of one vector, so the exact
+/// integer sums of eight outputs are reduced together (integer adds: any order is exact) and
+/// their FMAs run lane-wise (each lane keeps its own order).
+pub fn gemm_q4k(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+    let Some(first) = rows.first() else { return true };
+    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || first.len() % 144 != 0 {
+        return false;
+    }
+    let nb = first.len() / 144;
+    if rows.iter().any(|r| r.len() != nb * 144) || out.len() < (rows.len() - 1) * stride + n4 || n4 > stride {
+        return false;
+    }
+    let mut ys: Vec<&[BlockQ8K]> = Vec::with_capacity(n4);
+    for a in &acts[..n4] {
+        match a {
+            Acts::Q8K(v) if v.len() == nb => ys.push(v),
+            _ => return false,
+        }
+    }
+    let mut panel: Vec<Q4kPanel> = Vec::with_capacity(rows.len() * nb);
+    for row in rows {
+        for b in row.chunks_exact(144) {
+            let mut p = Q4kPanel { q: [[0; 32]; 8], sc: [0; 8], mn: [0; 8], d: f16_to_f32(le16(b, 0)), dmin: f16_to_f32(le16(b, 2)) };
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &b[4..16]);
+                p.sc[j] = sc as i16;
+                p.mn[j] = m as i32;
+            }
+            for c in 0..4 {
+                for k in 0..32 {
+                    let v = b[16 + 32 * c + k];
+                    p.q[2 * c][k] = v & 0xf;
+                    p.q[2 * c + 1][k] = v >> 4;
+                }
+            }
+            panel.push(p);
+        }
+    }
+    for t in (0..n4).step_by(4) {
+        let y = [ys[t], ys[t + 1], ys[t + 2], ys[t + 3]];
+        let mut r = 0;
+        while r < rows.len() {
+            let two = r + 1 < rows.len();
+            let r1 = if two { r + 1 } else { r };
+            // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); both panel rows
+            // hold `nb` blocks and every `y[t]` `nb` blocks.
+            let v = unsafe { q4k_tile2x4([&panel[r * nb..(r + 1) * nb], &panel[r1 * nb..(r1 + 1) * nb]], y) };
+            out[r * stride + t..r * stride + t + 4].copy_from_slice(&v[..4]);
+            if two {
+                out[r1 * stride + t..r1 * stride + t + 4].copy_from_slice(&v[4..]);
+            }
+            r += 2;
+        }
+    }
+    true
+}
+
+/// Eight i32 vectors to one vector of their eight lane sums (lane `k` = sum of `v[k]`).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8_i32(v: [__m256i; 8]) -> __m256i {
+    let a0 = _mm256_hadd_epi32(v[0], v[1]);
+    let a1 = _mm256_hadd_epi32(v[2], v[3]);
+    let a2 = _mm256_hadd_epi32(v[4], v[5]);
+    let a3 = _mm256_hadd_epi32(v[6], v[7]);
+    let b0 = _mm256_hadd_epi32(a0, a1);
+    let b1 = _mm256_hadd_epi32(a2, a3);
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(b0, b1), _mm256_permute2x128_si256::<0x31>(b0, b1))
+}
+
+/// Two Q4_K panel rows by four tokens (see [`gemm_q4k`]); lanes `4r + t`.
+///
+/// # Safety
+/// AVX2+FMA present; `p[0]`, `p[1]` and every `y[t]` hold the same number of blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_tile2x4(p: [&[Q4kPanel]; 2], y: [&[BlockQ8K]; 4]) -> [f32; 8] {
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    for i in 0..p[0].len() {
+        let (w0, w1) = (&p[0][i], &p[1][i]);
+        let yd = _mm256_setr_ps(y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d, y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d);
+        let dd = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(w1.d), _mm_set1_ps(w0.d)), yd);
+        let dm = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(w1.dmin), _mm_set1_ps(w0.dmin)), yd);
+        for c in 0..4 {
+            // SAFETY: the panel arrays are 32 bytes; the Q8_K quants at 64c and 64c + 32 lie
+            // within its 256 bytes.
+            let (l0, h0, l1, h1) =
+                unsafe { (load32(w0.q[2 * c].as_ptr()), load32(w0.q[2 * c + 1].as_ptr()), load32(w1.q[2 * c].as_ptr()), load32(w1.q[2 * c + 1].as_ptr())) };
+            let s = [
+                (_mm256_set1_epi16(w0.sc[2 * c]), _mm256_set1_epi16(w0.sc[2 * c + 1])),
+                (_mm256_set1_epi16(w1.sc[2 * c]), _mm256_set1_epi16(w1.sc[2 * c + 1])),
+            ];
+            let mut v = [_mm256_setzero_si256(); 8];
+            let mut b1 = [0i32; 8];
+            let mut b2 = [0i32; 8];
+            for t in 0..4 {
+                let yb = &y[t][i];
+                // SAFETY: as above.
+                let (y1, y2) = unsafe { (load32(yb.qs.as_ptr().add(64 * c) as *const u8), load32(yb.qs.as_ptr().add(64 * c + 32) as *const u8)) };
+                for (r, (lo, hi)) in [(l0, h0), (l1, h1)].into_iter().enumerate() {
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y1), s[r].0);
+                    let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y2), s[r].1);
+                    v[4 * r + t] = _mm256_add_epi32(p1, p2);
+                }
+                let (s1, s2) = (yb.bsums[4 * c] as i32 + yb.bsums[4 * c + 1] as i32, yb.bsums[4 * c + 2] as i32 + yb.bsums[4 * c + 3] as i32);
+                b1[t] = s1;
+                b1[t + 4] = s1;
+                b2[t] = s2;
+                b2[t + 4] = s2;
+            }
+            let isum = hsum8_i32(v);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, acc);
+            let m1 = _mm256_set_m128i(_mm_set1_epi32(w1.mn[2 * c]), _mm_set1_epi32(w0.mn[2 * c]));
+            let m2 = _mm256_set_m128i(_mm_set1_epi32(w1.mn[2 * c + 1]), _mm_set1_epi32(w0.mn[2 * c + 1]));
+            // SAFETY: [i32; 8] arrays are 32 bytes.
+            let (bv1, bv2) = unsafe { (load32(b1.as_ptr() as *const u8), load32(b2.as_ptr() as *const u8)) };
+            let msum = _mm256_add_epi32(_mm256_mullo_epi32(m1, bv1), _mm256_mullo_epi32(m2, bv2));
+            accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dm, accm);
+        }
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: `out` is 32 bytes.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, accm)) };
+    out
 }
 
 /// `off · (y[4k] + .. + y[4k+3])` for the eight lanes `k` of one activation block.
