@@ -14,6 +14,7 @@ pub mod elf;
 pub mod legacy_pc;
 pub mod linux;
 pub mod frames;
+pub mod irq;
 pub mod manifest;
 pub mod multiboot2;
 pub mod nvme;

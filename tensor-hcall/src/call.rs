@@ -91,6 +91,15 @@ calls! {
     SessionGenerate = 0x42,
     /// `SessionClose(session)`: frees the session and its KV cache.
     SessionClose = 0x43,
+    /// `DeviceIrqBind(bdf, vector)`: forwards the legacy interrupt (INTx) of the passed-through
+    /// PCI function `bdf` (bus << 8 | device << 3 | function, as in its
+    /// [`crate::boot::DeviceWindow`]) to the caller as external interrupt `vector` (32..=255).
+    /// The line is level-triggered: after each interrupt it stays masked until
+    /// `DeviceIrqDone`. Binding again changes the vector. Returns 0.
+    DeviceIrqBind = 0x50,
+    /// `DeviceIrqDone(bdf)`: the guest has cleared the interrupt's cause in the device; the
+    /// line is unmasked (if the device still asserts it, it is delivered again). Returns 0.
+    DeviceIrqDone = 0x51,
 }
 
 /// The most bytes one `ConsoleWrite` accepts.
@@ -148,6 +157,13 @@ pub enum Hypercall {
     SessionClose {
         session: u64,
     },
+    DeviceIrqBind {
+        bdf: u64,
+        vector: u64,
+    },
+    DeviceIrqDone {
+        bdf: u64,
+    },
 }
 
 impl Hypercall {
@@ -194,6 +210,8 @@ impl Hypercall {
             },
             C::SessionGenerate => Hypercall::SessionGenerate { desc_gpa: a },
             C::SessionClose => Hypercall::SessionClose { session: a },
+            C::DeviceIrqBind => Hypercall::DeviceIrqBind { bdf: a, vector: b },
+            C::DeviceIrqDone => Hypercall::DeviceIrqDone { bdf: a },
         })
     }
 
@@ -207,8 +225,8 @@ impl Hypercall {
             | C::TensorDestroy
             | C::RingSetup
             | C::Doorbell => 1,
-            C::SessionGenerate | C::SessionClose => 1,
-            C::ConsoleWrite | C::SessionOpen => 2,
+            C::SessionGenerate | C::SessionClose | C::DeviceIrqDone => 1,
+            C::ConsoleWrite | C::SessionOpen | C::DeviceIrqBind => 2,
             C::Query | C::RegisterMemory => 3,
             C::SessionPrefill => 4,
         }
@@ -230,6 +248,8 @@ impl Hypercall {
             Hypercall::SessionPrefill { .. } => CallNumber::SessionPrefill,
             Hypercall::SessionGenerate { .. } => CallNumber::SessionGenerate,
             Hypercall::SessionClose { .. } => CallNumber::SessionClose,
+            Hypercall::DeviceIrqBind { .. } => CallNumber::DeviceIrqBind,
+            Hypercall::DeviceIrqDone { .. } => CallNumber::DeviceIrqDone,
         }
     }
 
@@ -261,6 +281,8 @@ impl Hypercall {
             } => (session, region, offset, count),
             Hypercall::SessionGenerate { desc_gpa } => (desc_gpa, 0, 0, 0),
             Hypercall::SessionClose { session } => (session, 0, 0, 0),
+            Hypercall::DeviceIrqBind { bdf, vector } => (bdf, vector, 0, 0),
+            Hypercall::DeviceIrqDone { bdf } => (bdf, 0, 0, 0),
         };
         HcallRegs {
             rax: self.number() as u64,
@@ -281,7 +303,7 @@ mod tests {
         for &n in CallNumber::ALL {
             assert_eq!(CallNumber::try_from(n as u64), Ok(n));
         }
-        for n in [0u64, 4, 0x12, 0x44, u64::MAX, 1 << 63] {
+        for n in [0u64, 4, 0x12, 0x44, 0x52, u64::MAX, 1 << 63] {
             assert_eq!(CallNumber::try_from(n), Err(HcallError::NotSupported));
             assert_eq!(
                 Hypercall::decode(&HcallRegs {
@@ -318,6 +340,11 @@ mod tests {
                 count: 4,
             },
             Hypercall::Doorbell { ring: 9 },
+            Hypercall::DeviceIrqBind {
+                bdf: 0x10,
+                vector: 0x60,
+            },
+            Hypercall::DeviceIrqDone { bdf: 0x10 },
         ];
         for c in calls {
             assert_eq!(Hypercall::decode(&c.to_regs()), Ok(c));

@@ -37,6 +37,8 @@ bitflags! {
         const COMPLETION_INTERRUPTS = 1 << 5;
         /// LLM sessions (`SessionOpen`, `SessionPrefill`, `SessionGenerate`, `SessionClose`).
         const SESSIONS = 1 << 6;
+        /// `DeviceIrqBind` / `DeviceIrqDone`: a passed-through device's INTx forwarded.
+        const DEVICE_INTERRUPTS = 1 << 7;
     }
 }
 

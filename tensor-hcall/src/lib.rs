@@ -58,7 +58,7 @@ impl AbiVersion {
 }
 
 /// The ABI version this crate defines.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 1 };
 
 #[cfg(test)]
 mod validate_tests;
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn version_encoding_and_compatibility() {
-        assert_eq!(ABI_VERSION.to_u32(), 0x0001_0000);
+        assert_eq!(ABI_VERSION.to_u32(), 0x0001_0001);
         assert_eq!(
             AbiVersion::from_u32(0x0002_0003),
             AbiVersion { major: 2, minor: 3 }

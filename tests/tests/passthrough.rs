@@ -1,8 +1,13 @@
 //! PCI passthrough in Bochs (VT-x + EPT, PCI, no IOMMU), one boot: Bochs' emulated Intel
 //! 82540EM (e1000) is given by the manifest to tenant `nic`, whose guest drives it through its
 //! BAR: reads STATUS and the MAC address the bochsrc configures from the EEPROM through EERD,
-//! programs receive address 0 with it and reads it back; tenant `nodev`, without the device, reads the same guest-physical address and
-//! is stopped by an EPT violation. Since Bochs has no IOMMU the passthrough is allowed only by
+//! programs receive address 0 with it and reads it back, then takes the NIC's interrupt (INTx
+//! through the I/O APIC, forwarded by the hypervisor): raised five times through ICS, received
+//! in its IDT handler, cleared through ICR and acknowledged with DONE; raised with interrupts off
+//! (held until STI); left unserviced (one interrupt only: the line stays masked); acknowledged
+//! without clearing (delivered again); tenant `nodev`, without the device, is
+//! refused the interrupt, reads the same guest-physical address and is stopped by an EPT
+//! violation. Since Bochs has no IOMMU the passthrough is allowed only by
 //! the manifest's testing flag, with a warning; a tenant asking for the same NIC without the
 //! flag, and one asking for the host bridge, are refused and the rest carries on.
 
@@ -78,7 +83,7 @@ kv_cache_mib = 1
 "#;
 
 #[test]
-fn bochs_e1000_is_driven_by_its_tenant_and_unreachable_for_another() {
+fn bochs_e1000_is_driven_by_its_tenant_with_its_interrupt_and_unreachable_for_another() {
     let compiled = xtask::manifest::compile("passthrough.toml", CONFIG, &xtask::root().join("guests")).expect("the passthrough configuration compiles");
     let dir = xtask::image::build_dir().join("tests").join("passthrough");
     std::fs::create_dir_all(&dir).unwrap();
@@ -101,7 +106,15 @@ fn bochs_e1000_is_driven_by_its_tenant_and_unreachable_for_another() {
         // The flag allows it, with a warning.
         .assert_line(&["WARN", "passthrough: tenant nic: 00:02.0: passthrough without an IOMMU: the device's DMA is not confined"])
         .assert_line(&["passthrough: tenant nic: 00:02.0 [8086:100e] BAR0 host 0x", "-> guest-physical 0x800000 (128 KiB, uncached)"])
-        .assert_line(&["passthrough: tenant nic: 00:02.0 assigned: memory decoding and bus mastering on", "DMA NOT confined (no IOMMU)", "interrupts not forwarded"])
+        // The hypervisor owns the interrupt controllers; the NIC's INTA# is routed by the PIIX3
+        // swizzle (device 2, INTA# -> PIRQB# -> I/O APIC input 17) and stays masked until bound.
+        .assert_line(&["irq: I/O APIC", "GSI 0-23, every input masked"])
+        .assert_line(&["irq: boot CPU APIC id 0; 8259 masked; PCI INTx routing: PIIX3 (PIRQA-D on I/O APIC inputs 16-19)"])
+        .assert_line(&[
+            "passthrough: tenant nic: 00:02.0 assigned: memory decoding and bus mastering on",
+            "DMA NOT confined (no IOMMU)",
+            "INTA# -> GSI 17, host vector 0x50, forwarded once the guest binds it",
+        ])
         .assert_line(&["[nic] pcidev: device 8086:100e at 00:02.0 BAR0 guest-physical 0x800000, 128 KiB"])
         // The known register values: STATUS as Bochs' model resets it (link up, full duplex,
         // 1000 Mb/s), the MAC from the bochsrc in EEPROM words 0-2 read through EERD, and
@@ -110,10 +123,27 @@ fn bochs_e1000_is_driven_by_its_tenant_and_unreachable_for_another() {
         .assert_line(&["[nic] pcidev: EEPROM words 0-2 through EERD: 52:54:00:12:34:56 (done: true)"])
         .assert_line(&["[nic] pcidev: RAL0/RAH0 0x00000000/0x00000000 before, 0x12005452/0x80005634 after programming: receive address 52:54:00:12:34:56 (address valid: true)"])
         .assert_line(&["[nic] pcidev: EEPROM and receive address match the configured 52:54:00:12:34:56"])
+        // Interrupt forwarding: bad calls refused, then five ICS-raised interrupts delivered at
+        // the guest's vector, each cleared by reading ICR (INT_ASSERTED | RXDMT0) and DONE.
+        .assert_line(&["[nic] pcidev: DONE before BIND: InvalidArgument; BIND to exception vector 0x10: InvalidArgument"])
+        .assert_line(&["[nic] pcidev: DeviceIrqBind(vector 0x60): ok"])
+        // Read back from the I/O APIC: vector 0x50, level-triggered, unmasked.
+        .assert_line(&["irq: tenant 3: 00:02.0 INTA# (GSI 17, host vector 0x50) bound to guest vector 0x60; redirection entry 0x0000000000008050 (vector 0x50, Level, ActiveHigh, unmasked)"])
+        .assert_line(&["[nic] pcidev: 5/5 ICS-triggered interrupts received on vector 0x60 (5 in the handler), ICR 0x80000010 each time: same; 5 DONE; ICR after 0x00000000"])
+        // Raised while the guest has interrupts off: held by the hypervisor until its STI.
+        .assert_line(&["[nic] pcidev: raised with interrupts off: held while off: true, delivered after STI: true"])
+        // A cause the guest never services: one interrupt, then the line stays masked (no
+        // storm); DONE with the cause still set unmasks a line still asserted: it comes again.
+        .assert_line(&["[nic] pcidev: unserviced cause (ICR not read, no DONE): 1 interrupt(s) while the line stayed asserted"])
+        .assert_line(&["[nic] pcidev: DONE with the cause still set: delivered again: true; ICR 0x80000010 read, DONE; 8 interrupt(s) in all"])
+        .assert_line(&["[nic] pcidev: device interrupts forwarded as expected"])
+        // The hypervisor's side: 8 host interrupts for 8 injections and 8 DONEs, no more.
+        .assert_line(&["irq: 00:02.0 GSI 17 released (Armed, redirection entry 0x0000000000008050", "8 interrupt(s) taken, 8 injected, 8 DONE; line masked"])
         .assert_line(&["guest nic: exited with status 0"])
         .assert_line(&["passthrough: 00:02.0 released: decoding and bus mastering off, unassigned"])
         // The other tenant sees no device and cannot reach the registers at the same address.
         .assert_line(&["[nodev] pcidev: 0 device window(s) in the boot information"])
+        .assert_line(&["[nodev] pcidev: DeviceIrqBind for 00:02.0 (not given to this tenant): BadHandle"])
         .assert_line(&["[nodev] pcidev: no e1000 here; reading guest-physical 0x805400 anyway"])
         .assert_line(&["guest nodev: stopped: EPT violation: read of GPA 0x805400"])
         .assert_no_line("from a device this guest was not given")

@@ -383,6 +383,9 @@ impl Tenant {
     fn call(&mut self, call: Hypercall, mem: &dyn GuestMemory, models: &mut dyn ModelHost) -> Result<u64, HcallError> {
         match call {
             Hypercall::ConsoleWrite { .. } | Hypercall::Exit { .. } => Err(HcallError::NotSupported),
+            // Device interrupts belong to the VMM (kernel/devices/irq.rs, logic in crate::irq):
+            // a dispatcher without devices knows no device.
+            Hypercall::DeviceIrqBind { .. } | Hypercall::DeviceIrqDone { .. } => Err(HcallError::BadHandle),
             Hypercall::Query { kind, out_gpa, out_len } => self.query(kind, out_gpa, out_len, mem, models),
             Hypercall::RegisterMemory { gpa, len, flags } => self.register(gpa, len, flags, mem),
             Hypercall::UnregisterMemory { handle } => self.unregister(handle),

@@ -1,5 +1,6 @@
 //! Devices owned by the hypervisor: PCI enumeration (ECAM from the ACPI MCFG, legacy ports as a
-//! fallback), the VT-d IOMMU, and the NVMe model store.
+//! fallback), the interrupt controllers (`irq`: the I/O APIC forwards passed-through devices'
+//! INTx), the VT-d IOMMU, and the NVMe model store.
 //!
 //! Boot order ([`init`]): ACPI tables → PCI configuration access → enumeration into the device
 //! registry (every device unassigned) → DMAR → the NVMe controller is claimed by the hypervisor
@@ -9,6 +10,7 @@
 
 mod config;
 mod dma;
+pub mod irq;
 mod mmio;
 mod nvme;
 pub mod passthrough;
@@ -192,17 +194,25 @@ pub fn init(info: &BootInfo<'_>) {
     log::info!("pci: {} functions found through {}", registry.devices().len(), cfg.name());
     // Until a device is given to someone it may not master the bus: firmware leaves bus
     // mastering on for devices it used. Bridges forward everyone's traffic and keep theirs.
-    let mut quiesced = 0;
+    // Nor raise INTx: a line it shares with a passed-through device would reach that tenant.
+    let (mut quiesced, mut intx) = (0, 0);
     for d in registry.devices().iter().filter(|d| d.header.kind == HeaderKind::Endpoint && d.header.class != 0x06) {
         let cmd = cfg.read16(d.bdf, pci::reg::COMMAND);
-        if cmd & pci::command::BUS_MASTER != 0 {
-            cfg.write16(d.bdf, pci::reg::COMMAND, cmd & !pci::command::BUS_MASTER);
-            quiesced += 1;
+        quiesced += usize::from(cmd & pci::command::BUS_MASTER != 0);
+        intx += usize::from(d.header.interrupt_pin != 0 && cmd & pci::command::INTX_DISABLE == 0);
+        let off = (cmd & !pci::command::BUS_MASTER) | if d.header.interrupt_pin != 0 { pci::command::INTX_DISABLE } else { 0 };
+        if off != cmd {
+            cfg.write16(d.bdf, pci::reg::COMMAND, off);
         }
     }
     if quiesced > 0 {
         log::info!("pci: bus mastering turned off on {quiesced} unassigned device(s)");
     }
+    if intx > 0 {
+        log::info!("pci: INTx disabled on {intx} unassigned device(s)");
+    }
+    let madt = tables.as_ref().and_then(|t| t.load(b"APIC", read).ok());
+    irq::init(madt.as_deref(), &registry);
     *passthrough::BARS.lock() = bars.clone();
     *passthrough::CONFIG.lock() = Some(cfg.clone());
 

@@ -8,7 +8,8 @@
 //! whose second-level tables map exactly the tenant's RAM (guest-physical → the tenant's host
 //! frames), so the addresses its driver programs are guest-physical. Without an IOMMU the device
 //! could DMA anywhere: refused unless the manifest sets `passthrough_without_iommu` (testing),
-//! with a warning. Interrupts are not forwarded (see the README).
+//! with a warning. Its INTx line is registered for forwarding (`irq`), masked until the guest
+//! binds it.
 //!
 //! When the tenant stops, [`release`] turns decoding and bus mastering off, takes the device out
 //! of its domain and returns it to the unassigned pool.
@@ -103,9 +104,11 @@ fn assign_one(id: u32, tenant: &str, s: &str, allow_without_iommu: bool, ram: Te
     ASSIGNED.lock().push((id, bdf, domain));
     if let Some(cfg) = CONFIG.lock().as_mut() {
         let cmd = cfg.read16(bdf, pci::reg::COMMAND);
+        // INTx stays disabled until the guest binds the line (kernel/devices/irq.rs).
         let on = (cmd & !pci::command::IO) | pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::INTX_DISABLE;
         cfg.write16(bdf, pci::reg::COMMAND, on);
     }
+    let interrupts = super::irq::assign(id, bdf, dev.header.interrupt_pin);
     let io_bars = bars.iter().filter(|(_, b)| matches!(b, Bar::Io { .. })).count();
     for w in &windows {
         log::info!(
@@ -119,7 +122,7 @@ fn assign_one(id: u32, tenant: &str, s: &str, allow_without_iommu: bool, ram: Te
         );
     }
     log::info!(
-        "tenant {tenant}: {bdf} assigned: memory decoding and bus mastering on, {}; {io_bars} I/O BAR(s) not forwarded; interrupts not forwarded (INTx disabled)",
+        "tenant {tenant}: {bdf} assigned: memory decoding and bus mastering on, {}; {io_bars} I/O BAR(s) not forwarded; {interrupts}",
         if iommu_present { "DMA confined to the tenant's guest-physical RAM by its IOMMU domain" } else { "DMA NOT confined (no IOMMU)" }
     );
     Ok(Assigned { bdf, vendor: dev.header.vendor, device: dev.header.device, windows })
@@ -150,9 +153,16 @@ pub(super) fn map_tenant_ram(unit: &mut Unit, domain: &mut Domain, ram: TenantRa
     unit.map(domain, iova, phys, ram.size, Perms::READ | Perms::WRITE)
 }
 
-/// Takes every device away from tenant `id`: decoding and bus mastering off, out of its IOMMU
-/// domain (the domain's tables freed), back to unassigned. For when the tenant stops.
+/// Whether tenant `id` was given the function with source id `bdf`.
+pub(super) fn owns(id: u32, bdf: u16) -> bool {
+    ASSIGNED.lock().iter().any(|(t, b, _)| *t == id && b.source_id() == bdf)
+}
+
+/// Takes every device away from tenant `id`: its interrupt lines masked, decoding, bus mastering
+/// and INTx off, out of its IOMMU domain (the domain's tables freed), back to unassigned. For
+/// when the tenant stops.
 pub fn release(id: u32) {
+    super::irq::release(id);
     let mine: Vec<(u32, Bdf, Option<Domain>)> = {
         let mut a = ASSIGNED.lock();
         let (mine, rest): (Vec<_>, Vec<_>) = core::mem::take(&mut *a).into_iter().partition(|(t, _, _)| *t == id);
@@ -162,7 +172,8 @@ pub fn release(id: u32) {
     for (_, bdf, domain) in mine {
         if let Some(cfg) = CONFIG.lock().as_mut() {
             let cmd = cfg.read16(bdf, pci::reg::COMMAND);
-            cfg.write16(bdf, pci::reg::COMMAND, cmd & !(pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::IO));
+            let off = (cmd & !(pci::command::MEMORY | pci::command::BUS_MASTER | pci::command::IO)) | pci::command::INTX_DISABLE;
+            cfg.write16(bdf, pci::reg::COMMAND, off);
         }
         if let Some(d) = domain {
             if let Some((unit, _)) = IOMMU.lock().as_mut() {

@@ -561,6 +561,11 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
 fn run_slice_loaded(g: &mut Guest, slice: u64, models: &mut EngineHost) {
     let slice_start = tsc::rdtsc();
     loop {
+        if let Err(e) = offer_device_interrupt(g) {
+            log::error!("guest {}: VMCS update failed: {e:?}", g.name);
+            stop(g, StopReason::EntryFailed, 0, models);
+            return;
+        }
         let left = g.budget_tsc.saturating_sub(g.used_tsc).max(1);
         let mut timer = slice.min(left);
         if let Some(p) = g.linux.as_mut() {
@@ -607,6 +612,11 @@ fn run_slice_loaded(g: &mut Guest, slice: u64, models: &mut EngineHost) {
                 return;
             }
         };
+        if let vmx::exit_info::Exit::ExternalInterrupt { vector } = exit {
+            // Whichever tenant runs, a host interrupt is the hypervisor's: a forwarded device
+            // line is masked and marked pending for its owner, the local APIC EOId.
+            super::devices::irq::host_interrupt(vector);
+        }
         let exhausted = (g.used_tsc >= g.budget_tsc).then(|| g.budget_tsc / (tsc::hz() / 1000).max(1));
         let (rflags, cpl) = (g.vcpu.rflags(), g.vcpu.cpl());
         g.services.tensors.counters.hypervisor_ns = g.handling_tsc.saturating_mul(1_000_000_000) / tsc::hz().max(1);
@@ -659,6 +669,21 @@ fn run_slice_loaded(g: &mut Guest, slice: u64, models: &mut EngineHost) {
             return;
         }
     }
+}
+
+/// Queues one of the tenant's pending device interrupts (`devices::irq`) for injection when no
+/// other interrupt is waiting: injected now if the guest can take it, else at its interrupt
+/// window (as completion interrupts are).
+fn offer_device_interrupt(g: &mut Guest) -> Result<(), vmx::VmFail> {
+    if g.linux.is_some() || g.pending_vector.is_some() {
+        return Ok(());
+    }
+    let Some(v) = super::devices::irq::take_pending(g.id) else { return Ok(()) };
+    g.pending_vector = Some(v);
+    if g.vcpu.offer_interrupt(v)? {
+        g.pending_vector = None;
+    }
+    Ok(())
 }
 
 /// Records and logs, once, why a guest stopped.

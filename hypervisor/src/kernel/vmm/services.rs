@@ -12,7 +12,7 @@ use tensor_hcall::cpuid::{self, Features};
 use tensor_hcall::{encode_result, HcallError, HcallRegs, Hypercall, ABI_VERSION};
 
 /// The features this hypervisor offers guests.
-const FEATURES: Features = DISPATCH_FEATURES;
+const FEATURES: Features = DISPATCH_FEATURES.union(Features::DEVICE_INTERRUPTS);
 
 /// Console lines longer than this are split.
 const MAX_LINE: usize = 512;
@@ -150,6 +150,9 @@ impl Services for ExitServices<'_> {
                     return Err(StopReason::Exited { status: u64::from(status) });
                 }
                 Ok(Hypercall::ConsoleWrite { gpa, len }) => self.tenant.console_write(gpa, len),
+                // A passed-through device's INTx (kernel/devices/irq.rs).
+                Ok(Hypercall::DeviceIrqBind { bdf, vector }) => crate::kernel::devices::irq::bind(self.tenant.tenant_id, bdf, vector),
+                Ok(Hypercall::DeviceIrqDone { bdf }) => crate::kernel::devices::irq::done(self.tenant.tenant_id, bdf),
                 Ok(_) => {
                     let t = &mut *self.tenant;
                     // Engine work parks: its descriptors are copied and validated now, the units
