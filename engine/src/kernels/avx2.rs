@@ -249,6 +249,21 @@ pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut
             _ => return false,
         }
     }
+    // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); the shapes were checked
+    // above: every row holds `nb` blocks of `bb` bytes, every `ys[t]` `nb` blocks, and `out`
+    // has room for `rows.len()` rows of `stride >= n4` values.
+    unsafe { gemm_q0_impl(ty, bb, off, nb, rows, &ys, out, stride) };
+    true
+}
+
+/// [`gemm_q0`] after its checks.
+///
+/// # Safety
+/// AVX2+FMA+F16C present; the shapes as checked by [`gemm_q0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_q0_impl(ty: GgmlType, bb: usize, off: u8, nb: usize, rows: &[&[u8]], ys: &[&[BlockQ8_0]], out: &mut [f32], stride: usize) {
+    let n4 = ys.len();
     // The panel: per (row, block) the bytes maddubs takes unsigned (|q| for Q8_0, the raw
     // quants otherwise), the signs (Q8_0 only) and the weight scale.
     let m = rows.len() * nb;
@@ -308,7 +323,6 @@ pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut
             r += 2;
         }
     }
-    true
 }
 
 /// One Q4_K super-block unpacked for [`gemm_q4k`]: the low and high nibbles of each 64-value
@@ -346,6 +360,20 @@ pub fn gemm_q4k(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], strid
             _ => return false,
         }
     }
+    // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); shapes checked above.
+    unsafe { gemm_q4k_impl(nb, rows, &ys, out, stride) };
+    true
+}
+
+/// [`gemm_q4k`] after its checks.
+///
+/// # Safety
+/// AVX2+FMA+F16C present; every row holds `nb` 144-byte blocks, every `ys[t]` `nb` blocks,
+/// `ys.len()` is a multiple of four and `out` has room for `rows.len()` rows of
+/// `stride >= ys.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_q4k_impl(nb: usize, rows: &[&[u8]], ys: &[&[BlockQ8K]], out: &mut [f32], stride: usize) {
+    let n4 = ys.len();
     let mut panel: Vec<Q4kPanel> = Vec::with_capacity(rows.len() * nb);
     for row in rows {
         for b in row.chunks_exact(144) {
@@ -381,7 +409,6 @@ pub fn gemm_q4k(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], strid
             r += 2;
         }
     }
-    true
 }
 
 /// Eight i32 vectors to one vector of their eight lane sums (lane `k` = sum of `v[k]`).
