@@ -4,7 +4,7 @@
 //! programs receive address 0 with it and reads it back, then takes the NIC's interrupt (INTx
 //! through the I/O APIC, forwarded by the hypervisor): raised five times through ICS, received
 //! in its IDT handler, cleared through ICR and acknowledged with DONE; raised with interrupts off
-//! (held until STI); left unserviced (one interrupt only: the line stays masked); acknowledged
+//! (held until STI); raised by the device itself (transmit queue empty); left unserviced (one interrupt only: the line stays masked); acknowledged
 //! without clearing (delivered again); tenant `nodev`, without the device, is
 //! refused the interrupt, reads the same guest-physical address and is stopped by an EPT
 //! violation. Since Bochs has no IOMMU the passthrough is allowed only by
@@ -132,13 +132,16 @@ fn bochs_e1000_is_driven_by_its_tenant_with_its_interrupt_and_unreachable_for_an
         .assert_line(&["[nic] pcidev: 5/5 ICS-triggered interrupts received on vector 0x60 (5 in the handler), ICR 0x80000010 each time: same; 5 DONE; ICR after 0x00000000"])
         // Raised while the guest has interrupts off: held by the hypervisor until its STI.
         .assert_line(&["[nic] pcidev: raised with interrupts off: held while off: true, delivered after STI: true"])
+        // An interrupt the device raises by itself (TXQE, a little after TCTL.EN with an empty
+        // ring): delivered with ICR INT_ASSERTED | TXQE.
+        .assert_line(&["[nic] pcidev: interrupt raised by the device itself: true, ICR 0x80000002"])
         // A cause the guest never services: one interrupt, then the line stays masked (no
         // storm); DONE with the cause still set unmasks a line still asserted: it comes again.
         .assert_line(&["[nic] pcidev: unserviced cause (ICR not read, no DONE): 1 interrupt(s) while the line stayed asserted"])
-        .assert_line(&["[nic] pcidev: DONE with the cause still set: delivered again: true; ICR 0x80000010 read, DONE; 8 interrupt(s) in all"])
+        .assert_line(&["[nic] pcidev: DONE with the cause still set: delivered again: true; ICR 0x80000010 read, DONE; 9 interrupt(s) in all"])
         .assert_line(&["[nic] pcidev: device interrupts forwarded as expected"])
-        // The hypervisor's side: 8 host interrupts for 8 injections and 8 DONEs, no more.
-        .assert_line(&["irq: 00:02.0 GSI 17 released (Armed, redirection entry 0x0000000000008050", "8 interrupt(s) taken, 8 injected, 8 DONE; line masked"])
+        // The hypervisor's side: 9 host interrupts for 9 injections and 9 DONEs, no more.
+        .assert_line(&["irq: 00:02.0 GSI 17 released (Armed, redirection entry 0x0000000000008050", "9 interrupt(s) taken, 9 injected, 9 DONE; line masked"])
         .assert_line(&["guest nic: exited with status 0"])
         .assert_line(&["passthrough: 00:02.0 released: decoding and bus mastering off, unassigned"])
         // The other tenant sees no device and cannot reach the registers at the same address.

@@ -11,7 +11,9 @@
 //! enables one cause (RXDMT0) in IMS and [`ROUNDS`] times sets it through ICS (Interrupt Cause
 //! Set), waits for the interrupt in its IDT handler, reads ICR (which clears the cause and
 //! deasserts INTx: manual 13.4.17-13.4.20) and calls `DeviceIrqDone`. Then: the cause raised
-//! with interrupts off must wait for STI; the cause raised and serviced by nobody must bring
+//! with interrupts off must wait for STI; enabling the transmitter with an empty ring must bring
+//! the device's own "transmit queue empty" interrupt (TXQE, raised by the device a little
+//! later, not by a register write of the guest); the cause raised and serviced by nobody must bring
 //! exactly one interrupt while the line stays asserted (the hypervisor keeps it masked until
 //! DONE); DONE without clearing the cause must bring it again (a level line still asserted).
 //! Without a device it reads guest-physical `probe=` (where the device would be), which the
@@ -45,6 +47,11 @@ const IMS: u64 = 0xd0;
 const IMC: u64 = 0xd8;
 /// The cause the test raises: receive descriptor minimum threshold (bit 4).
 const CAUSE_RXDMT0: u32 = 1 << 4;
+/// Transmit queue empty (bit 1): raised by the device itself after transmit is enabled.
+const CAUSE_TXQE: u32 = 1 << 1;
+/// Transmit control (manual 13.4.33): bit 1 enables the transmitter.
+const TCTL: u64 = 0x400;
+const TCTL_EN: u32 = 1 << 1;
 /// ICR bit 31: INT_ASSERTED, set while any cause is pending.
 const ICR_ASSERTED: u32 = 1 << 31;
 /// The guest's vector for the device.
@@ -159,6 +166,18 @@ fn interrupts(regs: &Regs, bdf: u16) -> bool {
     let after_sti = wait_for_irq(seen);
     let windowed_ok = regs.read(ICR) == ICR_ASSERTED | CAUSE_RXDMT0 && call(&mut t, Hypercall::DeviceIrqDone { bdf }).is_ok();
     println!("pcidev: raised with interrupts off: held while off: {held}, delivered after STI: {after_sti}");
+    // Raised by the device on its own: enabling the transmitter with an empty ring makes it
+    // report "transmit queue empty" a little later (after the console hypercall has begun).
+    let seen = irqs();
+    regs.write(IMS, CAUSE_TXQE);
+    regs.write(TCTL, TCTL_EN);
+    println!("pcidev: transmitter enabled with an empty ring");
+    let from_device = wait_for_irq(seen);
+    let tx_icr = regs.read(ICR);
+    let tx_ok = call(&mut t, Hypercall::DeviceIrqDone { bdf }).is_ok();
+    regs.write(TCTL, 0);
+    regs.write(IMC, CAUSE_TXQE);
+    println!("pcidev: interrupt raised by the device itself: {from_device}, ICR {tx_icr:#010x}");
     // Once more, serviced by nobody: the line stays asserted, the hypervisor keeps it masked.
     let seen = irqs();
     regs.write(ICS, CAUSE_RXDMT0);
@@ -197,7 +216,10 @@ fn interrupts(regs: &Regs, bdf: u16) -> bool {
         && again
         && last == ICR_ASSERTED | CAUSE_RXDMT0
         && closed
-        && irqs() == ROUNDS + 3
+        && from_device
+        && tx_icr == ICR_ASSERTED | CAUSE_TXQE
+        && tx_ok
+        && irqs() == ROUNDS + 4
 }
 
 /// A register window: the BAR as the boot information lists it, accesses bounds-checked.
