@@ -286,18 +286,142 @@ fn geglu_table(table: &[f32], g: f32, u: f32) -> f32 {
 }
 
 /// NeoX-style RoPE on one head vector.
-fn rope(x: &mut [f32], pos: usize, base: f32, freq_scale: f32) {
-    let half = x.len() / 2;
-    let theta_scale = libm::powf(base, -2.0 / x.len() as f32);
+/// `(sin, cos)` of every rotation angle of a `dim`-wide head at `pos`, with GGML's angle
+/// recurrence (`theta *= base^(-2/dim)`). The same for every head of a token, so computed once.
+fn rope_table(tab: &mut [(f32, f32)], dim: usize, pos: usize, base: f32, freq_scale: f32) {
+    let theta_scale = libm::powf(base, -2.0 / dim as f32);
     let mut theta = pos as f32;
-    for i in 0..half {
+    for sc in tab.iter_mut() {
         let t = freq_scale * theta;
-        let (s, c) = (libm::sinf(t), libm::cosf(t));
+        *sc = (libm::sinf(t), libm::cosf(t));
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates the two halves of one head by the angles of [`rope_table`] (NeoX order).
+fn rope_apply(x: &mut [f32], tab: &[(f32, f32)]) {
+    let half = x.len() / 2;
+    for (i, &(s, c)) in tab.iter().enumerate().take(half) {
         let (x0, x1) = (x[i], x[i + half]);
         // GCC contracts GGML's `x0*cos - x1*sin` / `x0*sin + x1*cos` (rope_yarn, -ffp-contract=fast).
         x[i] = libm::fmaf(x0, c, -(x1 * s));
         x[i + half] = libm::fmaf(x0, s, x1 * c);
-        theta *= theta_scale;
+    }
+}
+
+/// The shape of one layer's attention over the cache (see [`attention`]).
+struct AttnShape {
+    n_head: usize,
+    /// Query heads per KV head.
+    group: usize,
+    hd: usize,
+    nq: usize,
+    nkv: usize,
+    cap: usize,
+    /// Position of the first query token.
+    start: usize,
+    /// Sliding window (local layers).
+    window: Option<usize>,
+    /// One query token (decode): llama.cpp's `vec_dot` forms instead of tinyBLAS.
+    single: bool,
+}
+
+/// Causal attention of the query rows `q` (`[token][head][hd]`, normed, rotated and scaled)
+/// over the caches into `attn` (same layout), as llama.cpp's CPU path without flash
+/// attention: scores are f16·f16 dots (one 8-lane FMA accumulator, GGML's tinyBLAS kernel),
+/// the softmax uses GGML's vectorised expf over 8-aligned groups of cache positions, the
+/// probabilities are rounded to f16 and multiplied with the transposed f16 V cache by the same
+/// 8-lane dot. Positions outside the window are masked (-inf, weight 0), which leaves every sum
+/// as GGML's. Each (token, head) is independent: they are spread over the workers
+/// (round-robin, since later tokens cost more), each writing only its own rows of `attn`.
+fn attention(comp: Compute<'_>, s: &AttnShape, q: &[f32], kcache: &[f32], vcache: &[f32], attn: &mut [f32]) {
+    let hd = s.hd;
+    let units = attn.len() / hd;
+    let n = units / s.n_head;
+    // Multiply-adds of the whole product; small ones (decode at short contexts) stay on the
+    // calling worker, where waking the others would cost more than it saves.
+    let span = |t: usize| {
+        let p = s.start + t;
+        let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        p + 1 - first
+    };
+    let work: usize = (0..n).map(|t| span(t) * s.n_head * 2 * hd).sum();
+    let threads = if work < (1 << 20) { 1 } else { comp.par.threads().clamp(1, units.max(1)) };
+    let mut shares: Vec<Share<'_>> = (0..threads).map(|_| Vec::new()).collect();
+    for (u, out) in attn.chunks_exact_mut(hd).enumerate() {
+        shares[u % threads].push((u, out));
+    }
+    let shares: Vec<spin::Mutex<Share<'_>>> = shares.into_iter().map(spin::Mutex::new).collect();
+    let job = |i: usize| {
+        let Some(share) = shares.get(i) else { return };
+        let mut share = share.lock();
+        let mut scores = vec![0.0f32; s.cap];
+        let mut qh = vec![0.0f32; hd];
+        for (u, out) in share.iter_mut() {
+            let (t, h) = (*u / s.n_head, *u % s.n_head);
+            attend(comp, s, t, h, q, kcache, vcache, &mut scores, &mut qh, out);
+        }
+    };
+    if threads == 1 {
+        job(0);
+    } else {
+        comp.par.run(&job);
+    }
+}
+
+/// A worker's (token·heads + head, output row) pairs.
+type Share<'a> = Vec<(usize, &'a mut [f32])>;
+
+/// One query token `t`, head `h` of [`attention`].
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    comp: Compute<'_>,
+    s: &AttnShape,
+    t: usize,
+    h: usize,
+    q: &[f32],
+    kcache: &[f32],
+    vcache: &[f32],
+    scores: &mut [f32],
+    qh: &mut [f32],
+    out: &mut [f32],
+) {
+    let (hd, nkv, cap) = (s.hd, s.nkv, s.cap);
+    let p = s.start + t;
+    let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+    // One query token: llama.cpp skips tinyBLAS (`n < 2`) and runs `ggml_vec_dot_f16` (four
+    // accumulators over 32-groups) for both products.
+    let (lo, hi) = if s.single { (first / 32 * 32, (p + 1).div_ceil(32) * 32) } else { (first / 8 * 8, (p + 1).div_ceil(8) * 8) };
+    let fdot = |a: &[f32], b: &[f32]| {
+        if s.single {
+            kernels::dot_f32_vecdot(comp.cpu, a, b)
+        } else {
+            kernels::dot_f32(comp.cpu, a, b)
+        }
+    };
+    let kvh = h / s.group;
+    for (dst, &v) in qh.iter_mut().zip(&q[t * s.nq + h * hd..t * s.nq + (h + 1) * hd]) {
+        *dst = round_f16(v);
+    }
+    let sc = &mut scores[lo..hi];
+    let mut max = f32::NEG_INFINITY;
+    for (j, v) in sc.iter_mut().enumerate() {
+        let kp = lo + j;
+        *v = if kp < first || kp > p {
+            f32::NEG_INFINITY
+        } else {
+            fdot(qh, &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd])
+        };
+        max = max.max(*v);
+    }
+    let sum = kernels::softmax_exp(comp.cpu, sc, max);
+    let inv = (1.0 / sum) as f32;
+    for v in sc.iter_mut() {
+        *v = round_f16(*v * inv);
+    }
+    for (dd, o) in out.iter_mut().enumerate() {
+        let vrow = &vcache[(kvh * hd + dd) * cap..(kvh * hd + dd + 1) * cap];
+        *o = fdot(&vrow[lo..hi], sc);
     }
 }
 
@@ -413,16 +537,17 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut o = vec![0.0f32; n * d];
         let mut g = vec![0.0f32; n * c.n_ff];
         let mut u = vec![0.0f32; n * c.n_ff];
-        let mut scores = vec![0.0f32; self.cap];
-        let mut qh = vec![0.0f32; hd];
+        // RoPE angles per token, for the local and the global layers.
+        let mut rope_local = vec![(0.0f32, 0.0f32); n * (hd / 2)];
+        let mut rope_global = vec![(0.0f32, 0.0f32); n * (hd / 2)];
+        for t in 0..n {
+            let span = t * (hd / 2)..(t + 1) * (hd / 2);
+            rope_table(&mut rope_local[span.clone()], hd, start + t, c.rope_base_local, 1.0);
+            rope_table(&mut rope_global[span], hd, start + t, c.rope_base_global, c.rope_scale_global);
+        }
 
         for (il, l) in m.layers.iter().enumerate() {
             let local = c.is_local(il);
-            let (base, fscale) = if local {
-                (c.rope_base_local, 1.0)
-            } else {
-                (c.rope_base_global, c.rope_scale_global)
-            };
             xn.copy_from_slice(&x);
             for row in xn.chunks_exact_mut(d) {
                 rms_norm(row, &l.attn_norm, c.rms_eps);
@@ -432,18 +557,20 @@ impl<'m, 'a> Session<'m, 'a> {
             trace("Qcur_mm", il, &q);
             trace("Kcur_mm", il, &k);
             trace("Vcur", il, &v);
+            let tabs = if local { &rope_local } else { &rope_global };
             for t in 0..n {
                 let p = start + t;
+                let tab = &tabs[t * (hd / 2)..(t + 1) * (hd / 2)];
                 for h in q[t * nq..(t + 1) * nq].chunks_exact_mut(hd) {
                     rms_norm(h, &l.q_norm, c.rms_eps);
-                    rope(h, p, base, fscale);
+                    rope_apply(h, tab);
                     for e in h.iter_mut() {
                         *e *= c.attn_scale;
                     }
                 }
                 for h in k[t * nkv..(t + 1) * nkv].chunks_exact_mut(hd) {
                     rms_norm(h, &l.k_norm, c.rms_eps);
-                    rope(h, p, base, fscale);
+                    rope_apply(h, tab);
                 }
                 let kc = &mut self.k_cache[il][p * nkv..(p + 1) * nkv];
                 for (dst, &s) in kc.iter_mut().zip(&k[t * nkv..(t + 1) * nkv]) {
@@ -460,53 +587,18 @@ impl<'m, 'a> Session<'m, 'a> {
             // 8-aligned groups of cache positions, the probabilities are rounded to f16 and
             // multiplied with the transposed f16 V cache by the same 8-lane dot. Positions
             // outside the window are masked (-inf, weight 0), which leaves every sum as GGML's.
-            let group = c.n_head / c.n_head_kv;
-            let cap = self.cap;
-            let single = n == 1;
-            let kcache = &self.k_cache[il];
-            let vcache = &self.v_cache[il];
-            for t in 0..n {
-                let p = start + t;
-                let first = if local { (p + 1).saturating_sub(c.sliding_window) } else { 0 };
-                // One query token: llama.cpp skips tinyBLAS (`n < 2`) and runs
-                // `ggml_vec_dot_f16` (four accumulators over 32-groups) for both products.
-                let (lo, hi) = if single { (first / 32 * 32, (p + 1).div_ceil(32) * 32) } else { (first / 8 * 8, (p + 1).div_ceil(8) * 8) };
-                let fdot = |a: &[f32], b: &[f32]| {
-                    if single {
-                        kernels::dot_f32_vecdot(comp.cpu, a, b)
-                    } else {
-                        kernels::dot_f32(comp.cpu, a, b)
-                    }
-                };
-                for h in 0..c.n_head {
-                    let kvh = h / group;
-                    for (dst, &s) in qh.iter_mut().zip(&q[t * nq + h * hd..t * nq + (h + 1) * hd]) {
-                        *dst = round_f16(s);
-                    }
-                    let sc = &mut scores[lo..hi];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in sc.iter_mut().enumerate() {
-                        let kp = lo + j;
-                        *s = if kp < first || kp > p {
-                            f32::NEG_INFINITY
-                        } else {
-                            let krow = &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
-                            fdot(&qh, krow)
-                        };
-                        max = max.max(*s);
-                    }
-                    let sum = kernels::softmax_exp(comp.cpu, sc, max);
-                    let inv = (1.0 / sum) as f32;
-                    for s in sc.iter_mut() {
-                        *s = round_f16(*s * inv);
-                    }
-                    let out = &mut attn[t * nq + h * hd..t * nq + (h + 1) * hd];
-                    for (dd, o) in out.iter_mut().enumerate() {
-                        let vrow = &vcache[(kvh * hd + dd) * cap..(kvh * hd + dd + 1) * cap];
-                        *o = fdot(&vrow[lo..hi], sc);
-                    }
-                }
-            }
+            let shape = AttnShape {
+                n_head: c.n_head,
+                group: c.n_head / c.n_head_kv,
+                hd,
+                nq,
+                nkv,
+                cap: self.cap,
+                start,
+                window: if local { Some(c.sliding_window) } else { None },
+                single: n == 1,
+            };
+            attention(comp, &shape, &q, &self.k_cache[il], &self.v_cache[il], &mut attn);
             trace("Qcur", il, &q);
             trace("Kcur", il, &k);
             trace("kqv_out", il, &attn);
