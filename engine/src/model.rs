@@ -17,6 +17,7 @@ use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::half::{f16_to_f32, f32_to_f16, round_f16};
 use crate::kernels;
 use crate::quant::dequantize_row;
+use crate::parallel::for_each_item;
 use crate::tensor::{matmul_many, Compute, Matrix};
 
 /// Errors loading a model.
@@ -309,6 +310,30 @@ fn rope_apply(x: &mut [f32], tab: &[(f32, f32)]) {
     }
 }
 
+/// Per-token work (norms, RoPE, GELU) goes to the workers from this many tokens on (a
+/// prefill); a decode step's single token stays on the calling worker.
+const PAR_MIN_TOKENS: usize = 8;
+
+/// `xn[t] = rms_norm(x[t]) · w` for every row of width `d`.
+fn norm_rows(comp: Compute<'_>, x: &[f32], xn: &mut [f32], d: usize, w: &[f32], eps: f32) {
+    let mut rows: Vec<&mut [f32]> = xn.chunks_exact_mut(d).collect();
+    for_each_item(comp.par, &mut rows, PAR_MIN_TOKENS, &|t, row| {
+        row.copy_from_slice(&x[t * d..(t + 1) * d]);
+        rms_norm(row, w, eps);
+    });
+}
+
+/// The residual step: `o[t] = rms_norm(o[t]) · w`, then `x[t] += o[t]`, for every row.
+fn add_normed(comp: Compute<'_>, x: &mut [f32], o: &mut [f32], d: usize, w: &[f32], eps: f32) {
+    let mut rows: Vec<(&mut [f32], &mut [f32])> = x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)).collect();
+    for_each_item(comp.par, &mut rows, PAR_MIN_TOKENS, &|_, (xr, or)| {
+        rms_norm(or, w, eps);
+        for (a, b) in xr.iter_mut().zip(or.iter()) {
+            *a += b;
+        }
+    });
+}
+
 /// The shape of one layer's attention over the cache (see [`attention`]).
 struct AttnShape {
     n_head: usize,
@@ -548,30 +573,31 @@ impl<'m, 'a> Session<'m, 'a> {
 
         for (il, l) in m.layers.iter().enumerate() {
             let local = c.is_local(il);
-            xn.copy_from_slice(&x);
-            for row in xn.chunks_exact_mut(d) {
-                rms_norm(row, &l.attn_norm, c.rms_eps);
-            }
+            norm_rows(comp, &x, &mut xn, d, &l.attn_norm, c.rms_eps);
             trace("attn_norm", il, &xn);
             matmul_many(comp, &[l.wq, l.wk, l.wv], &xn, n, &mut [&mut q, &mut k, &mut v]);
             trace("Qcur_mm", il, &q);
             trace("Kcur_mm", il, &k);
             trace("Vcur", il, &v);
             let tabs = if local { &rope_local } else { &rope_global };
-            for t in 0..n {
-                let p = start + t;
+            let mut qk: Vec<(&mut [f32], &mut [f32])> = q.chunks_exact_mut(nq).zip(k.chunks_exact_mut(nkv)).collect();
+            for_each_item(comp.par, &mut qk, PAR_MIN_TOKENS, &|t, (qr, kr)| {
                 let tab = &tabs[t * (hd / 2)..(t + 1) * (hd / 2)];
-                for h in q[t * nq..(t + 1) * nq].chunks_exact_mut(hd) {
+                for h in qr.chunks_exact_mut(hd) {
                     rms_norm(h, &l.q_norm, c.rms_eps);
                     rope_apply(h, tab);
                     for e in h.iter_mut() {
                         *e *= c.attn_scale;
                     }
                 }
-                for h in k[t * nkv..(t + 1) * nkv].chunks_exact_mut(hd) {
+                for h in kr.chunks_exact_mut(hd) {
                     rms_norm(h, &l.k_norm, c.rms_eps);
                     rope_apply(h, tab);
                 }
+            });
+            drop(qk);
+            for t in 0..n {
+                let p = start + t;
                 let kc = &mut self.k_cache[il][p * nkv..(p + 1) * nkv];
                 for (dst, &s) in kc.iter_mut().zip(&k[t * nkv..(t + 1) * nkv]) {
                     *dst = round_f16(s);
@@ -604,34 +630,25 @@ impl<'m, 'a> Session<'m, 'a> {
             trace("kqv_out", il, &attn);
             l.wo.matmul(comp, &attn, n, &mut o);
             trace("attn_out", il, &o);
-            for (xr, or) in x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)) {
-                rms_norm(or, &l.post_attn_norm, c.rms_eps);
-                for (a, b) in xr.iter_mut().zip(or.iter()) {
-                    *a += b;
-                }
-            }
+            add_normed(comp, &mut x, &mut o, d, &l.post_attn_norm, c.rms_eps);
             // Feed-forward (GeGLU).
-            xn.copy_from_slice(&x);
-            for row in xn.chunks_exact_mut(d) {
-                rms_norm(row, &l.ffn_norm, c.rms_eps);
-            }
+            norm_rows(comp, &x, &mut xn, d, &l.ffn_norm, c.rms_eps);
             trace("sa_out", il, &x);
             trace("ffn_norm", il, &xn);
             matmul_many(comp, &[l.gate, l.up], &xn, n, &mut [&mut g, &mut u]);
             trace("ffn_gate", il, &g);
             trace("ffn_up", il, &u);
-            for (gv, &uv) in g.iter_mut().zip(&u) {
-                *gv = geglu_table(&m.gelu_f16, *gv, uv);
-            }
+            let mut gu: Vec<(&mut [f32], &[f32])> = g.chunks_exact_mut(c.n_ff).zip(u.chunks_exact(c.n_ff)).collect();
+            for_each_item(comp.par, &mut gu, PAR_MIN_TOKENS, &|_, (gr, ur)| {
+                for (gv, &uv) in gr.iter_mut().zip(ur.iter()) {
+                    *gv = geglu_table(&m.gelu_f16, *gv, uv);
+                }
+            });
+            drop(gu);
             trace("ffn_geglu", il, &g);
             l.down.matmul(comp, &g, n, &mut o);
             trace("ffn_out", il, &o);
-            for (xr, or) in x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)) {
-                rms_norm(or, &l.post_ffn_norm, c.rms_eps);
-                for (a, b) in xr.iter_mut().zip(or.iter()) {
-                    *a += b;
-                }
-            }
+            add_normed(comp, &mut x, &mut o, d, &l.post_ffn_norm, c.rms_eps);
             trace("l_out", il, &x);
         }
         self.pos += n;

@@ -139,20 +139,21 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
     // activations come from `ggml_quantize_mat_q8_K_4x8` (sign rule on ±max ties).
     let gemm4 = mats.iter().any(|m| m.ty == GgmlType::Q4_K);
     let n4 = n / 4 * 4;
+    // Quantized on all workers for a prefill (each token's row is independent).
+    let mut slots: Vec<(ActFormat, usize, Option<Acts>)> =
+        fmts.iter().flat_map(|&f| (0..n).map(move |t| (f, t, None))).collect();
+    crate::parallel::for_each_item(c.par, &mut slots, 8, &|_, (f, t, out)| {
+        let r = &x[*t * cols..(*t + 1) * cols];
+        *out = Some(if gemm4 && *f == ActFormat::Q8_K && *t < n4 {
+            Acts::Q8K(crate::quant::quantize_q8_k_4x8(r))
+        } else {
+            quantize_acts(*f, r)
+        });
+    });
+    let mut slots = slots.into_iter();
     let acts: Vec<Vec<Acts>> = fmts
         .iter()
-        .map(|&f| {
-            x.chunks_exact(cols)
-                .enumerate()
-                .map(|(t, r)| {
-                    if gemm4 && f == ActFormat::Q8_K && t < n4 {
-                        Acts::Q8K(crate::quant::quantize_q8_k_4x8(r))
-                    } else {
-                        quantize_acts(f, r)
-                    }
-                })
-                .collect()
-        })
+        .map(|_| slots.by_ref().take(n).map(|(f, _, a)| a.unwrap_or_else(|| quantize_acts(f, &[]))).collect())
         .collect();
     let acts_of = |m: &Matrix<'_>| &acts[fmts.iter().position(|&f| f == m.ty.act_format()).unwrap_or(0)];
     // Global row index space: the matrices one after another.

@@ -63,6 +63,14 @@ fn simd_portable_threads_and_batching_agree() {
     for &t in &simd.0 {
         lb = b.eval(comp, &[t]).unwrap();
     }
+    // Spreading a batch over workers (products, attention, norms, activation quantization)
+    // changes nothing: every output is computed by one worker in the serial order.
+    for threads in [2, 3] {
+        let pool = ThreadPool::new(threads);
+        let mut c = Session::new(&m, 64);
+        let lc = c.eval(Compute { cpu: CpuFeatures::detect(), par: &pool }, &simd.0).unwrap();
+        assert!(la.iter().zip(&lc).all(|(x, y)| x.to_bits() == y.to_bits()), "{threads} threads: batch logits differ");
+    }
     let max = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     // Not bit-identical: like llama.cpp, a batch uses its multi-row kernels (tiled Q6_K from 8
     // rows, the repacked Q4_K GEMM per 4 tokens), whose rounding differs from the one-token
