@@ -427,3 +427,15 @@ fn q4k_panel_gemm_equals_dot4_gemm() {
     let q8 = vec![quantize_acts(GgmlType::Q8_0.act_format(), &vec![0.5; n]); 4];
     assert!(!kernels::gemm_q4k(simd, &refs, &q8, 4, &mut out, stride));
 }
+
+/// The bandwidth probe's sum is the plain wrapping sum on every path and length.
+#[test]
+fn read_sum_is_the_wrapping_sum() {
+    let mut rng = Rng::new(9);
+    for len in [0usize, 1, 15, 16, 17, 1000] {
+        let v: Vec<u64> = (0..len).map(|_| (rng.next_f32().to_bits() as u64) << 40 | len as u64).collect();
+        let want = v.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+        assert_eq!(kernels::read_sum(CpuFeatures::detect(), &v), want);
+        assert_eq!(kernels::read_sum(CpuFeatures::portable(), &v), want);
+    }
+}

@@ -103,7 +103,7 @@ fn json_str(s: &str) -> String {
 }
 
 /// Memory read bandwidth: `threads` workers each sum their part of a 512 MiB buffer (much
-/// larger than any cache), best of 3 passes; bytes/s.
+/// larger than any cache) with AVX2 loads where the CPU has them, best of 3 passes; bytes/s.
 fn read_bandwidth(threads: usize) -> f64 {
     let words = 64usize << 20;
     let buf: Vec<u64> = (0..words as u64).collect();
@@ -113,7 +113,7 @@ fn read_bandwidth(threads: usize) -> f64 {
         let sum: u64 = std::thread::scope(|s| {
             let hs: Vec<_> = buf
                 .chunks(words.div_ceil(threads))
-                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &b| a.wrapping_add(b))))
+                .map(|c| s.spawn(move || engine::kernels::read_sum(CpuFeatures::detect(), c)))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
         });

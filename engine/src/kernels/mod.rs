@@ -199,3 +199,16 @@ pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
         *yv += a * xv;
     }
 }
+
+/// Wrapping sum of `v`, with AVX2 loads (four independent 256-bit accumulators) where `cpu`
+/// allows: a memory read-bandwidth probe that the adds cannot hold back, so the decode
+/// bandwidth bound (`tvgen --membw`) measures what the memory gives. The same value on every
+/// path (wrapping addition is associative and commutative).
+pub fn read_sum(cpu: CpuFeatures, v: &[u64]) -> u64 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        return avx2::read_sum(v);
+    }
+    let _ = cpu;
+    v.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+}
