@@ -377,7 +377,8 @@ impl Lines {
     }
 
     /// `DEVICE_IRQ_BIND`: `vector` must be 32..=255 (0-31 are exceptions); the device must be
-    /// the tenant's and have a line. Rebinding changes only the guest's vector.
+    /// the tenant's and have a line. Rebinding changes the guest's vector and rewrites the entry
+    /// as it is (masked unless armed): a pending or in-service line stays masked.
     pub fn bind(&mut self, tenant: u32, bdf: u64, vector: u64) -> Result<(Line, Action), HcallError> {
         let bdf = u16::try_from(bdf).map_err(|_| HcallError::InvalidArgument)?;
         let vector = u8::try_from(vector).ok().filter(|v| *v >= 32).ok_or(HcallError::InvalidArgument)?;
@@ -391,7 +392,8 @@ impl Lines {
                 line.state = LineState::Armed;
                 Action::Enable
             }
-            _ => Action::None,
+            LineState::Armed => Action::Mask(false),
+            LineState::Pending | LineState::InService => Action::Mask(true),
         };
         Ok((*line, action))
     }
@@ -529,10 +531,17 @@ mod tests {
             assert_eq!((d.state, a), (LineState::Armed, Action::Mask(false)));
             assert_eq!(d.counts, LineCounts { fired: round, injected: round, done: round });
         }
-        // DONE while armed changes nothing; rebinding changes only the vector.
+        // DONE while armed changes nothing; rebinding changes the vector, keeps the state and
+        // rewrites the entry as it is.
         assert_eq!(l.done(3, id).unwrap().1, Action::None);
         let (b, a) = l.bind(3, id, 0x61).unwrap();
-        assert_eq!((b.state, b.guest_vector, a), (LineState::Armed, Some(0x61), Action::None));
+        assert_eq!((b.state, b.guest_vector, a), (LineState::Armed, Some(0x61), Action::Mask(false)));
+        l.fire(HOST_VECTOR_BASE);
+        let (b, a) = l.bind(3, id, 0x62).unwrap();
+        assert_eq!((b.state, a), (LineState::Pending, Action::Mask(true)));
+        assert_eq!(l.take_pending(3), Some(0x62));
+        let (b, a) = l.bind(3, id, 0x63).unwrap();
+        assert_eq!((b.state, a), (LineState::InService, Action::Mask(true)));
     }
 
     #[test]

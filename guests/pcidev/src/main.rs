@@ -14,8 +14,8 @@
 //! with interrupts off must wait for STI; enabling the transmitter with an empty ring must bring
 //! the device's own "transmit queue empty" interrupt (TXQE, raised by the device a little
 //! later, not by a register write of the guest); the cause raised and serviced by nobody must bring
-//! exactly one interrupt while the line stays asserted (the hypervisor keeps it masked until
-//! DONE); DONE without clearing the cause must bring it again (a level line still asserted).
+//! exactly one interrupt while the line stays asserted, even when binding again makes the
+//! hypervisor rewrite the entry (it keeps it masked until DONE); DONE without clearing the cause must bring it again (a level line still asserted).
 //! Without a device it reads guest-physical `probe=` (where the device would be), which the
 //! hypervisor must stop, after checking that binding a device it was not given is refused.
 #![no_std]
@@ -179,12 +179,15 @@ fn interrupts(regs: &Regs, bdf: u16) -> bool {
     regs.write(IMC, CAUSE_TXQE);
     println!("pcidev: interrupt raised by the device itself: {from_device}, ICR {tx_icr:#010x}");
     // Once more, serviced by nobody: the line stays asserted, the hypervisor keeps it masked.
+    // Binding again makes the hypervisor rewrite the (masked) entry, which makes the I/O APIC
+    // look at its asserted inputs again: an unmasked entry would deliver once more.
     let seen = irqs();
     regs.write(ICS, CAUSE_RXDMT0);
     let came = wait_for_irq(seen);
+    let rebound = call(&mut t, Hypercall::DeviceIrqBind { bdf, vector: u64::from(VECTOR) }).is_ok();
     spin(4_000_000);
     let extra = irqs() - seen;
-    println!("pcidev: unserviced cause (ICR not read, no DONE): {extra} interrupt(s) while the line stayed asserted");
+    println!("pcidev: unserviced cause (ICR not read, no DONE, bound again): {extra} interrupt(s) while the line stayed asserted");
     // DONE without clearing the cause: the level line is still asserted, so it comes again.
     let seen = irqs();
     let redone = call(&mut t, Hypercall::DeviceIrqDone { bdf }).is_ok();
@@ -211,6 +214,7 @@ fn interrupts(regs: &Regs, bdf: u16) -> bool {
         && after_sti
         && windowed_ok
         && came
+        && rebound
         && extra == 1
         && redone
         && again

@@ -210,16 +210,18 @@ pub fn bind(tenant: u32, bdf: u64, vector: u64) -> Result<u64, HcallError> {
     let mut guard = FORWARDER.lock();
     let Some(f) = guard.as_mut() else { return Err(no_line(tenant, bdf)) };
     let (line, action) = f.lines.bind(tenant, bdf, vector).map_err(|e| if e == HcallError::BadHandle { no_line(tenant, bdf) } else { e })?;
+    let before = f.read_entry(line.gsi);
     apply(f, &line, action);
-    let entry = f.read_entry(line.gsi);
     log::info!(
-        "tenant {tenant}: {} {} (GSI {}, host vector {:#x}) bound to guest vector {:#x}; redirection entry {}",
+        "tenant {tenant}: {} {} (GSI {}, host vector {:#x}) bound to guest vector {:#x} ({:?}); redirection entry {} -> {}",
         line.bdf,
         line.pin,
         line.gsi,
         line.host_vector,
         line.guest_vector.unwrap_or(0),
-        describe(entry)
+        line.state,
+        describe(before),
+        describe(f.read_entry(line.gsi))
     );
     Ok(0)
 }
