@@ -63,7 +63,7 @@ impl<'a> Matrix<'a> {
         let mut r0 = range.start;
         while r0 < range.end {
             let r1 = (r0 + RB).min(range.end);
-            let panel: Vec<&[u8]> = (r0..r1).map(|r| self.row(r)).collect();
+            let panel: Vec<&[u8]> = if n4 > 0 { (r0..r1).map(|r| self.row(r)).collect() } else { Vec::new() };
             let at = (r0 - range.start) * n;
             let done = n4 > 0
                 && if gemm4 {
