@@ -4,14 +4,17 @@
 //! Linux program on the SDK's `linux` transport: sysfs-mapped hypercall page and window)
 //! generates exactly the host engine's tokens; `tv-hostile` gets the documented errors and
 //! faults while the kernel carries on to `tensorvisor-linux: done` and its own reset; the Rust
-//! tenant completes. The boot time is printed.
+//! tenant completes. The platform is the local APIC one: the kernel finds its CPU in the ACPI
+//! MADT, its local APIC at 0xfee00000 (xAPIC MMIO emulated through EPT violations) and runs its
+//! clock events on the APIC's TSC-deadline timer, while COM1's IRQ 4 reaches it from the 8259A
+//! through LINT0 (ExtINT). The boot time (the kernel's uptime when /init runs) is printed.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tests::{engine_cli, json_ids, Boot};
 use xtask::emulator::Verdict;
 use xtask::image::{guest_elf, linux_module_line, LINUX_CMDLINE};
-use xtask::linux::{kernel_args, InitMode, DONE_MARKER, INIT_MARKER};
+use xtask::linux::{kernel_args, InitMode, DONE_MARKER, INIT_MARKER, PLATFORM_MARKER};
 
 /// `xtask::linux::initramfs` writes through a temporary file named after the process id, so the
 /// tests of this binary (one process, several threads) build their initramfs one at a time.
@@ -58,6 +61,16 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
         .assert_line(&["guest tux: loaded: Linux kernel"])
         .assert_line(&["[tux] [    0.000000] Linux version", &kernel.version])
         .assert_line(&["[tux] ", "pci 0000:00:01.0: [7476:0001]"])
+        // The platform: ACPI tables (RSDP -> XSDT -> FADT/DSDT, MADT) and the CPU found in the
+        // MADT, the local APIC with its TSC-deadline timer driving the clock events.
+        .assert_line(&["[tux] ", "ACPI: XSDT 0x00000000000E0030"])
+        .assert_line(&["[tux] ", "ACPI: APIC 0x"])
+        .assert_line(&["[tux] ", "ACPI: Using ACPI for processor (LAPIC) configuration information"])
+        .assert_line(&["[tux] ", "smpboot: Allowing 1 CPUs"])
+        .assert_line(&["[tux] ", "ACPI: Interpreter enabled"])
+        .assert_line(&["[tux] ", "TSC deadline timer available"])
+        .assert_line(&["[tux] ", PLATFORM_MARKER, "clockevent=lapic-deadline"])
+        .assert_no_line("APIC disabled by BIOS")
         .assert_line(&["[tux] ", INIT_MARKER])
         // Must-show 1: the SDK program's tokens are the host engine's.
         .assert_line(&["[tux] tv-generate: tokens=", &ids(&want)])
@@ -74,9 +87,15 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
         .assert_no_line("tv-generate: error")
         .assert_no_line("exited with status 1")
         .assert_no_line("guest tux: stopped: VM entry failed");
-    // The boot time: the hypervisor's clock (TSC) at the marker, and Bochs' wall time in all.
-    let at_marker = run.serial().lines().find(|l| l.contains(INIT_MARKER)).unwrap_or_default().to_string();
-    println!("linux boot: marker line `{at_marker}`; whole Bochs run {:.1} s wall (image build included: {:.1} s)", run.outcome.elapsed.as_secs_f64(), wall.as_secs_f64());
+    // The boot time: the kernel's uptime when /init runs, the hypervisor's clock (TSC) at the
+    // marker, and Bochs' wall time in all.
+    let line = |m: &str| run.serial().lines().find(|l| l.contains(m)).unwrap_or_default().to_string();
+    let (at_marker, platform) = (line(INIT_MARKER), line(PLATFORM_MARKER));
+    println!(
+        "linux boot: `{platform}`; marker line `{at_marker}`; whole Bochs run {:.1} s wall (image build included: {:.1} s)",
+        run.outcome.elapsed.as_secs_f64(),
+        wall.as_secs_f64()
+    );
 }
 
 /// A kernel that is no kernel, and a real one (Debian's bzImage, whose `init_size` alone is about

@@ -396,6 +396,10 @@ impl InitMode {
 
 /// The first line `/init` prints: the marker that the kernel reached user space.
 pub const INIT_MARKER: &str = "tensorvisor-linux: init up";
+/// The line `/init` prints after mounting /proc and /sys: the kernel's uptime at that point
+/// (`/proc/uptime`, seconds) and its clock event device
+/// (`/sys/devices/system/clockevents/clockevent0/current_device`).
+pub const PLATFORM_MARKER: &str = "tensorvisor-linux: platform";
 /// The last line `/init` prints in [`InitMode::Test`] before `reboot -f`.
 pub const DONE_MARKER: &str = "tensorvisor-linux: done";
 
@@ -406,6 +410,9 @@ pub fn init_script(mode: InitMode, programs: &[&str]) -> String {
     let mut s = String::from("#!/bin/sh\n");
     s.push_str(&format!("echo '{INIT_MARKER}'\n"));
     s.push_str("mount -t proc proc /proc\nmount -t sysfs sysfs /sys\nmount -t devtmpfs devtmpfs /dev 2>/dev/null\n");
+    // Shell builtins only (`read`), no extra applets.
+    s.push_str("read up idle < /proc/uptime\nread ce < /sys/devices/system/clockevents/clockevent0/current_device\n");
+    s.push_str(&format!("echo \"{PLATFORM_MARKER}: uptime=${{up}}s clockevent=$ce\"\n"));
     let run: Vec<&str> = match mode {
         InitMode::Test => programs.to_vec(),
         InitMode::Shell => programs.iter().copied().filter(|p| *p == "tv-generate").collect(),
@@ -754,6 +761,7 @@ mod tests {
         assert!(pos("usr") < pos("usr/bin") && pos("usr/bin") < pos("usr/bin/env"));
         let init = String::from_utf8(get("init").3.clone()).unwrap();
         assert!(init.starts_with(&format!("#!/bin/sh\necho '{INIT_MARKER}'\n")));
+        assert!(init.find(PLATFORM_MARKER).unwrap() > init.find("mount -t sysfs").unwrap());
         let (g, h, d) = (init.find("/bin/tv-generate").unwrap(), init.find("/bin/tv-hostile").unwrap(), init.find(DONE_MARKER).unwrap());
         assert!(g < h && h < d && d < init.find("reboot -f").unwrap());
         let shell = init_script(InitMode::Shell, &["tv-generate", "tv-hostile"]);

@@ -1,20 +1,26 @@
 //! The ACPI tables a Linux tenant is given (ACPI 6.5 chapter 5): RSDP (revision 2), XSDT, FADT,
-//! a minimal DSDT and the MADT.
+//! a minimal DSDT and the MADT, and the fixed PM1 registers the FADT names ([`Pm1`]).
 //!
-//! **Why a FADT.** Linux reads the MADT early (`acpi_boot_init`) and would find its CPUs without
-//! a FADT, but ACPICA finds the DSDT only through the FADT, and `acpi_tb_load_namespace` fails
-//! with `AE_NO_ACPI_TABLES` when there is no DSDT; `acpi_bus_init` then reports "Unable to load
-//! the System Description Tables" and ACPI is disabled for the rest of the boot. So the tenant
-//! gets a FADT marked **hardware-reduced** (flag HW_REDUCED_ACPI, §5.2.9 Table 5.10; §4.1): no
-//! PM1/GPE blocks, no FACS, no SCI, no legacy PIT/PIC (Linux's `acpi_generic_reduced_hw_init`
-//! then installs no PIT and a null legacy PIC), and a DSDT whose only object is `\_S5` so that
-//! power-off works through the FADT's sleep control register. Reset goes through the FADT reset
-//! register (RESET_REG_SUP). Both registers are I/O ports the hypervisor traps:
-//! [`RESET_PORT`]/[`RESET_VALUE`] and [`SLEEP_CONTROL_PORT`] (see [`sleep_control_write`]).
+//! **Why a FADT, and why not a hardware-reduced one.** Linux reads the MADT early
+//! (`acpi_boot_init`) and would find its CPUs without a FADT, but ACPICA finds the DSDT only
+//! through the FADT, and `acpi_tb_load_namespace` fails with `AE_NO_ACPI_TABLES` when there is
+//! no DSDT; `acpi_bus_init` then reports "Unable to load the System Description Tables" and ACPI
+//! is disabled for the rest of the boot. A *hardware-reduced* FADT (flag HW_REDUCED_ACPI, §4.1)
+//! would avoid the PM1 registers, but Linux 6.1 then replaces the 8259A with a null legacy PIC
+//! (`acpi_generic_reduced_hw_init`, arch/x86/kernel/acpi/boot.c): without an I/O APIC (this
+//! platform has none) the UART's IRQ 4 would have no interrupt controller at all and the
+//! 8250 driver could not open ttyS0. So the FADT is a classic one with the least fixed hardware
+//! ACPI allows (§4.8): a PM1a event block and a PM1a control block (I/O ports [`PM1A_EVT_PORT`],
+//! [`PM1A_CNT_PORT`], emulated by [`Pm1`]), SCI on ISA IRQ 9 (never raised: no event ever
+//! becomes pending), no SMI command port (so the platform is always in ACPI mode, SCI_EN reads
+//! 1), no PM timer (optional since ACPI 5.0A; the kernel's clocks are the TSC, whose frequency
+//! CPUID reports, and the local APIC's TSC-deadline timer), no GPE blocks, no FACS, and a DSDT
+//! whose only object is `\_S5` so that power-off works through PM1a_CNT. Reset goes through the
+//! FADT reset register (RESET_REG_SUP): [`RESET_PORT`]/[`RESET_VALUE`].
 //!
 //! The MADT lists one enabled local APIC per vCPU (APIC id = processor uid = index), the local
-//! APIC at 0xfee0_0000, no 8259 (PCAT_COMPAT clear), an NMI on LINT1 for all processors, and an
-//! I/O APIC only if the caller asks for one.
+//! APIC at 0xfee0_0000, PCAT_COMPAT (the tenant has the dual 8259A, `crate::legacy_pc`), an NMI
+//! on LINT1 for all processors, and an I/O APIC only if the caller asks for one.
 
 use alloc::vec::Vec;
 
@@ -24,10 +30,12 @@ pub const LOCAL_APIC_ADDRESS: u32 = 0xfee0_0000;
 pub const RESET_PORT: u16 = 0xcf9;
 /// The value Linux writes to [`RESET_PORT`] to reset (FADT RESET_VALUE).
 pub const RESET_VALUE: u8 = 0x06;
-/// I/O port of the FADT SLEEP_CONTROL_REG (hardware-reduced sleep, §4.8.3.7).
-pub const SLEEP_CONTROL_PORT: u16 = 0x600;
-/// I/O port of the FADT SLEEP_STATUS_REG.
-pub const SLEEP_STATUS_PORT: u16 = 0x601;
+/// The PM1a event block (§4.8.3.1): PM1_STS (2 bytes) then PM1_EN (2 bytes).
+pub const PM1A_EVT_PORT: u16 = 0x600;
+/// The PM1a control block (§4.8.3.2): PM1_CNT, 2 bytes.
+pub const PM1A_CNT_PORT: u16 = 0x604;
+/// The ISA IRQ the FADT names as the SCI (the conventional one; it is never raised).
+pub const SCI_IRQ: u16 = 9;
 /// The SLP_TYP value `\_S5` declares.
 pub const S5_SLP_TYP: u8 = 5;
 /// OEM id in every table header.
@@ -53,7 +61,8 @@ pub enum AcpiBuildError {
     DoesNotFit { need: usize, room: usize },
 }
 
-/// What a write to [`SLEEP_CONTROL_PORT`] asks for (§4.8.3.7: SLP_TYP bits 4:2, SLP_EN bit 5).
+/// What a write to the high byte of PM1_CNT asks for (§4.8.3.2.1, Table 4.13: SLP_TYP is
+/// bits 12:10 and SLP_EN bit 13 of PM1_CNT, i.e. bits 4:2 and 5 of its high byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SleepRequest {
     /// SLP_EN with the `\_S5` type: power off.
@@ -64,7 +73,7 @@ pub enum SleepRequest {
     None,
 }
 
-/// Decodes a byte written to the sleep control register.
+/// Decodes a byte written to bits 15:8 of PM1_CNT.
 pub fn sleep_control_write(value: u8) -> SleepRequest {
     let slp_typ = (value >> 2) & 7;
     if value & (1 << 5) == 0 {
@@ -73,6 +82,78 @@ pub fn sleep_control_write(value: u8) -> SleepRequest {
         SleepRequest::PowerOff
     } else {
         SleepRequest::Unsupported { slp_typ }
+    }
+}
+
+/// PM1_CNT.SCI_EN (bit 0): the platform is in ACPI mode (always, without an SMI command port).
+pub const PM1_CNT_SCI_EN: u16 = 1 << 0;
+/// PM1_CNT bits the OS may write and read back (Table 4.13): BM_RLD (1), GBL_RLS (2, write-only,
+/// reads 0) aside, only BM_RLD is kept; SLP_TYP/SLP_EN are commands, not state.
+const PM1_CNT_KEPT: u16 = 1 << 1;
+/// PM1_EN bits that exist (Table 4.11): TMR_EN 0, GBL_EN 5, PWRBTN_EN 8, SLPBTN_EN 9, RTC_EN 10,
+/// PCIEXP_WAKE_DIS 14. The status bits of PM1_STS never become set: no event source exists.
+const PM1_EN_BITS: u16 = (1 << 0) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14);
+
+/// The PM1a event and control registers (§4.8.3.1, §4.8.3.2) at [`PM1A_EVT_PORT`]..+4 and
+/// [`PM1A_CNT_PORT`]..+2, accessed a byte at a time ([`Pm1::read`], [`Pm1::write`] split wider
+/// port accesses). PM1_STS is write-one-to-clear and stays 0 (nothing ever raises an event,
+/// so the SCI is never asserted); PM1_EN keeps the enable bits that exist (the OS checks that
+/// GBL_EN sticks before it uses the global lock); PM1_CNT reads SCI_EN set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pm1 {
+    enable: u16,
+    control: u16,
+}
+
+impl Pm1 {
+    /// Whether `port` is one of the PM1 registers' bytes.
+    pub fn claims(port: u16) -> bool {
+        (PM1A_EVT_PORT..PM1A_EVT_PORT + 4).contains(&port) || (PM1A_CNT_PORT..PM1A_CNT_PORT + 2).contains(&port)
+    }
+
+    fn read_byte(&self, port: u16) -> u8 {
+        let cnt = self.control | PM1_CNT_SCI_EN;
+        match port.wrapping_sub(PM1A_EVT_PORT) {
+            0 | 1 => 0,
+            2 => self.enable as u8,
+            3 => (self.enable >> 8) as u8,
+            4 => cnt as u8,
+            5 => (cnt >> 8) as u8,
+            _ => 0xff,
+        }
+    }
+
+    fn write_byte(&mut self, port: u16, v: u8) -> SleepRequest {
+        let (lo, hi) = (u16::from(v), u16::from(v) << 8);
+        match port.wrapping_sub(PM1A_EVT_PORT) {
+            2 => self.enable = (self.enable & 0xff00) | (lo & PM1_EN_BITS),
+            3 => self.enable = (self.enable & 0x00ff) | (hi & PM1_EN_BITS),
+            4 => self.control = (self.control & 0xff00) | (lo & PM1_CNT_KEPT),
+            5 => return sleep_control_write(v),
+            _ => {} // PM1_STS: write-one-to-clear of bits that are never set
+        }
+        SleepRequest::None
+    }
+
+    /// An IN of `size` bytes (1, 2 or 4) at `port`: little-endian over consecutive ports,
+    /// all ones beyond the registers.
+    pub fn read(&self, port: u16, size: u8) -> u32 {
+        (0..u16::from(size.min(4))).fold(0, |v, i| v | u32::from(self.read_byte(port.wrapping_add(i))) << (8 * i))
+    }
+
+    /// An OUT of `size` bytes of `value` at `port`; what the write asks for (power-off).
+    pub fn write(&mut self, port: u16, size: u8, value: u32) -> SleepRequest {
+        let mut req = SleepRequest::None;
+        for i in 0..u16::from(size.min(4)) {
+            let p = port.wrapping_add(i);
+            if Self::claims(p) {
+                match self.write_byte(p, (value >> (8 * i)) as u8) {
+                    SleepRequest::None => {}
+                    r => req = r,
+                }
+            }
+        }
+        req
     }
 }
 
@@ -104,13 +185,18 @@ fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
-/// Generic Address Structure (§5.2.3.2): space 1 = System I/O, 8-bit register, byte access.
-fn gas_io8(port: u16) -> [u8; 12] {
+/// Generic Address Structure (§5.2.3.2) for an I/O port register of `bits` bits:
+/// space 1 = System I/O, bit offset 0, access size 1 (byte) / 2 (word) / 3 (dword).
+fn gas_io(port: u16, bits: u8) -> [u8; 12] {
     let mut g = [0u8; 12];
     g[0] = 1;
-    g[1] = 8;
+    g[1] = bits;
     g[2] = 0;
-    g[3] = 1;
+    g[3] = match bits {
+        8 => 1,
+        16 => 2,
+        _ => 3,
+    };
     g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
     g
 }
@@ -118,25 +204,39 @@ fn gas_io8(port: u16) -> [u8; 12] {
 /// FADT offsets (§5.2.9 Table 5.9).
 pub mod fadt {
     pub const DSDT: usize = 40;
+    pub const SCI_INT: usize = 46;
+    pub const SMI_CMD: usize = 48;
+    pub const PM1A_EVT_BLK: usize = 56;
+    pub const PM1A_CNT_BLK: usize = 64;
+    pub const PM_TMR_BLK: usize = 76;
+    pub const PM1_EVT_LEN: usize = 88;
+    pub const PM1_CNT_LEN: usize = 89;
+    pub const P_LVL2_LAT: usize = 96;
+    pub const P_LVL3_LAT: usize = 98;
     pub const IAPC_BOOT_ARCH: usize = 109;
     pub const FLAGS: usize = 112;
     pub const RESET_REG: usize = 116;
     pub const RESET_VALUE: usize = 128;
     pub const MINOR_VERSION: usize = 131;
     pub const X_DSDT: usize = 140;
-    pub const SLEEP_CONTROL_REG: usize = 244;
-    pub const SLEEP_STATUS_REG: usize = 256;
+    pub const X_PM1A_EVT_BLK: usize = 148;
+    pub const X_PM1A_CNT_BLK: usize = 172;
     pub const HYPERVISOR_VENDOR: usize = 268;
     /// Length of a revision 6 FADT.
     pub const LEN: usize = 276;
 
     /// Fixed feature flags (Table 5.10).
+    pub const WBINVD: u32 = 1 << 0;
+    pub const PROC_C1: u32 = 1 << 2;
     pub const PWR_BUTTON: u32 = 1 << 4;
     pub const SLP_BUTTON: u32 = 1 << 5;
     pub const RESET_REG_SUP: u32 = 1 << 10;
     pub const HW_REDUCED_ACPI: u32 = 1 << 20;
-    /// IA-PC boot architecture flags (Table 5.11). LEGACY_DEVICES (bit 0) and 8042 (bit 1)
-    /// stay clear: there are neither.
+    /// IA-PC boot architecture flags (Table 5.11): LEGACY_DEVICES (the UART, 8259A, 8254 and
+    /// CMOS clock are ISA devices the DSDT does not enumerate); 8042 (bit 1) stays clear: there
+    /// is no keyboard controller (Linux then skips probing it).
+    pub const LEGACY_DEVICES: u16 = 1 << 0;
+    pub const I8042: u16 = 1 << 1;
     pub const VGA_NOT_PRESENT: u16 = 1 << 2;
     pub const MSI_NOT_SUPPORTED: u16 = 1 << 3;
     pub const CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
@@ -148,23 +248,23 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     let mut put = |at: usize, v: &[u8]| b[at - HEADER..at - HEADER + v.len()].copy_from_slice(v);
     put(DSDT, &(dsdt as u32).to_le_bytes());
     put(X_DSDT, &dsdt.to_le_bytes());
-    put(
-        IAPC_BOOT_ARCH,
-        &(VGA_NOT_PRESENT | MSI_NOT_SUPPORTED | CMOS_RTC_NOT_PRESENT).to_le_bytes(),
-    );
-    put(
-        FLAGS,
-        &(HW_REDUCED_ACPI | RESET_REG_SUP | PWR_BUTTON | SLP_BUTTON).to_le_bytes(),
-    );
-    put(RESET_REG, &gas_io8(RESET_PORT));
+    put(SCI_INT, &SCI_IRQ.to_le_bytes());
+    // SMI_CMD stays 0: no SMM hand-over, the platform is in ACPI mode from the start (§5.2.9).
+    put(PM1A_EVT_BLK, &u32::from(PM1A_EVT_PORT).to_le_bytes());
+    put(PM1A_CNT_BLK, &u32::from(PM1A_CNT_PORT).to_le_bytes());
+    put(PM1_EVT_LEN, &[4]);
+    put(PM1_CNT_LEN, &[2]);
+    put(X_PM1A_EVT_BLK, &gas_io(PM1A_EVT_PORT, 32));
+    put(X_PM1A_CNT_BLK, &gas_io(PM1A_CNT_PORT, 16));
+    // C2 and C3 not supported (latencies above 100 and 1000 µs, §5.2.9).
+    put(P_LVL2_LAT, &101u16.to_le_bytes());
+    put(P_LVL3_LAT, &1001u16.to_le_bytes());
+    put(IAPC_BOOT_ARCH, &(LEGACY_DEVICES | VGA_NOT_PRESENT | MSI_NOT_SUPPORTED).to_le_bytes());
+    put(FLAGS, &(WBINVD | PROC_C1 | RESET_REG_SUP | PWR_BUTTON | SLP_BUTTON).to_le_bytes());
+    put(RESET_REG, &gas_io(RESET_PORT, 8));
     put(fadt::RESET_VALUE, &[super::acpi_tables::RESET_VALUE]);
     put(MINOR_VERSION, &[5]);
-    put(SLEEP_CONTROL_REG, &gas_io8(SLEEP_CONTROL_PORT));
-    put(SLEEP_STATUS_REG, &gas_io8(SLEEP_STATUS_PORT));
-    put(
-        fadt::HYPERVISOR_VENDOR,
-        &super::acpi_tables::HYPERVISOR_VENDOR,
-    );
+    put(fadt::HYPERVISOR_VENDOR, &super::acpi_tables::HYPERVISOR_VENDOR);
     table(b"FACP", 6, &b)
 }
 
@@ -175,10 +275,14 @@ pub const DSDT_AML: [u8; 12] = [
     0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, S5_SLP_TYP, 0x0a, 0x00,
 ];
 
+/// MADT flag PCAT_COMPAT (§5.2.12, Table 5.20).
+pub const MADT_PCAT_COMPAT: u32 = 1;
+
 fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&LOCAL_APIC_ADDRESS.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes()); // flags: PCAT_COMPAT clear, no 8259s
+    // Flags (§5.2.12, Table 5.20): PCAT_COMPAT, the dual 8259A is there (`crate::legacy_pc`).
+    b.extend_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     for i in 0..cfg.cpus {
         // Processor Local APIC (§5.2.12.2): type 0, length 8, uid, APIC id, flags (Enabled).
         b.extend_from_slice(&[0, 8, i as u8, i as u8]);
@@ -311,7 +415,7 @@ mod tests {
         let madt = t.load(b"APIC", &mut rd).unwrap();
         let m = Madt::new(&madt).unwrap();
         assert_eq!(m.local_apic_address(), 0xfee0_0000);
-        assert!(!m.has_8259());
+        assert!(m.has_8259(), "PCAT_COMPAT: the tenant has the dual 8259A");
         let ps = m.processors();
         assert_eq!(ps.len(), 4);
         for (i, p) in ps.iter().enumerate() {
@@ -338,19 +442,27 @@ mod tests {
         let x_dsdt = u64::from_le_bytes(f[140..148].try_into().unwrap());
         assert_eq!(u64::from(u32_at(&f, 40)), x_dsdt);
         let flags = u32_at(&f, 112);
-        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_eq!(flags & (1 << 20), 0, "not HW_REDUCED_ACPI: Linux keeps its 8259A");
         assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
         let boot_arch = u16::from_le_bytes([f[109], f[110]]);
-        assert_eq!(boot_arch & 0b11, 0, "no legacy devices, no 8042");
+        assert_eq!(boot_arch & 0b11, 0b01, "legacy ISA devices, no 8042");
+        assert_eq!(boot_arch & (1 << 5), 0, "the CMOS clock is there");
         assert_eq!(
             &f[116..128],
             &[1, 8, 0, 1, 0xf9, 0x0c, 0, 0, 0, 0, 0, 0],
             "RESET_REG: I/O 0xcf9"
         );
         assert_eq!(f[128], 6);
-        assert_eq!(&f[244..248], &[1, 8, 0, 1]);
-        assert_eq!(u16::from_le_bytes([f[248], f[249]]), SLEEP_CONTROL_PORT);
-        assert_eq!(u16::from_le_bytes([f[260], f[261]]), SLEEP_STATUS_PORT);
+        assert_eq!(u16::from_le_bytes([f[46], f[47]]), 9, "SCI on IRQ 9");
+        assert_eq!(u32_at(&f, 48), 0, "no SMI_CMD: always in ACPI mode");
+        assert_eq!(u32_at(&f, 56), 0x600, "PM1a_EVT_BLK");
+        assert_eq!(u32_at(&f, 64), 0x604, "PM1a_CNT_BLK");
+        assert_eq!(u32_at(&f, 76), 0, "no PM timer");
+        assert_eq!((f[88], f[89]), (4, 2), "PM1 block lengths");
+        assert_eq!(&f[148..160], &[1, 32, 0, 3, 0x00, 0x06, 0, 0, 0, 0, 0, 0], "X_PM1a_EVT_BLK");
+        assert_eq!(&f[172..184], &[1, 16, 0, 2, 0x04, 0x06, 0, 0, 0, 0, 0, 0], "X_PM1a_CNT_BLK");
+        assert_eq!(u32_at(&f, 36), 0, "no FACS");
+        assert!(f[244..268].iter().all(|&b| b == 0), "no hardware-reduced sleep registers");
         assert_eq!(&f[268..276], b"TnsrVisr");
         let d = read_table(&mut rd, x_dsdt).unwrap();
         assert_eq!(&d[..4], b"DSDT");
@@ -411,14 +523,39 @@ mod tests {
     }
 
     #[test]
-    fn sleep_and_reset_registers() {
-        // Linux's hardware-reduced S5 write: SLP_TYP << 2 | SLP_EN.
+    fn pm1_control_powers_off_on_s5_only() {
+        // The high byte of PM1_CNT: SLP_TYP << 2 | SLP_EN (bit 13 of the register).
         assert_eq!(sleep_control_write((5 << 2) | 0x20), SleepRequest::PowerOff);
         assert_eq!(sleep_control_write(5 << 2), SleepRequest::None);
         assert_eq!(
             sleep_control_write((3 << 2) | 0x20),
             SleepRequest::Unsupported { slp_typ: 3 }
         );
+        let mut pm = Pm1::default();
+        // ACPICA's S5 sequence: SLP_TYP first, then SLP_EN with it, as 16-bit writes.
+        assert_eq!(pm.write(PM1A_CNT_PORT, 2, 5 << 10), SleepRequest::None);
+        assert_eq!(pm.write(PM1A_CNT_PORT, 2, (5 << 10) | (1 << 13) | 1), SleepRequest::PowerOff);
+        assert_eq!(pm.write(PM1A_CNT_PORT + 1, 1, (5 << 2) | 0x20), SleepRequest::PowerOff, "byte access");
+        assert_eq!(pm.write(PM1A_CNT_PORT, 2, (1 << 10) | (1 << 13)), SleepRequest::Unsupported { slp_typ: 1 });
+        // SLP_EN/SLP_TYP are commands: PM1_CNT reads SCI_EN only.
+        assert_eq!(pm.read(PM1A_CNT_PORT, 2), 1);
+    }
+
+    #[test]
+    fn pm1_event_registers() {
+        let mut pm = Pm1::default();
+        assert!(Pm1::claims(0x600) && Pm1::claims(0x605) && !Pm1::claims(0x606) && !Pm1::claims(0x5ff));
+        // PM1_EN keeps the bits that exist (GBL_EN must stick for ACPICA's global lock).
+        pm.write(PM1A_EVT_PORT + 2, 2, 0xffff);
+        assert_eq!(pm.read(PM1A_EVT_PORT + 2, 2), 0x4721);
+        pm.write(PM1A_EVT_PORT + 2, 2, 1 << 5);
+        assert_eq!(pm.read(PM1A_EVT_PORT + 2, 2), 1 << 5);
+        // PM1_STS is write-one-to-clear and nothing sets it; a dword read spans STS and EN.
+        pm.write(PM1A_EVT_PORT, 2, 0xffff);
+        assert_eq!(pm.read(PM1A_EVT_PORT, 2), 0);
+        assert_eq!(pm.read(PM1A_EVT_PORT, 4), (1 << 5) << 16);
+        // Bytes past the control block read all ones.
+        assert_eq!(pm.read(PM1A_CNT_PORT, 4), 0xffff_0001);
     }
 
     #[test]

@@ -71,6 +71,37 @@ pub enum TimerMode {
     TscDeadline,
 }
 
+/// An LVT entry's delivery mode (bits 10:8, SDM Vol. 3A 10.5.1, Figure 10-8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LvtDelivery {
+    /// 000: the entry's vector, through IRR/ISR like any fixed interrupt.
+    Fixed(u8),
+    /// 010
+    Smi,
+    /// 100
+    Nmi,
+    /// 101
+    Init,
+    /// 111: the external 8259A-compatible controller supplies the vector (INTA cycle),
+    /// bypassing IRR, ISR and the PPR.
+    ExtInt,
+    /// 001, 011, 110: reserved.
+    Reserved(u8),
+}
+
+impl LvtDelivery {
+    fn from_lvt(lvt: u32) -> Self {
+        match (lvt >> 8) & 7 {
+            0 => Self::Fixed(lvt as u8),
+            2 => Self::Smi,
+            4 => Self::Nmi,
+            5 => Self::Init,
+            7 => Self::ExtInt,
+            m => Self::Reserved(m as u8),
+        }
+    }
+}
+
 /// What a register write asks of the hypervisor beyond the APIC's own state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteEffect {
@@ -83,6 +114,8 @@ pub enum WriteEffect {
     UnsupportedIpi {
         icr: u64,
     },
+    /// An MMIO store that is not a 32-bit store at a register boundary: dropped.
+    Dropped,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -480,6 +513,48 @@ impl LocalApic {
             _ => self.error(esr::ILLEGAL_REGISTER),
         }
         WriteEffect::None
+    }
+
+    /// The TPR as CR8 shows it (SDM Vol. 3A 10.8.6.1: CR8[3:0] = TPR[7:4]).
+    pub fn cr8(&self) -> u64 {
+        u64::from(self.tpr >> 4) & 0xf
+    }
+
+    /// A MOV to CR8: TPR[7:4] = CR8[3:0], TPR[3:0] = 0 (10.8.6.1).
+    pub fn set_cr8(&mut self, cr8: u64) {
+        self.tpr = ((cr8 & 0xf) as u32) << 4;
+    }
+
+    /// How LINT0 delivers what arrives on it (LVT LINT0, 10.5.1), or `None` while it is masked
+    /// (always, while the APIC is software-disabled: 10.4.7.2).
+    pub fn lint0(&self) -> Option<LvtDelivery> {
+        (self.lvt_lint0 & LVT_MASKED == 0).then(|| LvtDelivery::from_lvt(self.lvt_lint0))
+    }
+
+    /// A load of `size` bytes (1, 2, 4 or 8) at `offset` in the xAPIC page (10.4.1: registers
+    /// sit at 16-byte boundaries and are meant for 32-bit accesses). Narrower loads get the
+    /// addressed bytes of the 32-bit register; bytes 4..15 of each 16-byte slot read 0.
+    pub fn mmio_read(&mut self, offset: u32, size: u8, now_tsc: u64) -> u64 {
+        let slot = offset & 0xff0;
+        let value = u64::from(self.read(slot, now_tsc));
+        let byte = offset & 0xf;
+        let bytes = if byte < 4 { value >> (8 * byte) } else { 0 };
+        match size {
+            1 => bytes & 0xff,
+            2 => bytes & 0xffff,
+            4 => bytes & 0xffff_ffff,
+            _ => bytes,
+        }
+    }
+
+    /// A store of `size` bytes at `offset` in the xAPIC page. Only a 32-bit (or wider: the low
+    /// 32 bits) store at a register's 16-byte boundary reaches the register; anything else is
+    /// dropped and reported as [`WriteEffect::Dropped`] (the SDM leaves it model specific).
+    pub fn mmio_write(&mut self, offset: u32, size: u8, value: u64, now_tsc: u64) -> WriteEffect {
+        if offset & 0xf != 0 || size < 4 || offset >= 0x1000 {
+            return WriteEffect::Dropped;
+        }
+        self.write(offset, value as u32, now_tsc)
     }
 
     /// Whether the ICR's destination names this APIC (10.6.2).

@@ -11,17 +11,17 @@
 //! - [`uart`]: the 16550A on COM1;
 //! - [`pci`]: configuration mechanism #1 with the host bridge and the tensor function;
 //! - [`lapic`]: the local APIC (xAPIC registers, timer in all three modes);
+//! - [`intr`]: which interrupt is next: the local APIC's or the 8259A's through LINT0 (ExtINT);
 //! - [`policy`]: the CPUID and MSR policy.
 //!
-//! The 8259A pair, 8254 channel 0 and CMOS clock the tenant boots on today (no local APIC yet)
-//! are `crate::legacy_pc`. The local APIC and ACPI tables here are for the APIC path, not yet
-//! wired into the run loop.
+//! The 8259A pair, 8254 channel 0 and CMOS clock behind the local APIC are `crate::legacy_pc`.
 
 pub mod acpi_tables;
 pub mod boot;
 pub mod decode;
 pub mod e820;
 pub mod gva;
+pub mod intr;
 pub mod lapic;
 pub mod pci;
 pub mod policy;

@@ -4,7 +4,7 @@
 //! **CPUID** is an allow list over the host's values: a feature bit reaches the guest only if it
 //! is listed here and the host has it; everything Linux would drive through MSRs or VMX controls
 //! this platform does not provide is hidden: VMX and SMX, MONITOR/MWAIT, thermal and power
-//! management (no APERF/MPERF), MCE/MCA (no machine-check MSRs), MTRRs, the performance
+//! management (no APERF/MPERF; leaf 6 shows only ARAT, the always-running APIC timer), MCE/MCA (no machine-check MSRs), MTRRs, the performance
 //! monitoring leaf, speculation-control MSRs, PCID/INVPCID, XSAVE/AVX (the guest uses FXSAVE, so
 //! there are no XSETBV exits and no extended state to switch), RDTSCP/RDPID (no TSC_AUX), TSX,
 //! LA57. Added: the hypervisor bit (leaf 1 ECX[31]) with our signature leaves 0x4000_0000/1
@@ -57,6 +57,8 @@ pub const LEAF1_ECX_ALLOWED: u32 = (1 << 0)
 pub const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 pub const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 6 EAX[2]: APIC timer always running (ARAT).
+pub const LEAF6_EAX_ARAT: u32 = 1 << 2;
 /// Leaf 1 EDX bits passed through: FPU, VME, DE, PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV,
 /// PAT, PSE-36, CLFSH, MMX, FXSR, SSE, SSE2. (Not MCE 7, MTRR 12, MCA 14, PSN 18, DS 21, ACPI 22,
 /// SS 27, HTT 28, TM 29, PBE 31.)
@@ -167,6 +169,9 @@ pub fn cpuid(p: &CpuPolicy, leaf: u32, sub: u32, host: impl Fn(u32, u32) -> [u32
                 u32::from(p.apic_id),
             ]
         }
+        // Thermal and power management: only ARAT, the local APIC timer keeps running in every
+        // idle state (the emulated one runs on the TSC), so Linux needs no broadcast timer.
+        6 => [LEAF6_EAX_ARAT, 0, 0, 0],
         0x15 => leaf_0x15(p.tsc_hz, p.crystal_hz),
         0x16 => {
             let mhz = (p.tsc_hz / 1_000_000).min(0xffff) as u32;
@@ -265,6 +270,10 @@ pub enum MsrRule {
 pub const FEATURE_CONTROL_VALUE: u64 = 1;
 /// IA32_MISC_ENABLE as shown: fast strings (0), BTS unavailable (11), PEBS unavailable (12).
 pub const MISC_ENABLE_VALUE: u64 = (1 << 0) | (1 << 11) | (1 << 12);
+/// IA32_APIC_BASE as shown (SDM Vol. 3A 10.4.4): the xAPIC page at 0xfee0_0000, enabled (EN,
+/// bit 11), this CPU the bootstrap processor (BSP, bit 8), not in x2APIC mode. A write of any
+/// other value (relocation, disabling, x2APIC) raises #GP.
+pub const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
 /// The PAT's power-up value (SDM Vol. 3A 11.12.4).
 pub const PAT_RESET: u64 = 0x0007_0406_0007_0406;
 
@@ -469,7 +478,8 @@ mod tests {
 
     #[test]
     fn hidden_leaves_and_extended_features() {
-        for leaf in [5, 6, 0xa, 0xd, 0x14, 0x17, 0x1f, 0x8000_0009] {
+        assert_eq!(cpuid(&P, 6, 0, host), [LEAF6_EAX_ARAT, 0, 0, 0], "leaf 6: ARAT only");
+        for leaf in [5, 0xa, 0xd, 0x14, 0x17, 0x1f, 0x8000_0009] {
             assert_eq!(cpuid(&P, leaf, 0, host), [0; 4], "leaf {leaf:#x}");
         }
         let [_, b, c, d] = cpuid(&P, 7, 0, host);

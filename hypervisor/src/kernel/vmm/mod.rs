@@ -501,7 +501,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
         let ok = matches!(g.stopped, Some(StopReason::Exited { status: 0 })) || linux_end;
         finished += usize::from(ok);
         if let Some(p) = &g.linux {
-            log::info!("guest {}: Linux platform: {} UART bytes, {} interrupts injected", g.name, p.uart_bytes, p.injected);
+            log::info!("guest {}: Linux platform: {} UART bytes, {} interrupts injected, {} local APIC accesses", g.name, p.uart_bytes, p.injected, p.apic_accesses);
         }
         let c = g.services.tensors.counters;
         log::info!(

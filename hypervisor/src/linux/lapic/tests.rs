@@ -357,3 +357,62 @@ fn x2apic_msrs() {
         "current count is read-only"
     );
 }
+
+#[test]
+fn mmio_accesses_of_every_width() {
+    let mut a = apic();
+    // A 32-bit store at a register boundary reaches it; loads of 4 and 8 bytes read it whole.
+    assert_eq!(a.mmio_write(TPR, 4, 0x1234_5620, 0), WriteEffect::None);
+    assert_eq!(a.mmio_read(TPR, 4, 0), 0x20);
+    assert_eq!(a.mmio_read(ID, 8, 0), 0, "ID 0, upper half 0");
+    assert_eq!(a.mmio_read(VERSION, 4, 0), u64::from(VERSION_VALUE));
+    // Narrow loads see the addressed bytes; bytes 4..15 of a slot read 0.
+    assert_eq!(a.mmio_read(VERSION, 1, 0), 0x14);
+    assert_eq!(a.mmio_read(VERSION + 2, 2, 0), 0x0005);
+    assert_eq!(a.mmio_read(VERSION + 4, 4, 0), 0);
+    // Misaligned or narrow stores are dropped, the register keeps its value.
+    assert_eq!(a.mmio_write(TPR + 1, 4, 0xff, 0), WriteEffect::Dropped);
+    assert_eq!(a.mmio_write(TPR, 2, 0xff, 0), WriteEffect::Dropped);
+    assert_eq!(a.mmio_write(TPR, 1, 0xff, 0), WriteEffect::Dropped);
+    assert_eq!(a.mmio_read(TPR, 4, 0), 0x20);
+    // An 8-byte store writes the low 32 bits.
+    a.mmio_write(TPR, 8, 0xffff_ffff_0000_0030, 0);
+    assert_eq!(a.mmio_read(TPR, 4, 0), 0x30);
+    // EOI through MMIO retires the in-service vector.
+    a.accept(0x51, false);
+    a.ack(0x51);
+    assert_eq!(a.mmio_read(ISR + 0x20, 4, 0), 1 << (0x51 - 0x40));
+    a.mmio_write(EOI, 4, 0, 0);
+    assert_eq!(a.mmio_read(ISR + 0x20, 4, 0), 0);
+}
+
+#[test]
+fn cr8_is_the_tpr_priority_class() {
+    let mut a = apic();
+    a.write(TPR, 0x5a, 0);
+    assert_eq!(a.cr8(), 5);
+    a.set_cr8(0x1c);
+    assert_eq!(a.read(TPR, 0), 0xc0, "CR8[3:0] into TPR[7:4], TPR[3:0] cleared");
+    a.accept(0xc1, false);
+    assert_eq!(a.pending_vector(), None, "class 0xc is not above TPR class 0xc");
+    a.set_cr8(0xb);
+    assert_eq!(a.pending_vector(), Some(0xc1));
+}
+
+#[test]
+fn lint0_delivery_modes() {
+    let mut a = LocalApic::new(0, TSC_HZ, BUS_HZ);
+    assert_eq!(a.lint0(), None, "masked at reset");
+    a.write(SVR, SVR_ENABLE | 0xff, 0);
+    a.write(LVT_LINT0, 0x700, 0);
+    assert_eq!(a.lint0(), Some(LvtDelivery::ExtInt));
+    a.write(LVT_LINT0, 0x031, 0);
+    assert_eq!(a.lint0(), Some(LvtDelivery::Fixed(0x31)));
+    a.write(LVT_LINT0, 0x400, 0);
+    assert_eq!(a.lint0(), Some(LvtDelivery::Nmi));
+    a.write(LVT_LINT0, 0x700 | LVT_MASKED, 0);
+    assert_eq!(a.lint0(), None);
+    a.write(LVT_LINT0, 0x700, 0);
+    a.write(SVR, 0xff, 0);
+    assert_eq!(a.lint0(), None, "software disable masks it");
+}

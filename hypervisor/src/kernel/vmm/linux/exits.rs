@@ -1,17 +1,22 @@
-//! A Linux tenant's VM exits: CPUID and MSR policy, port I/O onto the emulated legacy devices,
-//! control-register writes, HLT that sleeps until the next interrupt, reset and power-off, and
-//! interrupt injection from the emulated 8259A.
+//! A Linux tenant's VM exits: CPUID and MSR policy, port I/O onto the emulated legacy devices
+//! and the ACPI PM1 registers, the local APIC's xAPIC page (EPT violations decoded with
+//! `linux::decode`), control-register writes, HLT that sleeps until the next interrupt, reset and
+//! power-off, and interrupt injection from the local APIC or, through LINT0 in ExtINT mode, the
+//! 8259A (`linux::intr`).
 
 use super::super::services::ExitServices;
 use super::super::vcpu::Vcpu;
-use hypervisor::legacy_pc::{Cmos, Pic, Pit};
+use hypervisor::legacy_pc::{Cmos, Pit};
+use hypervisor::linux::acpi_tables::{Pm1, SleepRequest, LOCAL_APIC_ADDRESS};
+use hypervisor::linux::intr::Interrupts;
+use hypervisor::linux::lapic::{LocalApic, WriteEffect};
 use hypervisor::linux::pci::{ConfigEvent, PciConfig};
 use hypervisor::linux::uart::Uart16550;
 use super::super::ram::GuestRam;
 use hypervisor::dispatch::DISPATCH_FEATURES;
 use hypervisor::linux::policy::{self, CpuPolicy, MsrDevice, MsrRule};
 use tensor_hcall::ABI_VERSION;
-use hypervisor::linux::decode::{decode, MmioOp, MAX_INSTRUCTION_LEN};
+use hypervisor::linux::decode::{decode, MmioAccess, MmioOp, MAX_INSTRUCTION_LEN};
 use hypervisor::linux::gva::{fetch_instruction as fetch, PagingMode};
 use tensor_hcall::linux::{HP_ARG0, HP_ARG3, HP_CALL, HP_RESULT, HP_SEQUENCE, HYPERCALL_PAGE_SIZE};
 use alloc::boxed::Box;
@@ -49,8 +54,10 @@ struct FxArea([u8; 512]);
 
 /// One Linux tenant's platform.
 pub struct Platform {
-    pic: Pic,
+    /// The local APIC and the 8259A pair behind its LINT0.
+    intr: Interrupts,
     pit: Pit,
+    pm1: Pm1,
     cmos: Cmos,
     uart: Uart16550,
     uart_line: bool,
@@ -66,7 +73,6 @@ pub struct Platform {
     pub page_calls: u64,
     tsc_hz: u64,
     cr: CrPolicy,
-    tpr: u8,
     pat: u64,
     passed: [u64; 5],
     fpu: Box<FxArea>,
@@ -75,6 +81,10 @@ pub struct Platform {
     halted: bool,
     pub uart_bytes: u64,
     pub injected: u64,
+    /// Loads and stores the local APIC's page took (each an EPT violation).
+    pub apic_accesses: u64,
+    /// IPIs the local APIC model does not deliver, and xAPIC stores it dropped (logged first).
+    apic_unsupported: u64,
     /// COM1's bytes go to the hypervisor's console as they are (an interactive shell), not as
     /// `[NAME] line` log lines.
     pub raw_console: bool,
@@ -128,26 +138,23 @@ fn set_gpr(regs: &mut GuestRegs, r: Gpr, v: u64) {
 }
 
 /// The CPUID a Linux tenant sees: `hypervisor::linux::policy` (host features through allow
-/// lists, the TSC frequency in leaf 0x15 so Linux calibrates nothing, our hypervisor leaves),
-/// less the local APIC and its TSC-deadline timer, which this platform does not provide yet:
-/// without them Linux takes its 8259A/8254 path ("APIC disabled by BIOS").
+/// lists, the local APIC with its TSC-deadline timer and ARAT, the TSC frequency in leaf 0x15
+/// so Linux calibrates nothing, our hypervisor leaves). No x2APIC: Linux 6.1 would not use it
+/// without interrupt remapping, so the xAPIC page is the one interface.
 pub fn linux_cpuid(leaf: u32, subleaf: u32, tsc_hz: u64) -> [u32; 4] {
     let p = CpuPolicy { tsc_hz, crystal_hz: CRYSTAL_HZ, apic_id: 0, x2apic: false, abi: ABI_VERSION, features: DISPATCH_FEATURES };
-    let mut r = policy::cpuid(&p, leaf, subleaf, |l, s| {
+    policy::cpuid(&p, leaf, subleaf, |l, s| {
         let c = core::arch::x86_64::__cpuid_count(l, s);
         [c.eax, c.ebx, c.ecx, c.edx]
-    });
-    if leaf == 1 {
-        r[2] &= !policy::LEAF1_ECX_TSC_DEADLINE;
-        r[3] &= !LEAF1_EDX_APIC;
-    }
-    r
+    })
 }
 
-/// The core-crystal frequency leaf 0x15 reports (a common Intel value; any kHz multiple works).
+/// The core-crystal frequency leaf 0x15 reports (a common Intel value; any kHz multiple works),
+/// also the local APIC timer's clock in its one-shot and periodic modes.
 const CRYSTAL_HZ: u32 = 25_000_000;
-/// CPUID.1:EDX[9], on-chip local APIC.
-const LEAF1_EDX_APIC: u32 = 1 << 9;
+/// The local APIC's page (SDM Vol. 3A 10.4.1): not mapped in the tenant's EPT, so every access
+/// exits as an EPT violation and is emulated.
+const APIC_PAGE: core::ops::Range<u64> = LOCAL_APIC_ADDRESS as u64..LOCAL_APIC_ADDRESS as u64 + 0x1000;
 
 impl Platform {
     pub fn new(tsc_hz: u64, cr: CrPolicy, ram_end: u64, window: u64, hp_gpa: u64, hp_block_offset: u64) -> Self {
@@ -159,14 +166,14 @@ impl Platform {
             hp_sequence: 0,
             stray_accesses: 0,
             page_calls: 0,
-            pic: Pic::default(),
+            intr: Interrupts::new(LocalApic::new(0, tsc_hz, u64::from(CRYSTAL_HZ))),
             pit: Pit::default(),
+            pm1: Pm1::default(),
             cmos: Cmos::default(),
             uart: Uart16550::new(),
             uart_line: false,
             tsc_hz,
             cr,
-            tpr: 0,
             pat: 0x0007_0406_0007_0406,
             passed: [0; 5],
             fpu: Box::new(FxArea([0; 512])),
@@ -174,6 +181,8 @@ impl Platform {
             halted: false,
             uart_bytes: 0,
             injected: 0,
+            apic_accesses: 0,
+            apic_unsupported: 0,
             raw_console: false,
         }
     }
@@ -211,16 +220,18 @@ impl Platform {
         }
     }
 
-    /// Time passes: raise IRQ 0 if the PIT fired, and inject the highest pending interrupt if
-    /// the vCPU can take it (or ask for an interrupt-window exit). Returns the TSC of the next
-    /// timer event, so the run loop can bound the slice.
+    /// Time passes: raise IRQ 0 if the PIT fired, fire the APIC timer if its deadline passed,
+    /// and inject the interrupt `linux::intr` says is next if the vCPU can take it (or ask for
+    /// an interrupt-window exit). Returns the TSC of the next timer event, so the run loop can
+    /// bound the slice (and a halted vCPU sleeps until then).
     pub fn before_entry(&mut self, vcpu: &mut Vcpu, now: u64) -> Result<Option<u64>, VmFail> {
         if self.pit.poll(now) {
-            self.pic.raise(0);
+            self.intr.pic.raise(0);
         }
-        if let Some(vector) = self.pic.pending_vector() {
-            if vcpu.offer_interrupt(vector)? {
-                self.pic.acknowledge();
+        self.intr.poll(now);
+        if let Some(source) = self.intr.next() {
+            if vcpu.offer_interrupt(source.vector())? {
+                self.intr.delivered(source);
                 self.injected += 1;
                 if self.halted {
                     Guest32::ActivityState.write(&mut Vcpu::vmcs(), 0)?;
@@ -233,7 +244,10 @@ impl Platform {
             let primary = Control32::PrimaryProcessorBasedControls.read(v)?;
             Control32::PrimaryProcessorBasedControls.write(v, primary & !PrimaryControls::INTERRUPT_WINDOW_EXITING.bits())?;
         }
-        Ok(self.pit.deadline())
+        Ok(match (self.pit.deadline(), self.intr.apic.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Decides about one exit of the Linux vCPU.
@@ -305,8 +319,8 @@ impl Platform {
         match policy::msr_rule(msr)? {
             MsrRule::Constant { value, .. } => Some(value),
             MsrRule::Device(MsrDevice::Tsc) => Some(super::super::tsc::rdtsc()),
-            // CPUID shows no local APIC on this platform yet, so its MSRs do not exist.
-            MsrRule::Device(MsrDevice::ApicBase | MsrDevice::TscDeadline) => None,
+            MsrRule::Device(MsrDevice::ApicBase) => Some(policy::APIC_BASE_VALUE),
+            MsrRule::Device(MsrDevice::TscDeadline) => Some(self.intr.apic.read_tsc_deadline()),
             MsrRule::State { .. } => self.state_msr(msr),
         }
     }
@@ -347,7 +361,17 @@ impl Platform {
             // Ignored writes (microcode revision, MISC_ENABLE) and the TSC, which a tenant may
             // not move: accepted and dropped, as a VM may.
             MsrRule::Constant { .. } | MsrRule::Device(MsrDevice::Tsc) => Ok(()),
-            MsrRule::Device(MsrDevice::ApicBase | MsrDevice::TscDeadline) => return false,
+            // No relocation, no disabling, no x2APIC mode: only the value it has.
+            MsrRule::Device(MsrDevice::ApicBase) => {
+                if value != policy::APIC_BASE_VALUE {
+                    return false;
+                }
+                Ok(())
+            }
+            MsrRule::Device(MsrDevice::TscDeadline) => {
+                self.intr.apic.write_tsc_deadline(value, super::super::tsc::rdtsc());
+                Ok(())
+            }
             MsrRule::State { .. } => match msr {
                 MSR_PAT => {
                     self.pat = value;
@@ -388,12 +412,17 @@ impl Platform {
                 }
                 GuestNatural::Cr4.write(v, self.cr.cr4.apply(value | CR4_VMXE)).and_then(|()| ControlNatural::Cr4ReadShadow.write(v, value))
             }
+            // CR8 is the local APIC's TPR (SDM Vol. 3A 10.8.6.1).
             (8, CrAccessType::MovToCr(g)) => {
-                self.tpr = (gpr(regs, g) & 0xf) as u8;
+                let value = gpr(regs, g);
+                if value >> 4 != 0 {
+                    return Decision::InjectGp;
+                }
+                self.intr.apic.set_cr8(value);
                 Ok(())
             }
             (8, CrAccessType::MovFromCr(g)) => {
-                set_gpr(regs, g, u64::from(self.tpr));
+                set_gpr(regs, g, self.intr.apic.cr8());
                 Ok(())
             }
             (0, CrAccessType::Clts) => GuestNatural::Cr0.read(v).and_then(|c| GuestNatural::Cr0.write(v, c & !8)),
@@ -405,7 +434,7 @@ impl Platform {
     fn uart_edge(&mut self) {
         let line = self.uart.interrupt_line();
         if line && !self.uart_line {
-            self.pic.raise(4);
+            self.intr.pic.raise(4);
         }
         self.uart_line = line;
     }
@@ -422,10 +451,10 @@ impl Platform {
         self.uart_edge();
     }
 
-    /// An access the EPT did not allow: a store to the hypercall page runs the ABI; anything
-    /// else outside the tenant's memory is a master abort (loads read all ones, stores are
-    /// dropped, counted and the first few logged) so a stray program cannot stop the kernel. An
-    /// instruction that cannot be decoded gets #GP.
+    /// An access the EPT did not allow: the local APIC's page is emulated by the APIC model; a
+    /// store to the hypercall page runs the ABI; anything else outside the tenant's memory is a
+    /// master abort (loads read all ones, stores are dropped, counted and the first few logged)
+    /// so a stray program cannot stop the kernel. An instruction that cannot be decoded gets #GP.
     fn ept_violation(&mut self, gpa: u64, write: bool, vcpu: &mut Vcpu, services: &mut ExitServices<'_>) -> Decision {
         let Some((bytes, n)) = fetch_instruction(services.tenant.ram()) else { return Decision::InjectGp };
         let v = &Vcpu::vmcs();
@@ -433,7 +462,29 @@ impl Platform {
         let Ok(access) = decode(bitness, &bytes[..n]) else { return Decision::InjectGp };
         let regs = &mut vcpu.regs;
         let in_page = gpa.wrapping_sub(self.hp_gpa);
-        if write && in_page < HYPERCALL_PAGE_SIZE {
+        if APIC_PAGE.contains(&gpa) {
+            self.apic_accesses += 1;
+            let offset = (gpa - APIC_PAGE.start) as u32;
+            let now = super::super::tsc::rdtsc();
+            match access.op {
+                MmioOp::Load { size, .. } => {
+                    let value = self.intr.apic.mmio_read(offset, size, now);
+                    apply_load(&access, regs, value);
+                }
+                MmioOp::Store { size, .. } => {
+                    let value = access.store_value(|i| gpr_by_index(regs, i)).unwrap_or(0);
+                    match self.intr.apic.mmio_write(offset, size, value, now) {
+                        WriteEffect::None | WriteEffect::LevelEoi { .. } => {}
+                        effect => {
+                            self.apic_unsupported += 1;
+                            if self.apic_unsupported <= 8 {
+                                log::warn!("linux: local APIC store of {value:#x} ({size} bytes) at offset {offset:#x} not carried out: {effect:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        } else if write && in_page < HYPERCALL_PAGE_SIZE {
             if let Some(value) = access.store_value(|i| gpr_by_index(regs, i)) {
                 let size = match access.op { MmioOp::Store { size, .. } => size, MmioOp::Load { .. } => 0 };
                 if let Err(stop) = self.page_store(in_page, size, value, services) {
@@ -445,11 +496,7 @@ impl Platform {
             if self.stray_accesses <= 8 {
                 log::warn!("linux: stray {} of guest-physical {gpa:#x} (outside memory and BARs): {}", if write { "store" } else { "load" }, if write { "dropped" } else { "reads all ones" });
             }
-            if let Some((dst, value)) = access.load_result(gpr_by_index(regs, 0), u64::MAX) {
-                let old = gpr_by_index(regs, dst.index);
-                let _ = old;
-                set_gpr_by_index(regs, dst.index, value);
-            }
+            apply_load(&access, regs, u64::MAX);
         }
         let v = &mut Vcpu::vmcs();
         match GuestNatural::Rip.read(v).and_then(|rip| GuestNatural::Rip.write(v, rip.wrapping_add(u64::from(access.len)))) {
@@ -508,7 +555,8 @@ impl Platform {
                     self.uart_edge();
                     u64::from(b)
                 }
-                0x20 | 0x21 | 0xa0 | 0xa1 => u64::from(self.pic.read(port)),
+                0x20 | 0x21 | 0xa0 | 0xa1 => u64::from(self.intr.pic.read(port)),
+                p if Pm1::claims(p) => u64::from(self.pm1.read(p, io.size)),
                 0x40 => u64::from(self.pit.read(port, now, self.tsc_hz)),
                 0x71 => u64::from(self.cmos.read(port, super::super::tsc::rdtsc() / self.tsc_hz.max(1))),
                 0xcf8 | 0xcfc..=0xcff => u64::from(self.pci.io_read(port, io.size)),
@@ -531,7 +579,7 @@ impl Platform {
                 }
                 self.uart_edge();
             }
-            0x20 | 0x21 | 0xa0 | 0xa1 => self.pic.write(port, value as u8),
+            0x20 | 0x21 | 0xa0 | 0xa1 => self.intr.pic.write(port, value as u8),
             0x40 | 0x43 => self.pit.write(port, value as u8, now, self.tsc_hz),
             0x70 => self.cmos.write(port, value as u8),
             0xcf8 | 0xcfc..=0xcff => {
@@ -546,11 +594,25 @@ impl Platform {
             0xcf9 if value & 0x4 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0xcf9" }),
             0x64 if value == 0xfe => return Decision::Stop(StopReason::Reset { how: "keyboard controller pulse" }),
             0x92 if value & 1 != 0 => return Decision::Stop(StopReason::Reset { how: "port 0x92" }),
-            // ACPI PM1a control with SLP_EN (bit 13) and SLP_TYP 5 (S5) as QEMU and Bochs place it.
-            0x604 | 0xb004 if value & (1 << 13) != 0 => return Decision::Stop(StopReason::PowerOff { how: "ACPI S5" }),
+            // The FADT's PM1a registers: SLP_EN with `\_S5`'s SLP_TYP powers off.
+            p if Pm1::claims(p) => match self.pm1.write(p, io.size, value as u32) {
+                SleepRequest::PowerOff => return Decision::Stop(StopReason::PowerOff { how: "ACPI S5" }),
+                SleepRequest::Unsupported { slp_typ } => log::warn!("linux: sleep type {slp_typ} requested; only S5 (power-off) exists"),
+                SleepRequest::None => {}
+            },
             _ => {}
         }
         Decision::Advance
+    }
+}
+
+/// A decoded load's result into its destination register (narrow destinations keep their other
+/// bits, 32-bit ones zero-extend: `MmioAccess::load_result`). Stores change no register.
+fn apply_load(access: &MmioAccess, regs: &mut GuestRegs, data: u64) {
+    if let MmioOp::Load { dst, .. } = access.op {
+        if let Some((dst, value)) = access.load_result(gpr_by_index(regs, dst.index), data) {
+            set_gpr_by_index(regs, dst.index, value);
+        }
     }
 }
 

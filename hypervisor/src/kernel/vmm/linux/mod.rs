@@ -32,7 +32,7 @@ pub use exits::{CrPolicy, Platform};
 use super::ram::GuestRam;
 use super::vcpu::GuestStart;
 use alloc::string::String;
-use alloc::vec::Vec;
+use hypervisor::linux::acpi_tables::AcpiConfig;
 use hypervisor::linux::boot::{self, EntryState, KernelImage, Protocol, TenantConfig, HYPERCALL_PAGE_GPA};
 use hypervisor::multiboot2::{cmdline_value, Module};
 
@@ -102,7 +102,10 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
         return Err("layout: not a 64-bit entry".into());
     };
     let window = layout.window.clone().ok_or("layout: no tensor window (window_mib=0)")?;
-    let zero_page = boot::boot_params(&image, &layout).map_err(|e| alloc::format!("boot_params: {e:?}"))?;
+    // The GDT, identity map, zero page, command line and the ACPI tables (one CPU, its local
+    // APIC, no I/O APIC), all in memory e820 marks reserved or ACPI.
+    let acpi = AcpiConfig { cpus: 1, io_apic: None };
+    let writes = boot::boot_writes(&image, &layout, spec.cmdline.as_bytes(), Some(&acpi)).map_err(|e| alloc::format!("boot data: {e:?}"))?;
 
     // The block holds the tenant's memory and, after it, the hypercall page (BAR 0).
     let mut ram = GuestRam::with_first_page(size + 0x1000, caps, &[], 0, Some(size)).map_err(|e| alloc::format!("tenant memory: {e:?}"))?;
@@ -115,14 +118,9 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
     if let (Some(range), Some(bytes)) = (&layout.initrd, spec.initrd) {
         ram.load(range.start, bytes).map_err(err)?;
     }
-    for (gpa, page) in boot::identity_page_tables() {
-        ram.load(gpa, &page).map_err(err)?;
+    for (gpa, bytes) in &writes {
+        ram.load(*gpa, bytes).map_err(err)?;
     }
-    ram.load(layout.gdt, &boot::gdt()).map_err(err)?;
-    let mut cmdline = Vec::from(spec.cmdline.as_bytes());
-    cmdline.push(0);
-    ram.load(layout.cmdline, &cmdline).map_err(err)?;
-    ram.load(layout.boot_info, &zero_page).map_err(err)?;
     let start = GuestStart { rip, rsp: 0, cr3, gdt_base: layout.gdt, gdt_limit: boot::gdt().len() as u32 - 1, rdi: rsi, linux: true };
     let summary = alloc::format!(
         "Linux kernel {} KiB ({} pieces, entry {rip:#x}), initramfs {} KiB at {:#x}, RAM {} MiB, window {} MiB at {:#x}, command line \"{}\"",
