@@ -1,6 +1,8 @@
 //! The legacy interrupt controller and timer a Linux tenant gets, modelled in software behind
 //! trapped port I/O: the 8259A pair and channel 0 of the 8254. Nothing here touches real
 //! hardware: Bochs' own PIC and PIT stay the hypervisor's. (COM1 is `hypervisor::linux::uart`.)
+//! The pair's INTR output reaches the vCPU through its local APIC's LINT0 in ExtINT mode
+//! (`hypervisor::linux::intr`).
 //!
 //! Facts used: Intel 8259A data sheet (ICW1–ICW4, OCW1–OCW3, fully nested priority), Intel
 //! 82C54 data sheet (control word, modes 0/2/3/4, counter latch).

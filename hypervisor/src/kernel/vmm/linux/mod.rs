@@ -11,14 +11,19 @@
 //! part of the bzImage (`(setup_sects + 1) * 512` into the file), entered at load address +
 //! 0x200; it is not wired up here.
 //!
-//! **Platform** (see `hypervisor::legacy_pc`, `hypervisor::linux` and [`exits`]): every port traps (unconditional I/O exiting): COM1
-//! (0x3f8–0x3ff) is an emulated 16550A on IRQ 4, the 8259A pair and channel 0 of the 8254 are
-//! emulated (the kernel's tick), the PCI configuration ports latch their address and read all
-//! ones, reset/power-off ports stop the tenant, every other port reads all ones and drops
-//! writes: Bochs' own PIT, PIC, CMOS and UART are never reachable by a tenant. CPUID is a policy
-//! (VMX, XSAVE/AVX, MTRR, MCE, x2APIC, the local APIC, MONITOR, PCID, speculation-control MSRs
-//! hidden; the TSC frequency through leaf 0x15 so Linux needs no PIT calibration; our hypervisor
-//! leaves shown); MSRs are an allow list, #GP for the rest.
+//! **Platform** (see `hypervisor::legacy_pc`, `hypervisor::linux` and [`exits`]): one vCPU
+//! with a local APIC (xAPIC page at 0xfee00000, not mapped in the EPT: accesses exit as EPT
+//! violations, are decoded and go to `linux::lapic`; TSC-deadline timer), found through the
+//! ACPI tables `boot::boot_writes` places (RSDP/XSDT/FADT/DSDT/MADT, `linux::acpi_tables`).
+//! Every port traps (unconditional I/O exiting): COM1 (0x3f8–0x3ff) is an emulated 16550A on
+//! IRQ 4, the 8259A pair (reaching the CPU through LINT0 in ExtINT mode, `linux::intr`), channel
+//! 0 of the 8254 and the CMOS clock are emulated, the FADT's PM1a registers are `Pm1`, the PCI
+//! configuration ports show the tensor function, reset/power-off ports stop the tenant, every
+//! other port reads all ones and drops writes: Bochs' own PIT, PIC, CMOS and UART are never
+//! reachable by a tenant. CPUID is a policy (VMX, XSAVE/AVX, MTRR, MCE, x2APIC, MONITOR, PCID,
+//! speculation-control MSRs hidden; the local APIC, TSC-deadline and ARAT shown; the TSC
+//! frequency through leaf 0x15 so Linux needs no calibration; our hypervisor leaves shown);
+//! MSRs are an allow list, #GP for the rest.
 //!
 //! Guest-physical layout: `hypervisor::linux::boot::plan` (GDT, identity map, zero page and
 //! command line in the low pages, the kernel at its ELF physical addresses, the initramfs at the
