@@ -428,25 +428,39 @@ fn attend(
     for (dst, &v) in qh.iter_mut().zip(&q[t * s.nq + h * hd..t * s.nq + (h + 1) * hd]) {
         *dst = round_f16(v);
     }
+    let krow = |kp: usize| &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd];
     let sc = &mut scores[lo..hi];
-    let mut max = f32::NEG_INFINITY;
-    for (j, v) in sc.iter_mut().enumerate() {
-        let kp = lo + j;
-        *v = if kp < first || kp > p {
-            f32::NEG_INFINITY
-        } else {
-            fdot(qh, &kcache[kp * nkv + kvh * hd..kp * nkv + (kvh + 1) * hd])
-        };
-        max = max.max(*v);
+    sc.fill(f32::NEG_INFINITY);
+    let mut kp = first;
+    if !s.single {
+        // Four positions at a time (independent FMA chains, the same bits as one by one).
+        while kp + 4 <= p + 1 {
+            let v = kernels::dot_f32_x4(comp.cpu, qh, [krow(kp), krow(kp + 1), krow(kp + 2), krow(kp + 3)]);
+            let v = v.unwrap_or([f32::NAN; 4]);
+            sc[kp - lo..kp - lo + 4].copy_from_slice(&v);
+            kp += 4;
+        }
     }
+    for kp in kp..=p {
+        sc[kp - lo] = fdot(qh, krow(kp));
+    }
+    let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum = kernels::softmax_exp(comp.cpu, sc, max);
     let inv = (1.0 / sum) as f32;
     for v in sc.iter_mut() {
         *v = round_f16(*v * inv);
     }
-    for (dd, o) in out.iter_mut().enumerate() {
-        let vrow = &vcache[(kvh * hd + dd) * cap..(kvh * hd + dd + 1) * cap];
-        *o = fdot(&vrow[lo..hi], sc);
+    let vrow = |dd: usize| &vcache[(kvh * hd + dd) * cap + lo..(kvh * hd + dd) * cap + hi];
+    let mut dd = 0;
+    if !s.single {
+        while dd + 4 <= hd {
+            let v = kernels::dot_f32_x4(comp.cpu, sc, [vrow(dd), vrow(dd + 1), vrow(dd + 2), vrow(dd + 3)]);
+            out[dd..dd + 4].copy_from_slice(&v.unwrap_or([f32::NAN; 4]));
+            dd += 4;
+        }
+    }
+    for (k, o) in out.iter_mut().enumerate().skip(dd) {
+        *o = fdot(vrow(k), sc);
     }
 }
 

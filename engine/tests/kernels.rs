@@ -439,3 +439,20 @@ fn read_sum_is_the_wrapping_sum() {
         assert_eq!(kernels::read_sum(CpuFeatures::portable(), &v), want);
     }
 }
+
+/// Four interleaved f32 dots give the bits of four `dot_f32`s, with and without a tail.
+#[test]
+fn dot_f32_x4_equals_four_dots() {
+    let mut rng = Rng::new(12);
+    for n in [0usize, 7, 8, 256, 261] {
+        let a: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
+        let b: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| (rng.next_f32() - 0.5) * 3.0).collect()).collect();
+        for cpu in [CpuFeatures::detect(), CpuFeatures::portable()] {
+            let got = kernels::dot_f32_x4(cpu, &a, [&b[0], &b[1], &b[2], &b[3]]).unwrap();
+            for k in 0..4 {
+                assert_eq!(got[k].to_bits(), kernels::dot_f32(cpu, &a, &b[k]).to_bits(), "n {n} row {k}");
+            }
+        }
+    }
+    assert!(kernels::dot_f32_x4(CpuFeatures::detect(), &[1.0; 8], [&[1.0; 8], &[1.0; 8], &[1.0; 7], &[1.0; 8]]).is_none());
+}

@@ -1032,6 +1032,43 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Four f32 dot products of `a` with `b[k]` (all as long as `a`), each bit-identical to
+/// [`dot_f32`]: one 8-lane FMA chain per product, the four chains interleaved (one chain alone
+/// waits on the FMA latency).
+pub fn dot_f32_x4(a: &[f32], b: [&[f32]; 4]) -> Option<[f32; 4]> {
+    if b.iter().any(|r| r.len() != a.len()) {
+        return None;
+    }
+    // SAFETY: AVX2/FMA guaranteed by the caller (module docs); lengths checked.
+    Some(unsafe { dot_f32_x4_avx2(a, b) })
+}
+
+/// # Safety
+/// AVX2+FMA present; every `b[k]` is as long as `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32_x4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let n = a.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, the length of `a` and of every `b[k]`.
+        let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i)) };
+        for k in 0..4 {
+            // SAFETY: as above.
+            let y = unsafe { _mm256_loadu_ps(b[k].as_ptr().add(i)) };
+            acc[k] = _mm256_fmadd_ps(x, y, acc[k]);
+        }
+        i += 8;
+    }
+    let mut out = [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])];
+    for (k, o) in out.iter_mut().enumerate() {
+        for j in i..n {
+            *o += a[j] * b[k][j];
+        }
+    }
+    out
+}
+
 /// f32 dot product in the order of GGML's AVX2 `ggml_vec_dot_f16`.
 pub fn dot_f32_vecdot(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: AVX2/FMA guaranteed by the caller (module docs); bounds handled inside.

@@ -162,6 +162,21 @@ pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
     crate::quant::dot_f32_lanes(a, b)
 }
 
+/// Four [`dot_f32`]s of `a` with the rows `b[k]` (each as long as `a`), bit-identical to four
+/// calls, run side by side where SIMD allows. `None` if a length differs.
+#[inline]
+pub fn dot_f32_x4(cpu: CpuFeatures, a: &[f32], b: [&[f32]; 4]) -> Option<[f32; 4]> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        return avx2::dot_f32_x4(a, b);
+    }
+    let _ = cpu;
+    if b.iter().any(|r| r.len() != a.len()) {
+        return None;
+    }
+    Some(b.map(|r| crate::quant::dot_f32_lanes(a, r)))
+}
+
 /// f32 dot product in the order of GGML's `ggml_vec_dot_f16` (see
 /// [`crate::quant::dot_f32_vecdot_lanes`]), bit-identical on every path.
 #[inline]
