@@ -105,6 +105,8 @@ pub struct Outcome {
     pub serial_path: PathBuf,
     /// Bochs' own log (it names the exact failing check on a VM-entry failure).
     pub emulator_log: Option<PathBuf>,
+    /// Bochs crashed while exiting, after logging this exit code (which `status` then holds).
+    pub crashed_after_quit: Option<i32>,
 }
 
 pub const SUCCESS_LINE: &str = "tensorvisor: exit success";
@@ -123,7 +125,11 @@ impl Outcome {
             "verdict {:?}, emulator status {:?}{}, {:.1} s; serial log {}",
             self.verdict,
             self.status,
-            self.signal.map_or(String::new(), |s| format!(" (killed by signal {s})")),
+            match (self.signal, self.crashed_after_quit) {
+                (Some(s), Some(c)) => format!(" (logged quit_sim({c}), then crashed with signal {s})"),
+                (Some(s), None) => format!(" (killed by signal {s})"),
+                _ => String::new(),
+            },
             self.elapsed.as_secs_f64(),
             self.serial_path.display()
         );
@@ -141,6 +147,15 @@ impl Outcome {
         }
         s
     }
+}
+
+/// The exit code Bochs logged when it began to quit (`quit_sim called with exit code N`, the
+/// last one in its log), if it got that far.
+pub fn bochs_quit_code(log: &str) -> Option<i32> {
+    const PAT: &str = "quit_sim called with exit code ";
+    let line = log.lines().rev().find(|l| l.contains(PAT))?;
+    let at = line.find(PAT)? + PAT.len();
+    line[at..].trim().parse().ok()
 }
 
 /// Reads the verdict from the serial log and the exit status.
@@ -305,9 +320,19 @@ pub fn boot(spec: &RunSpec) -> Result<Outcome, String> {
         echo_new(&serial_path, echoed);
     }
     let serial = String::from_utf8_lossy(&fs::read(&serial_path).unwrap_or_default()).replace('\r', "");
-    let (signal, status) = (exit.signal(), exit.code());
+    let (signal, mut status) = (exit.signal(), exit.code());
+    // Bochs 2.7 sometimes crashes (SIGSEGV) while tearing down, after it decided and logged its
+    // exit code: that logged code is then the run's status (the crash is still reported).
+    let mut crashed_after_quit = None;
+    if status.is_none() && !timed_out && spec.emulator == Emulator::Bochs {
+        if let Some(code) = emulator_log.as_ref().and_then(|p| fs::read_to_string(p).ok()).and_then(|l| bochs_quit_code(&l)) {
+            eprintln!("bochs crashed (signal {signal:?}) while exiting after quit_sim({code}); taking {code} as its status");
+            status = Some(code);
+            crashed_after_quit = Some(code);
+        }
+    }
     let verdict = judge(spec.emulator, &serial, status, timed_out);
-    Ok(Outcome { verdict, status, signal, serial, elapsed: start.elapsed(), serial_path, emulator_log })
+    Ok(Outcome { verdict, status, signal, serial, elapsed: start.elapsed(), serial_path, emulator_log, crashed_after_quit })
 }
 
 /// Connects to Bochs' COM1 socket (Bochs listens once it has started) and starts copying this
@@ -423,5 +448,15 @@ mod tests {
         assert_eq!(judge(Emulator::Bochs, &ok, Some(1), false), Verdict::NoVerdict);
         assert_eq!(judge(qemu, "banner only\n", Some(0), false), Verdict::NoVerdict);
         assert_eq!(judge(qemu, &ok, None, true), Verdict::Timeout);
+    }
+
+    #[test]
+    fn bochs_quit_code_is_the_last_logged_one() {
+        let log = "00000363694i[BIOS  ] Shutdown flag 0\n00279465181i[SIM   ] quit_sim called with exit code 1\n";
+        assert_eq!(bochs_quit_code(log), Some(1));
+        let log = "x quit_sim called with exit code 0\ny\n00295194179i[SIM   ] quit_sim called with exit code 1\n";
+        assert_eq!(bochs_quit_code(log), Some(1));
+        assert_eq!(bochs_quit_code("00000363694i[BIOS  ] Shutdown flag 0\n"), None);
+        assert_eq!(bochs_quit_code("quit_sim called with exit code x\n"), None);
     }
 }
