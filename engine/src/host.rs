@@ -1,36 +1,42 @@
 //! Host-only helpers (`std` feature): a thread pool implementing [`Parallel`], file loading.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 use std::thread::JoinHandle;
 use std::vec::Vec;
 use std::time::Instant;
 
 use crate::parallel::Parallel;
 
-/// Workers on long-lived std threads: each [`Parallel::run`] wakes them (a condition variable,
-/// a few microseconds, where spawning threads cost 36-48 µs each), runs job 0 on the calling
-/// thread and returns when every share is done.
+/// Workers on long-lived std threads: each [`Parallel::run`] publishes the job, runs job 0 on
+/// the calling thread and returns when every share is done. Between jobs a worker spins for
+/// up to [`SPIN`] on an atomic generation before it sleeps on a condition variable: decode
+/// runs one parallel product every 50-300 µs, and waking a sleeping thread costs tens of
+/// microseconds on a VM (as does the caller's wait for the last share, which spins likewise).
 pub struct ThreadPool {
     threads: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
 }
 
+/// How long a worker (or the caller waiting for the workers) spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(300);
+
 /// A job reference whose lifetime was erased for the workers (see [`erase`]).
 #[derive(Clone, Copy)]
 struct Job(&'static (dyn Fn(usize) + Sync));
 
-struct State {
-    generation: u64,
-    job: Option<Job>,
-    remaining: usize,
-    panicked: bool,
-    shutdown: bool,
-}
-
 struct Shared {
-    state: Mutex<State>,
+    /// Bumped (under `job`'s lock) each time a job is published.
+    generation: AtomicU64,
+    /// Workers still running the current job.
+    remaining: AtomicUsize,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    /// The current job; also the lock the condition variables use.
+    job: Mutex<Option<Job>>,
     work: Condvar,
     done: Condvar,
 }
@@ -50,7 +56,11 @@ impl ThreadPool {
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { generation: 0, job: None, remaining: 0, panicked: false, shutdown: false }),
+            generation: AtomicU64::new(0),
+            remaining: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            job: Mutex::new(None),
             work: Condvar::new(),
             done: Condvar::new(),
         });
@@ -64,29 +74,52 @@ impl ThreadPool {
     }
 }
 
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    shared.state.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(shared: &Shared) -> MutexGuard<'_, Option<Job>> {
+    shared.job.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Spins until `ready()` or [`SPIN`] has passed; true if ready.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() > SPIN {
+            return ready();
+        }
+        // On a busy machine the thread being waited for may need this CPU.
+        std::thread::yield_now();
+    }
 }
 
 fn worker(index: usize, shared: &Shared) {
     let mut seen = 0;
     loop {
+        let fresh = || shared.generation.load(Ordering::Acquire) != seen || shared.shutdown.load(Ordering::Acquire);
+        spin_until(fresh);
         let job = {
-            let mut st = lock(shared);
-            while st.generation == seen && !st.shutdown {
-                st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            let mut g = lock(shared);
+            while !fresh() {
+                g = shared.work.wait(g).unwrap_or_else(|p| p.into_inner());
             }
-            if st.shutdown {
+            if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            seen = st.generation;
-            st.job
+            seen = shared.generation.load(Ordering::Acquire);
+            *g
         };
         let ok = job.is_none_or(|j| catch_unwind(AssertUnwindSafe(|| (j.0)(index))).is_ok());
-        let mut st = lock(shared);
-        st.panicked |= !ok;
-        st.remaining -= 1;
-        if st.remaining == 0 {
+        if !ok {
+            shared.panicked.store(true, Ordering::Release);
+        }
+        if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock, so a caller that checked `remaining` and is about to sleep
+            // cannot miss this.
+            let _g = lock(shared);
             shared.done.notify_all();
         }
     }
@@ -97,11 +130,13 @@ struct WaitGuard<'a>(&'a Shared);
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        let mut st = lock(self.0);
-        while st.remaining > 0 {
-            st = self.0.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        let finished = || self.0.remaining.load(Ordering::Acquire) == 0;
+        spin_until(finished);
+        let mut g = lock(self.0);
+        while !finished() {
+            g = self.0.done.wait(g).unwrap_or_else(|p| p.into_inner());
         }
-        st.job = None;
+        *g = None;
     }
 }
 
@@ -115,18 +150,18 @@ impl Parallel for ThreadPool {
             return job(0);
         }
         {
-            let mut st = lock(&self.shared);
-            st.job = Some(erase(job));
-            st.remaining = self.threads - 1;
-            st.panicked = false;
-            st.generation += 1;
+            let mut g = lock(&self.shared);
+            *g = Some(erase(job));
+            self.shared.panicked.store(false, Ordering::Release);
+            self.shared.remaining.store(self.threads - 1, Ordering::Release);
+            self.shared.generation.fetch_add(1, Ordering::AcqRel);
         }
         self.shared.work.notify_all();
         {
             let _wait = WaitGuard(&self.shared);
             job(0);
         }
-        if lock(&self.shared).panicked {
+        if self.shared.panicked.load(Ordering::Acquire) {
             panic!("a thread-pool worker panicked");
         }
     }
@@ -134,7 +169,10 @@ impl Parallel for ThreadPool {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        lock(&self.shared).shutdown = true;
+        {
+            let _g = lock(&self.shared);
+            self.shared.shutdown.store(true, Ordering::Release);
+        }
         self.shared.work.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
