@@ -110,15 +110,16 @@ impl<'a> Matrix<'a> {
     }
 }
 
+/// Products of fewer weight bytes × tokens than this run on one worker: a 0.4 MB decode
+/// product takes ~40 µs alone, and handing half of it to a spinning worker of the host pool
+/// costs a few µs (it was 512 KiB while the pool's workers slept between products).
+const PAR_MIN_BYTES: usize = 1 << 17;
+
 /// Several matrices with the same `cols` applied to the same `n` activation rows in one
 /// parallel region (q/k/v, gate/up): `outs[m][t * rows_m + r] = mats[m].row_r · x_t`. The rows
 /// of all matrices are split among the workers as one range, so each worker gets an equal
 /// share of the work and [`Parallel::run`] is called once. Activations are quantized once per
 /// format.
-/// Products of fewer weight bytes × tokens than this run on one worker (measured: a
-/// 0.4 MB decode product takes ~40 µs alone, about what waking a second std thread costs).
-const PAR_MIN_BYTES: usize = 1 << 19;
-
 pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     assert_eq!(mats.len(), outs.len());
     let Some(first) = mats.first() else { return };
