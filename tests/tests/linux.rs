@@ -125,7 +125,8 @@ fn a_malformed_or_oversized_linux_tenant_is_refused_and_the_others_run() {
 /// Must-show 4 as `cargo xtask run --linux` does it, with the typing scripted: Bochs' COM1 is a
 /// socket, the shell-mode initramfs runs tv-generate and then `/bin/sh`, the tenant's COM1 goes
 /// to the console unframed (`console=raw`); a typed command is evaluated by the shell and
-/// `reboot -f` stops the tenant.
+/// `poweroff -f` stops the tenant through ACPI: the kernel's S5 write to the FADT's PM1a
+/// control register (SLP_TYP from the DSDT's `\_S5`), not a reset or a halt.
 #[test]
 fn the_linux_shell_takes_typed_commands_on_the_console() {
     let kernel = xtask::linux::kernel().expect("Debian's kernel");
@@ -142,7 +143,7 @@ fn the_linux_shell_takes_typed_commands_on_the_console() {
     boot.timeout = Duration::from_secs(900);
     boot.console_script = vec![
         ("tensorvisor-linux: shell".into(), "echo shell-says-$((6*7))\n".into()),
-        ("shell-says-42".into(), "reboot -f\n".into()),
+        ("shell-says-42".into(), "poweroff -f\n".into()),
     ];
     let run = boot.run();
     run.assert_verdict(Verdict::Success)
@@ -150,6 +151,7 @@ fn the_linux_shell_takes_typed_commands_on_the_console() {
         .assert_line(&["tv-generate: tokens="])
         .assert_line(&["echo shell-says-$((6*7))"])
         .assert_order("echo shell-says-$((6*7))", "\nshell-says-42")
-        .assert_line(&["guest tux: stopped: reset requested"])
+        .assert_line(&["reboot: Power down"])
+        .assert_line(&["guest tux: stopped: powered off (ACPI S5)"])
         .assert_line(&["guests: 1 finished, 0 stopped or refused"]);
 }
