@@ -2,7 +2,7 @@
 //! `n` activation rows on one worker, printing ns per (row, 32-value block, token) and the
 //! weight bytes per second. For A/B work on the kernels; not part of any test.
 //!
-//! `cargo run --release -p engine --features std --example kbench -- MODEL [N] [REPEATS]`
+//! `cargo run --release -p engine --features std --example kbench -- MODEL [N] [REPEATS] [THREADS]`
 
 use engine::cpu::CpuFeatures;
 use engine::gguf::Gguf;
@@ -17,7 +17,9 @@ fn main() {
     let reps: usize = args.get(3).map_or(5, |s| s.parse().expect("REPEATS"));
     let g = Gguf::parse(&bytes).expect("parse");
     let m = Model::from_gguf(&g).expect("model");
-    let comp = Compute { cpu: CpuFeatures::detect(), par: &Serial };
+    let threads: usize = args.get(4).map_or(1, |s| s.parse().expect("THREADS"));
+    let pool = engine::host::ThreadPool::new(threads);
+    let comp = if threads > 1 { Compute { cpu: CpuFeatures::detect(), par: &pool } } else { Compute { cpu: CpuFeatures::detect(), par: &Serial } };
     let l = &m.layers[0];
     let l1 = &m.layers[1];
     let mut cases: Vec<(&str, Vec<Matrix<'_>>)> = vec![
