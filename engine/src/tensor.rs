@@ -68,8 +68,10 @@ impl<'a> Matrix<'a> {
             let done = n4 > 0
                 && if gemm4 {
                     kernels::gemm_q4k(cpu, &panel, acts, n4, &mut tile[at..], n)
+                } else if tiled {
+                    self.ty == GgmlType::Q6_K && kernels::gemm_q6k_tiled(cpu, &panel, acts, n4, &mut tile[at..], n)
                 } else {
-                    !tiled && kernels::gemm_q0(cpu, self.ty, &panel, acts, n4, &mut tile[at..], n)
+                    kernels::gemm_q0(cpu, self.ty, &panel, acts, n4, &mut tile[at..], n)
                 };
             for t in (0..if done { 0 } else { n4 }).step_by(4) {
                 for r in r0..r1 {

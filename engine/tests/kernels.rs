@@ -456,3 +456,37 @@ fn dot_f32_x4_equals_four_dots() {
     }
     assert!(kernels::dot_f32_x4(CpuFeatures::detect(), &[1.0; 8], [&[1.0; 8], &[1.0; 8], &[1.0; 7], &[1.0; 8]]).is_none());
 }
+
+/// The Q6_K panel GEMM gives the bits of `dot4_tiled` (GGML's tiled order) for every (row,
+/// token), with an odd number of rows; it declines on the portable path.
+#[test]
+fn q6k_panel_gemm_equals_dot4_tiled() {
+    let mut rng = Rng::new(73);
+    let n = 3 * QK_K;
+    let simd = CpuFeatures::detect();
+    let ty = GgmlType::Q6_K;
+    let rows: Vec<Vec<u8>> = (0..3).map(|_| random_row(&mut rng, ty, n, None)).collect();
+    let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+    let acts: Vec<_> = (0..8)
+        .map(|i| {
+            let x: Vec<f32> = (0..n).map(|j| if i == 2 { if j % 7 == 0 { -3.0 } else { 3.0 } } else { (rng.next_f32() - 0.5) * 5.0 }).collect();
+            quantize_acts(ty.act_format(), &x)
+        })
+        .collect();
+    let stride = 8;
+    let mut out = vec![f32::NAN; 3 * stride];
+    assert!(!kernels::gemm_q6k_tiled(CpuFeatures::portable(), &refs, &acts, 8, &mut out, stride));
+    assert!(out.iter().all(|v| v.is_nan()), "portable path wrote");
+    if !simd.avx2_fma() {
+        return;
+    }
+    assert!(kernels::gemm_q6k_tiled(simd, &refs, &acts, 8, &mut out, stride));
+    for (r, row) in rows.iter().enumerate() {
+        for t in (0..8).step_by(4) {
+            let want = kernels::dot4_tiled(simd, ty, row, &acts[t..t + 4]).unwrap();
+            for k in 0..4 {
+                assert_eq!(out[r * stride + t + k].to_bits(), want[k].to_bits(), "row {r} token {}", t + k);
+            }
+        }
+    }
+}

@@ -411,6 +411,92 @@ unsafe fn gemm_q4k_impl(nb: usize, rows: &[&[u8]], ys: &[&[BlockQ8K]], out: &mut
     }
 }
 
+/// One Q6_K super-block unpacked for [`gemm_q6k_tiled`]: its unsigned 6-bit quants as
+/// [`q6k_unpack`] lays them out, the scale-pair vectors and sign-extended scales of
+/// [`q6k_scales`], and `d`.
+#[derive(Clone, Copy)]
+struct Q6kPanel {
+    q: [[__m256i; 4]; 2],
+    scv: [__m256i; 8],
+    sc16: __m256i,
+    d: f32,
+}
+
+/// Products of up to 16 Q6_K rows with the first `n4` (a multiple of four) Q8_K activation
+/// rows in GGML's tiled order ([`dot4_tiled`]), bit for bit: per super-block the exact integer
+/// sum `I`, `res = d·I`, `acc = fma(res, d8, acc)`. Each row's blocks are unpacked once for
+/// all tokens; two rows by four tokens make the eight lanes of one vector (integer sums
+/// reduced together, the multiply and FMA lane-wise, each lane in its own output's order).
+pub fn gemm_q6k_tiled(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+    let Some(first) = rows.first() else { return true };
+    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || first.len() % 210 != 0 {
+        return false;
+    }
+    let nb = first.len() / 210;
+    if rows.iter().any(|r| r.len() != nb * 210) || out.len() < (rows.len() - 1) * stride + n4 || n4 > stride {
+        return false;
+    }
+    let mut ys: Vec<&[BlockQ8K]> = Vec::with_capacity(n4);
+    for a in &acts[..n4] {
+        match a {
+            Acts::Q8K(v) if v.len() == nb => ys.push(v),
+            _ => return false,
+        }
+    }
+    // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); shapes checked above.
+    unsafe { gemm_q6k_tiled_impl(nb, rows, &ys, out, stride) };
+    true
+}
+
+/// [`gemm_q6k_tiled`] after its checks.
+///
+/// # Safety
+/// AVX2+FMA+F16C present; every row holds `nb` 210-byte blocks, every `ys[t]` `nb` blocks,
+/// `ys.len()` is a multiple of four and `out` has room for `rows.len()` rows of
+/// `stride >= ys.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_q6k_tiled_impl(nb: usize, rows: &[&[u8]], ys: &[&[BlockQ8K]], out: &mut [f32], stride: usize) {
+    let n4 = ys.len();
+    let mut panel: Vec<Q6kPanel> = Vec::with_capacity(rows.len() * nb);
+    for row in rows {
+        for b in row.chunks_exact(210) {
+            // SAFETY: `b` is one whole block.
+            let q = unsafe { q6k_unpack(b) };
+            let (scv, sc16) = q6k_scales(b);
+            panel.push(Q6kPanel { q, scv, sc16, d: h2f(le16(b, 208)) });
+        }
+    }
+    for t in (0..n4).step_by(4) {
+        let y = [ys[t], ys[t + 1], ys[t + 2], ys[t + 3]];
+        let mut r = 0;
+        while r < rows.len() {
+            let two = r + 1 < rows.len();
+            let r1 = if two { r + 1 } else { r };
+            let (p0, p1) = (&panel[r * nb..(r + 1) * nb], &panel[r1 * nb..(r1 + 1) * nb]);
+            let mut acc = _mm256_setzero_ps();
+            for i in 0..nb {
+                let mut v = [_mm256_setzero_si256(); 8];
+                for (k, yt) in y.iter().enumerate() {
+                    v[k] = q6k_sumi(&p0[i].q, &p0[i].scv, p0[i].sc16, &yt[i]);
+                    v[k + 4] = q6k_sumi(&p1[i].q, &p1[i].scv, p1[i].sc16, &yt[i]);
+                }
+                let isum = _mm256_cvtepi32_ps(hsum8_i32(v));
+                let dx = _mm256_set_m128(_mm_set1_ps(p1[i].d), _mm_set1_ps(p0[i].d));
+                let d8 = _mm256_setr_ps(y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d, y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d);
+                acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, isum), d8, acc);
+            }
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` is 32 bytes.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+            out[r * stride + t..r * stride + t + 4].copy_from_slice(&lanes[..4]);
+            if two {
+                out[r1 * stride + t..r1 * stride + t + 4].copy_from_slice(&lanes[4..]);
+            }
+            r += 2;
+        }
+    }
+}
+
 /// Eight i32 vectors to one vector of their eight lane sums (lane `k` = sum of `v[k]`).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum8_i32(v: [__m256i; 8]) -> __m256i {

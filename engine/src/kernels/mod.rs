@@ -89,6 +89,20 @@ pub fn gemm_q4k(cpu: CpuFeatures, rows: &[&[u8]], acts: &[Acts], n4: usize, out:
     false
 }
 
+/// Products of up to 16 Q6_K weight rows with the first `n4` (a multiple of four) activation
+/// rows into `out[r * stride + t]`, each equal to [`dot4_tiled`] (GGML's tiled K-quant order)
+/// bit for bit, with the weight blocks unpacked once for all tokens. `false` (nothing
+/// written) where no such kernel exists: the caller then uses [`dot4_tiled`].
+#[inline]
+pub fn gemm_q6k_tiled(cpu: CpuFeatures, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if cpu.avx2_fma() {
+        return avx2::gemm_q6k_tiled(rows, acts, n4, out, stride);
+    }
+    let _ = (cpu, rows, acts, n4, out, stride);
+    false
+}
+
 /// Dot product in the order of GGML's tiled K-quant matmul (see
 /// [`crate::quant::dot_tiled_scalar`]), bit-identical on every path. `None` for the types
 /// without a tiled form.
