@@ -70,11 +70,19 @@ impl Chip {
     }
 }
 
-/// The cascaded 8259A pair (master at 0x20, slave at 0xa0 on the master's IR2).
+/// The cascaded 8259A pair (master at 0x20, slave at 0xa0 on the master's IR2), with the
+/// PC's edge/level control registers (ELCR) at [`ELCR_PORTS`].
 #[derive(Clone, Debug, Default)]
 pub struct Pic {
     chips: [Chip; 2],
+    elcr: [u8; 2],
 }
+
+/// The ELCR pair (Intel PIIX/ICH "Edge/Level Control Registers", one bit per IRQ, 1 = level):
+/// 0x4d0 for IRQ 0–7, 0x4d1 for IRQ 8–15.
+pub const ELCR_PORTS: [u16; 2] = [0x4d0, 0x4d1];
+/// IRQs that are always edge-triggered (0, 1, 2, 8, 13): their ELCR bits read 0.
+const ELCR_WRITABLE: [u8; 2] = [0xf8, 0xde];
 
 impl Pic {
     /// Edge on interrupt request line `irq` (0..16): latched in IRR whatever the mask says.
@@ -120,6 +128,20 @@ impl Pic {
     pub fn write(&mut self, port: u16, v: u8) {
         let chip = &mut self.chips[usize::from(port & 0x80 != 0)];
         if port & 1 == 0 { chip.write_command(v) } else { chip.write_data(v) }
+    }
+
+    /// A write to an ELCR port ([`ELCR_PORTS`]). The setting is kept and reads back (Linux
+    /// marks the ACPI SCI's IRQ level-triggered); requests stay edge-latched whatever it says,
+    /// which matters for no source here: the only level-triggered line Linux configures, the
+    /// SCI, is never asserted.
+    pub fn write_elcr(&mut self, port: u16, v: u8) {
+        let i = usize::from(port == ELCR_PORTS[1]);
+        self.elcr[i] = v & ELCR_WRITABLE[i];
+    }
+
+    /// A read of an ELCR port: all edge (0) at reset.
+    pub fn read_elcr(&self, port: u16) -> u8 {
+        self.elcr[usize::from(port == ELCR_PORTS[1])]
     }
 
     pub fn read(&self, port: u16) -> u8 {
@@ -334,6 +356,18 @@ mod tests {
         p.write(0x20, 0x20); // non-specific EOI
         assert_eq!(p.read(0x20), 0, "nothing in service");
         assert_eq!(p.pending_vector(), None);
+    }
+
+    #[test]
+    fn elcr_reads_back_with_the_edge_only_irqs_fixed() {
+        let mut p = Pic::default();
+        assert_eq!((p.read_elcr(0x4d0), p.read_elcr(0x4d1)), (0, 0), "all edge at reset");
+        // Linux's acpi_pic_sci_set_trigger for SCI on IRQ 9: bit 1 of 0x4d1.
+        p.write_elcr(0x4d1, 0x02);
+        assert_eq!((p.read_elcr(0x4d0), p.read_elcr(0x4d1)), (0, 0x02));
+        p.write_elcr(0x4d0, 0xff);
+        p.write_elcr(0x4d1, 0xff);
+        assert_eq!((p.read_elcr(0x4d0), p.read_elcr(0x4d1)), (0xf8, 0xde), "IRQ 0, 1, 2, 8, 13 stay edge");
     }
 
     #[test]

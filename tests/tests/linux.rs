@@ -68,6 +68,11 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
         .assert_line(&["[tux] ", "ACPI: Using ACPI for processor (LAPIC) configuration information"])
         .assert_line(&["[tux] ", "smpboot: Allowing 1 CPUs"])
         .assert_line(&["[tux] ", "ACPI: Interpreter enabled"])
+        // PCI through the DSDT's host bridge (no pci=noacpi): bus 0 with the memory window from
+        // the tensor window up; the SCI's level trigger lands in the emulated ELCR.
+        .assert_line(&["[tux] ", "ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00])"])
+        .assert_line(&["[tux] ", "pci_bus 0000:00: root bus resource [mem 0x0b800000-0xfebfffff window]"])
+        .assert_line(&["[tux] ", "ACPI: setting ELCR to 0200 (from 0000)"])
         .assert_line(&["[tux] ", "TSC deadline timer available"])
         .assert_line(&["[tux] ", PLATFORM_MARKER, "clockevent=lapic-deadline"])
         .assert_no_line("APIC disabled by BIOS")

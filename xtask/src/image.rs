@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 /// The kernel command line recommended for a Linux tenant (README, "Linux tenants", says why
 /// each option is there).
 pub const LINUX_CMDLINE: &str =
-    "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 nokaslr mitigations=off tsc=reliable noapic pci=noacpi";
+    "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 nokaslr mitigations=off tsc=reliable noapic";
 
 /// The module line of a Linux tenant's kernel: `linux:NAME options -- kernel command line`.
 pub fn linux_module_line(name: &str, options: &str, cmdline: &str) -> String {

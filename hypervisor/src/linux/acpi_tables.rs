@@ -44,12 +44,16 @@ pub const OEM_ID: [u8; 6] = *b"TNSRVR";
 pub const HYPERVISOR_VENDOR: [u8; 8] = *b"TnsrVisr";
 
 /// What the platform has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcpiConfig {
     /// Number of vCPUs (1..=255), APIC ids 0..cpus.
     pub cpus: u32,
     /// An I/O APIC to list: (id, MMIO address, first GSI).
     pub io_apic: Option<(u8, u32, u32)>,
+    /// The PCI host bridge's memory window (where the BARs are): with it, the DSDT declares the
+    /// host bridge `\_SB.PCI0` (PNP0A03) for bus 0 with this window, I/O ports 0–0xcf7 and
+    /// 0xd00–0xffff and the configuration ports 0xcf8–0xcff ([`pci_host_bridge_aml`]).
+    pub pci_window: Option<core::ops::Range<u32>>,
 }
 
 /// Why the tables could not be built.
@@ -275,6 +279,89 @@ pub const DSDT_AML: [u8; 12] = [
     0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, S5_SLP_TYP, 0x0a, 0x00,
 ];
 
+/// A PkgLength (ACPI 6.5 §20.2.4) followed by `body`: the encoded length counts itself. One
+/// byte up to 63, else a lead byte with the low 4 bits and 1–3 more bytes.
+fn pkg(body: &[u8]) -> Vec<u8> {
+    let mut n = body.len() + 1;
+    let extra = if n < 0x40 {
+        0
+    } else {
+        n += 1;
+        if n < 0x1000 {
+            1
+        } else {
+            n += 1;
+            if n < 0x10_0000 { 2 } else { n += 1; 3 }
+        }
+    };
+    let mut v = Vec::with_capacity(n);
+    if extra == 0 {
+        v.push(n as u8);
+    } else {
+        v.push(((extra as u8) << 6) | (n & 0xf) as u8);
+        for i in 0..extra {
+            v.push((n >> (4 + 8 * i)) as u8);
+        }
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// Word Address Space Descriptor (§6.4.3.5.3): resource type (0 memory, 1 I/O, 2 bus numbers),
+/// a producer with fixed minimum and maximum, type-specific flags, range `min..=max`.
+fn word_space(kind: u8, type_flags: u8, min: u16, max: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..6].copy_from_slice(&[0x88, 13, 0, kind, 0x0c, type_flags]);
+    d[8..10].copy_from_slice(&min.to_le_bytes());
+    d[10..12].copy_from_slice(&max.to_le_bytes());
+    d[14..16].copy_from_slice(&(max - min).wrapping_add(1).to_le_bytes());
+    d
+}
+
+/// The DSDT's host bridge: `Scope (\_SB) { Device (PCI0) { Name (_HID, EisaId ("PNP0A03"))
+/// Name (_UID, 0) Name (_CRS, ResourceTemplate () { ... }) } }` (ACPI 6.5 §20 encoding; the
+/// resource descriptors of §6.4). `_CRS`: bus numbers 0–0 (WordBusNumber), the configuration
+/// ports 0xcf8–0xcff consumed (I/O Port Descriptor), I/O windows 0–0xcf7 and 0xd00–0xffff
+/// (WordIO, entire range), and `window` as memory (DWordMemory, read-write, non-cacheable),
+/// then the End Tag. With it Linux enumerates bus 0 through ACPI (`acpi_pci_root`) instead of
+/// needing `pci=noacpi`.
+pub fn pci_host_bridge_aml(window: &core::ops::Range<u32>) -> Vec<u8> {
+    let mut crs = Vec::new();
+    crs.extend_from_slice(&word_space(2, 0, 0, 0));
+    // I/O Port Descriptor (§6.4.2.5): 16-bit decode, 0xcf8..0xcf8, alignment 1, length 8.
+    crs.extend_from_slice(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]);
+    crs.extend_from_slice(&word_space(1, 0x03, 0x0000, 0x0cf7));
+    crs.extend_from_slice(&word_space(1, 0x03, 0x0d00, 0xffff));
+    // DWord Address Space Descriptor (§6.4.3.5.2): memory, producer, fixed min/max, read-write.
+    let mut m = [0u8; 26];
+    m[..6].copy_from_slice(&[0x87, 23, 0, 0, 0x0c, 0x01]);
+    m[10..14].copy_from_slice(&window.start.to_le_bytes());
+    m[14..18].copy_from_slice(&(window.end - 1).to_le_bytes());
+    m[22..26].copy_from_slice(&(window.end - window.start).to_le_bytes());
+    crs.extend_from_slice(&m);
+    // End Tag (§6.4.2.9), checksum 0: "treated as correct".
+    crs.extend_from_slice(&[0x79, 0x00]);
+
+    // Buffer (BufferOp, PkgLength, BufferSize as a WordConst, the bytes).
+    let mut buffer_body = alloc::vec![0x0b];
+    buffer_body.extend_from_slice(&(crs.len() as u16).to_le_bytes());
+    buffer_body.extend_from_slice(&crs);
+    let mut device_body = Vec::new();
+    device_body.extend_from_slice(b"PCI0");
+    // Name (_HID, 0x030ad041): EisaId ("PNP0A03") as a DWordConst.
+    device_body.extend_from_slice(&[0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]);
+    // Name (_UID, Zero).
+    device_body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x00]);
+    device_body.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S', 0x11]);
+    device_body.extend_from_slice(&pkg(&buffer_body));
+    let mut scope_body = alloc::vec![b'\\', b'_', b'S', b'B', b'_'];
+    scope_body.extend_from_slice(&[0x5b, 0x82]); // DeviceOp
+    scope_body.extend_from_slice(&pkg(&device_body));
+    let mut aml = alloc::vec![0x10]; // ScopeOp
+    aml.extend_from_slice(&pkg(&scope_body));
+    aml
+}
+
 /// MADT flag PCAT_COMPAT (§5.2.12, Table 5.20).
 pub const MADT_PCAT_COMPAT: u32 = 1;
 
@@ -311,7 +398,11 @@ pub fn build(base: u64, room: usize, cfg: &AcpiConfig) -> Result<Vec<u8>, AcpiBu
     let xsdt_len = HEADER + 2 * 8;
     let fadt_off = align(xsdt_off + xsdt_len);
     let dsdt_off = align(fadt_off + fadt::LEN);
-    let dsdt = table(b"DSDT", 2, &DSDT_AML);
+    let mut aml = DSDT_AML.to_vec();
+    if let Some(w) = &cfg.pci_window {
+        aml.extend_from_slice(&pci_host_bridge_aml(w));
+    }
+    let dsdt = table(b"DSDT", 2, &aml);
     let madt_off = align(dsdt_off + dsdt.len());
     let madt = madt(cfg);
     let need = madt_off + madt.len();
@@ -382,6 +473,7 @@ mod tests {
             &AcpiConfig {
                 cpus: 1,
                 io_apic: None,
+                pci_window: None,
             },
         )
         .unwrap();
@@ -406,6 +498,7 @@ mod tests {
         let cfg = AcpiConfig {
             cpus: 4,
             io_apic: Some((4, 0xfec0_0000, 0)),
+            pci_window: Some(0x0b80_0000..0xfec0_0000),
         };
         let blob = build(BASE, 0x1_0000, &cfg).unwrap();
         let mut rd = reader(&blob);
@@ -466,7 +559,8 @@ mod tests {
         assert_eq!(&f[268..276], b"TnsrVisr");
         let d = read_table(&mut rd, x_dsdt).unwrap();
         assert_eq!(&d[..4], b"DSDT");
-        assert_eq!(&d[36..], &DSDT_AML);
+        assert_eq!(&d[36..36 + DSDT_AML.len()], &DSDT_AML);
+        assert_eq!(&d[36 + DSDT_AML.len()..], &pci_host_bridge_aml(&(0x0b80_0000..0xfec0_0000))[..]);
         // Every table in the blob sums to zero.
         for (sig, addr) in t
             .entries
@@ -493,6 +587,7 @@ mod tests {
             &AcpiConfig {
                 cpus: 2,
                 io_apic: None,
+                pci_window: None,
             },
         )
         .unwrap();
@@ -520,6 +615,81 @@ mod tests {
         assert_eq!(usize::from(DSDT_AML[6]), DSDT_AML.len() - 6);
         assert_eq!(DSDT_AML[7], 2);
         assert_eq!(DSDT_AML[9], S5_SLP_TYP);
+    }
+
+    /// Decodes a PkgLength at `b[0..]`: (the length it encodes, its own size in bytes).
+    fn pkg_length(b: &[u8]) -> (usize, usize) {
+        let extra = usize::from(b[0] >> 6);
+        if extra == 0 {
+            return (usize::from(b[0] & 0x3f), 1);
+        }
+        let mut n = usize::from(b[0] & 0xf);
+        for i in 0..extra {
+            n |= usize::from(b[1 + i]) << (4 + 8 * i);
+        }
+        (n, 1 + extra)
+    }
+
+    #[test]
+    fn pkg_lengths_count_themselves() {
+        for len in [0usize, 1, 62, 63, 64, 200, 4093, 4094, 5000] {
+            let body = alloc::vec![0xaau8; len];
+            let p = pkg(&body);
+            let (n, size) = pkg_length(&p);
+            assert_eq!(n, p.len(), "body {len}");
+            assert_eq!(&p[size..], &body[..]);
+        }
+    }
+
+    #[test]
+    fn host_bridge_aml_declares_bus_0_and_its_windows() {
+        let aml = pci_host_bridge_aml(&(0x0b80_0000..0xfec0_0000));
+        // Scope (\_SB) covering the whole blob.
+        assert_eq!(aml[0], 0x10);
+        let (n, s) = pkg_length(&aml[1..]);
+        assert_eq!(1 + n, aml.len());
+        let scope = &aml[1 + s..];
+        assert_eq!(&scope[..5], b"\\_SB_");
+        // Device (PCI0) covering the rest of the scope.
+        assert_eq!(&scope[5..7], &[0x5b, 0x82]);
+        let (n, s) = pkg_length(&scope[7..]);
+        assert_eq!(7 + n, scope.len());
+        let dev = &scope[7 + s..];
+        assert_eq!(&dev[..4], b"PCI0");
+        assert_eq!(&dev[4..14], &[0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03], "EisaId(PNP0A03)");
+        assert_eq!(&dev[14..20], b"\x08_UID\x00");
+        assert_eq!(&dev[20..26], b"\x08_CRS\x11");
+        let (n, s) = pkg_length(&dev[26..]);
+        assert_eq!(26 + n, dev.len());
+        let buf = &dev[26 + s..];
+        assert_eq!(buf[0], 0x0b, "WordConst buffer size");
+        let crs = &buf[3..];
+        assert_eq!(usize::from(u16::from_le_bytes([buf[1], buf[2]])), crs.len());
+        // Walk the resource descriptors (§6.4.1: small items 0xxxxnnn, large 1xxxxxxx + u16).
+        let mut items = Vec::new();
+        let mut at = 0;
+        while at < crs.len() {
+            let (tag, len, hdr) = if crs[at] & 0x80 != 0 {
+                (crs[at], usize::from(u16::from_le_bytes([crs[at + 1], crs[at + 2]])), 3)
+            } else {
+                (crs[at] & 0xf8, usize::from(crs[at] & 7), 1)
+            };
+            items.push((tag, &crs[at + hdr..at + hdr + len]));
+            at += hdr + len;
+        }
+        assert_eq!(at, crs.len());
+        let tags: Vec<u8> = items.iter().map(|i| i.0).collect();
+        assert_eq!(tags, [0x88, 0x40, 0x88, 0x88, 0x87, 0x78], "bus, config ports, 2 I/O, memory, end");
+        let word = |d: &[u8], at: usize| u16::from_le_bytes([d[at], d[at + 1]]);
+        let dword = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+        // (type, min, max, length) of the Word descriptors: bytes after the 3-byte header.
+        let w: Vec<(u8, u16, u16, u16)> = items.iter().filter(|i| i.0 == 0x88).map(|i| (i.1[0], word(i.1, 5), word(i.1, 7), word(i.1, 11))).collect();
+        assert_eq!(w, [(2, 0, 0, 1), (1, 0, 0xcf7, 0xcf8), (1, 0xd00, 0xffff, 0xf300)]);
+        assert!(items.iter().filter(|i| i.0 == 0x88).all(|i| i.1[1] & 1 == 0), "windows are producers");
+        assert_eq!(items[1].1, &[0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08], "0xcf8, 8 ports");
+        let m = items[4].1;
+        assert_eq!((m[0], m[1] & 1, m[2] & 1), (0, 0, 1), "memory, producer, read-write");
+        assert_eq!((dword(m, 7), dword(m, 11), dword(m, 19)), (0x0b80_0000, 0xfebf_ffff, 0xf340_0000));
     }
 
     #[test]
@@ -566,7 +736,8 @@ mod tests {
                 0x1000,
                 &AcpiConfig {
                     cpus: 0,
-                    io_apic: None
+                    io_apic: None,
+                    pci_window: None,
                 }
             ),
             Err(AcpiBuildError::BadCpuCount(0))
@@ -577,7 +748,8 @@ mod tests {
                 0x1000,
                 &AcpiConfig {
                     cpus: 256,
-                    io_apic: None
+                    io_apic: None,
+                    pci_window: None,
                 }
             ),
             Err(AcpiBuildError::BadCpuCount(256))
@@ -588,7 +760,8 @@ mod tests {
                 0x100,
                 &AcpiConfig {
                     cpus: 1,
-                    io_apic: None
+                    io_apic: None,
+                    pci_window: None,
                 }
             ),
             Err(AcpiBuildError::DoesNotFit { room: 0x100, .. })
@@ -600,6 +773,7 @@ mod tests {
             &AcpiConfig {
                 cpus: 255,
                 io_apic: None,
+                pci_window: None,
             },
         )
         .unwrap();

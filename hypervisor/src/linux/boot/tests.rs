@@ -580,6 +580,7 @@ fn boot_writes_cover_every_structure_without_overlap() {
     let cfg = AcpiConfig {
         cpus: 1,
         io_apic: None,
+        pci_window: None,
     };
     for protocol in [Protocol::Linux64, Protocol::Pvh] {
         let l = plan(&k, protocol, T256, MIB, cmd).unwrap();

@@ -556,6 +556,7 @@ impl Platform {
                     u64::from(b)
                 }
                 0x20 | 0x21 | 0xa0 | 0xa1 => u64::from(self.intr.pic.read(port)),
+                0x4d0 | 0x4d1 if io.size == 1 => u64::from(self.intr.pic.read_elcr(port)),
                 p if Pm1::claims(p) => u64::from(self.pm1.read(p, io.size)),
                 0x40 => u64::from(self.pit.read(port, now, self.tsc_hz)),
                 0x71 => u64::from(self.cmos.read(port, super::super::tsc::rdtsc() / self.tsc_hz.max(1))),
@@ -580,6 +581,7 @@ impl Platform {
                 self.uart_edge();
             }
             0x20 | 0x21 | 0xa0 | 0xa1 => self.intr.pic.write(port, value as u8),
+            0x4d0 | 0x4d1 if io.size == 1 => self.intr.pic.write_elcr(port, value as u8),
             0x40 | 0x43 => self.pit.write(port, value as u8, now, self.tsc_hz),
             0x70 => self.cmos.write(port, value as u8),
             0xcf8 | 0xcfc..=0xcff => {

@@ -41,6 +41,10 @@ use hypervisor::linux::acpi_tables::AcpiConfig;
 use hypervisor::linux::boot::{self, EntryState, KernelImage, Protocol, TenantConfig, HYPERCALL_PAGE_GPA};
 use hypervisor::multiboot2::{cmdline_value, Module};
 
+/// The end (exclusive) of the PCI host bridge's memory window in the DSDT: the conventional
+/// I/O APIC page (no I/O APIC here), below the local APIC's at 0xfee00000.
+const PCI_WINDOW_END: u32 = 0xfec0_0000;
+
 /// What a Linux tenant is started with.
 pub struct LinuxSpec<'a> {
     pub name: String,
@@ -108,8 +112,11 @@ pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolic
     };
     let window = layout.window.clone().ok_or("layout: no tensor window (window_mib=0)")?;
     // The GDT, identity map, zero page, command line and the ACPI tables (one CPU, its local
-    // APIC, no I/O APIC), all in memory e820 marks reserved or ACPI.
-    let acpi = AcpiConfig { cpus: 1, io_apic: None };
+    // APIC, no I/O APIC; the PCI host bridge with a memory window from the tensor window, the
+    // first address that is not RAM, up to the conventional I/O APIC page), all in memory e820
+    // marks reserved or ACPI.
+    let pci_window = u32::try_from(window.start).map_err(|_| "layout: the tensor window lies above 4 GiB")?..PCI_WINDOW_END;
+    let acpi = AcpiConfig { cpus: 1, io_apic: None, pci_window: Some(pci_window) };
     let writes = boot::boot_writes(&image, &layout, spec.cmdline.as_bytes(), Some(&acpi)).map_err(|e| alloc::format!("boot data: {e:?}"))?;
 
     // The block holds the tenant's memory and, after it, the hypercall page (BAR 0).
