@@ -15,7 +15,8 @@
 //! becomes pending), no SMI command port (so the platform is always in ACPI mode, SCI_EN reads
 //! 1), no PM timer (optional since ACPI 5.0A; the kernel's clocks are the TSC, whose frequency
 //! CPUID reports, and the local APIC's TSC-deadline timer), no GPE blocks, no FACS, and a DSDT
-//! whose only object is `\_S5` so that power-off works through PM1a_CNT. Reset goes through the
+//! with `\_S5` (power-off through PM1a_CNT) and, given a memory window, the PCI host bridge
+//! `\_SB.PCI0` ([`pci_host_bridge_aml`]) through which Linux enumerates bus 0. Reset goes through the
 //! FADT reset register (RESET_REG_SUP): [`RESET_PORT`]/[`RESET_VALUE`].
 //!
 //! The MADT lists one enabled local APIC per vCPU (APIC id = processor uid = index), the local

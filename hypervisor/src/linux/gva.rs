@@ -30,7 +30,7 @@ pub struct PagingMode {
     pub write_protect: bool,
     /// EFER.NXE: bit 63 of entries is XD; otherwise it is reserved.
     pub nxe: bool,
-    /// MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]).
+    /// MAXPHYADDR (CPUID 0x8000_0008 `EAX[7:0]`).
     pub phys_bits: u8,
 }
 

@@ -515,12 +515,12 @@ impl LocalApic {
         WriteEffect::None
     }
 
-    /// The TPR as CR8 shows it (SDM Vol. 3A 10.8.6.1: CR8[3:0] = TPR[7:4]).
+    /// The TPR as CR8 shows it (SDM Vol. 3A 10.8.6.1: `CR8[3:0] = TPR[7:4]`).
     pub fn cr8(&self) -> u64 {
         u64::from(self.tpr >> 4) & 0xf
     }
 
-    /// A MOV to CR8: TPR[7:4] = CR8[3:0], TPR[3:0] = 0 (10.8.6.1).
+    /// A MOV to CR8: `TPR[7:4] = CR8[3:0]`, `TPR[3:0] = 0` (10.8.6.1).
     pub fn set_cr8(&mut self, cr8: u64) {
         self.tpr = ((cr8 & 0xf) as u32) << 4;
     }

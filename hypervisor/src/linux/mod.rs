@@ -5,7 +5,8 @@
 //! - [`boot`]: bzImage and vmlinux parsing, the tenant layout, boot_params / hvm_start_info,
 //!   the boot GDT and identity page tables;
 //! - [`e820`]: the memory map;
-//! - [`acpi_tables`]: RSDP, XSDT, FADT (hardware-reduced), DSDT, MADT;
+//! - [`acpi_tables`]: RSDP, XSDT, FADT (classic, with the PM1a registers), DSDT (`\_S5`, the
+//!   PCI host bridge), MADT;
 //! - [`decode`]: the MMIO instruction decoder (iced-x86);
 //! - [`gva`]: guest page-table walks, instruction fetch;
 //! - [`uart`]: the 16550A on COM1;

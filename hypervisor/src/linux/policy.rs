@@ -7,9 +7,9 @@
 //! management (no APERF/MPERF; leaf 6 shows only ARAT, the always-running APIC timer), MCE/MCA (no machine-check MSRs), MTRRs, the performance
 //! monitoring leaf, speculation-control MSRs, PCID/INVPCID, XSAVE/AVX (the guest uses FXSAVE, so
 //! there are no XSETBV exits and no extended state to switch), RDTSCP/RDPID (no TSC_AUX), TSX,
-//! LA57. Added: the hypervisor bit (leaf 1 ECX[31]) with our signature leaves 0x4000_0000/1
-//! (`tensor_hcall::cpuid`), TSC-deadline (leaf 1 ECX[24]), the invariant TSC (0x8000_0007
-//! EDX[8]), the TSC and timer frequencies in leaves 0x15 and 0x16 (Linux's
+//! LA57. Added: the hypervisor bit (leaf 1 `ECX[31]`) with our signature leaves 0x4000_0000/1
+//! (`tensor_hcall::cpuid`), TSC-deadline (leaf 1 `ECX[24]`), the invariant TSC (0x8000_0007
+//! `EDX[8]`), the TSC and timer frequencies in leaves 0x15 and 0x16 (Linux's
 //! `native_calibrate_tsc` then knows the TSC without calibrating against a PIT it does not have,
 //! and sets the APIC timer period from the crystal), and one CPU in the topology (leaf 1 EBX,
 //! leaf 4, leaf 0xB). x2APIC is shown only if the configuration asks for it.
@@ -30,7 +30,7 @@ pub struct CpuPolicy {
     pub crystal_hz: u32,
     /// This vCPU's APIC id.
     pub apic_id: u8,
-    /// Show x2APIC (leaf 1 ECX[21]).
+    /// Show x2APIC (leaf 1 `ECX[21]`).
     pub x2apic: bool,
     /// The tensor ABI offered in the hypervisor leaves.
     pub abi: AbiVersion,
@@ -57,7 +57,7 @@ pub const LEAF1_ECX_ALLOWED: u32 = (1 << 0)
 pub const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 pub const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 6 EAX[2]: APIC timer always running (ARAT).
+/// Leaf 6 `EAX[2]`: APIC timer always running (ARAT).
 pub const LEAF6_EAX_ARAT: u32 = 1 << 2;
 /// Leaf 1 EDX bits passed through: FPU, VME, DE, PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV,
 /// PAT, PSE-36, CLFSH, MMX, FXSR, SSE, SSE2. (Not MCE 7, MTRR 12, MCA 14, PSN 18, DS 21, ACPI 22,
@@ -99,7 +99,7 @@ pub const LEAF7_EDX_ALLOWED: u32 = (1 << 4) | (1 << 10);
 pub const EXT1_ECX_ALLOWED: u32 = (1 << 0) | (1 << 5) | (1 << 8);
 /// 0x8000_0001 EDX: SYSCALL, NX, 1 GiB pages, long mode.
 pub const EXT1_EDX_ALLOWED: u32 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29);
-/// 0x8000_0007 EDX[8]: invariant TSC.
+/// 0x8000_0007 `EDX[8]`: invariant TSC.
 pub const EXT7_EDX_INVARIANT_TSC: u32 = 1 << 8;
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
