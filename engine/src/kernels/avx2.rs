@@ -194,14 +194,17 @@ unsafe fn dot_rows4_q8_0(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
     // The four rows are usually adjacent (one 4 * row-bytes span): prefetch the span two
-    // groups ahead, a little per block, so the interleaved access pattern streams at full speed.
+    // groups ahead, a little per block, so the interleaved access pattern streams at full speed
+    // (without it: 6.5 instead of 15 GB/s here). Non-temporal: this is the output matrix's
+    // once-per-token stream, which should not push the layers' weights out of the caches
+    // (measured 21-24 instead of 17-21 GB/s with two threads).
     let span = 34 * a.len() * 4;
     let ahead = w[0].as_ptr().wrapping_add(2 * span);
     let step = span.div_ceil(a.len().max(1)).div_ceil(64) * 64;
     for (i, y) in a.iter().enumerate() {
         for l in (0..step).step_by(64) {
             // Prefetching is only a hint: it never faults, whatever the address.
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * step + l) as *const i8);
+            _mm_prefetch::<_MM_HINT_NTA>(ahead.wrapping_add(i * step + l) as *const i8);
         }
         // SAFETY: y.qs is 32 bytes.
         let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
