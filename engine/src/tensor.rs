@@ -117,6 +117,9 @@ impl<'a> Matrix<'a> {
 /// costs a few µs (it was 512 KiB while the pool's workers slept between products).
 const PAR_MIN_BYTES: usize = 1 << 17;
 
+/// A worker's share of a one-token product: (matrix, its rows, where their outputs go).
+type Pieces<'o> = Vec<(usize, Range<usize>, &'o mut [f32])>;
+
 /// Several matrices with the same `cols` applied to the same `n` activation rows in one
 /// parallel region (q/k/v, gate/up): `outs[m][t * rows_m + r] = mats[m].row_r · x_t`. The rows
 /// of all matrices are split among the workers as one range, so each worker gets an equal
@@ -171,6 +174,42 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
     // small products (decode's per-layer matrices) run on the calling worker alone.
     let bytes: usize = mats.iter().map(|m| m.data.len()).sum();
     let threads = if bytes * n < PAR_MIN_BYTES { 1 } else { c.par.threads().max(1).min(total.div_ceil(16)).max(1) };
+    if n == 1 {
+        // One token: a worker's `[row][token]` tile is its rows of the outputs themselves, so
+        // each worker writes its pieces of them directly (no tile, no copy: the output
+        // matrix's 262,144 logits per decoded token).
+        let mut pieces: Vec<Pieces<'_>> = (0..threads).map(|_| Vec::new()).collect();
+        for (mi, o) in outs.iter_mut().enumerate() {
+            let mut rest: &mut [f32] = o;
+            let mut pos = 0;
+            for (i, share) in pieces.iter_mut().enumerate() {
+                let range = split_range(total, threads, i, 16);
+                let (lo, hi) = (range.start.max(offsets[mi]), range.end.min(offsets[mi + 1]));
+                if lo >= hi {
+                    continue;
+                }
+                let (lo, hi) = (lo - offsets[mi], hi - offsets[mi]);
+                let (head, tail) = core::mem::take(&mut rest).split_at_mut(hi - pos);
+                share.push((mi, lo..hi, &mut head[lo - pos..]));
+                rest = tail;
+                pos = hi;
+            }
+        }
+        let slots: Vec<spin::Mutex<Pieces<'_>>> = pieces.into_iter().map(spin::Mutex::new).collect();
+        let job = |i: usize| {
+            let Some(slot) = slots.get(i) else { return };
+            for (mi, range, out) in slot.lock().iter_mut() {
+                let m = &mats[*mi];
+                m.rows_into(c.cpu, acts_of(m), range.clone(), out);
+            }
+        };
+        if threads == 1 {
+            job(0);
+        } else {
+            c.par.run(&job);
+        }
+        return;
+    }
     // Each worker fills its own tile ([row][token] over its global row range), copied into
     // the outputs afterwards (so every worker writes one contiguous chunk).
     let mut tiles: Vec<Vec<f32>> =
