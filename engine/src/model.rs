@@ -363,15 +363,16 @@ fn attention(comp: Compute<'_>, s: &AttnShape, q: &[f32], kcache: &[f32], vcache
     let hd = s.hd;
     let units = attn.len() / hd;
     let n = units / s.n_head;
-    // Multiply-adds of the whole product; small ones (decode at short contexts) stay on the
-    // calling worker, where waking the others would cost more than it saves.
+    // Multiply-adds of the whole product; small ones (decode in the first ~64 positions) stay
+    // on the calling worker, where handing out shares would cost more than it saves (measured
+    // with the host pool's spinning workers: from 128 Ki multiply-adds it pays).
     let span = |t: usize| {
         let p = s.start + t;
         let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
         p + 1 - first
     };
     let work: usize = (0..n).map(|t| span(t) * s.n_head * 2 * hd).sum();
-    let threads = if work < (1 << 20) { 1 } else { comp.par.threads().clamp(1, units.max(1)) };
+    let threads = if work < (1 << 17) { 1 } else { comp.par.threads().clamp(1, units.max(1)) };
     let mut shares: Vec<Share<'_>> = (0..threads).map(|_| Vec::new()).collect();
     for (u, out) in attn.chunks_exact_mut(hd).enumerate() {
         shares[u % threads].push((u, out));
