@@ -238,18 +238,38 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
         };
         c.par.run(&job);
     }
-    for (i, tile) in tiles.iter().enumerate() {
-        let range = split_range(total, threads, i, 16);
-        scatter_tile(tile, range, n, &offsets, mats, outs);
+    // The copy into the outputs, spread over the workers by groups of 16 tokens (each group's
+    // rows of every output are one contiguous slice per matrix).
+    const TG: usize = 16;
+    let mut groups: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(TG)).map(|_| Vec::with_capacity(mats.len())).collect();
+    for (m, o) in mats.iter().zip(outs.iter_mut()) {
+        for (gi, chunk) in o.chunks_mut(TG * m.rows).enumerate() {
+            groups[gi].push(chunk);
+        }
     }
+    let ranges: Vec<Range<usize>> = (0..threads).map(|i| split_range(total, threads, i, 16)).collect();
+    crate::parallel::for_each_item(c.par, &mut groups, 2, &|gi, dst| {
+        let tokens = gi * TG..(gi * TG + TG).min(n);
+        for (tile, range) in tiles.iter().zip(&ranges) {
+            scatter_tile(tile, range.clone(), n, tokens.clone(), &offsets, mats, dst);
+        }
+    });
 }
 
-/// Copies a worker's tile (`[row][token]` over the global rows `range`) into the outputs
-/// (`[token][row]` per matrix). Rows go in groups of up to 16 within one matrix, so each token
-/// gets one short contiguous run: a plain row-by-row transpose stores with a stride of
-/// `rows * 4` bytes, which for 2048-row outputs is a multiple of 4 KiB and keeps evicting
-/// the same L1 set (it was 6% of a prefill).
-fn scatter_tile(tile: &[f32], range: Range<usize>, n: usize, offsets: &[usize], mats: &[Matrix<'_>], outs: &mut [&mut [f32]]) {
+/// Copies the tokens `tokens` of a worker's tile (`[row][token]` over the global rows `range`)
+/// into `dst` (per matrix, those tokens' rows of its output, `[token][row]`). Rows go in
+/// groups of up to 16 within one matrix, so each token gets one short contiguous run: a plain
+/// row-by-row transpose stores with a stride of `rows * 4` bytes, which for 2048-row outputs is
+/// a multiple of 4 KiB and keeps evicting the same L1 set (it was 6% of a prefill).
+fn scatter_tile(
+    tile: &[f32],
+    range: Range<usize>,
+    n: usize,
+    tokens: Range<usize>,
+    offsets: &[usize],
+    mats: &[Matrix<'_>],
+    dst: &mut [&mut [f32]],
+) {
     let mut g = range.start;
     while g < range.end {
         let mi = offsets.partition_point(|&o| o <= g) - 1;
@@ -257,9 +277,9 @@ fn scatter_tile(tile: &[f32], range: Range<usize>, n: usize, offsets: &[usize], 
         let r0 = g - offsets[mi];
         let len = 16.min(range.end - g).min(offsets[mi + 1] - g);
         let k0 = g - range.start;
-        for t in 0..n {
-            let dst = &mut outs[mi][t * rows + r0..t * rows + r0 + len];
-            for (j, d) in dst.iter_mut().enumerate() {
+        for t in tokens.clone() {
+            let at = (t - tokens.start) * rows + r0;
+            for (j, d) in dst[mi][at..at + len].iter_mut().enumerate() {
                 *d = tile[(k0 + j) * n + t];
             }
         }
