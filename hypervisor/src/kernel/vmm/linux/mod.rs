@@ -7,9 +7,10 @@
 //! `__BOOT_DS` (0x18), interrupts off and RSI = the boot_params ("zero page") address. Chosen
 //! over PVH because it needs no unrestricted guest and no 32-bit guest state: the vCPU is set up
 //! exactly like the Rust guests' (long mode, paging on), and the XZ decompressor of the bzImage
-//! (about 95 s in Bochs) is skipped. The bzImage path is the same protocol on the protected-mode
-//! part of the bzImage (`(setup_sects + 1) * 512` into the file), entered at load address +
-//! 0x200; it is not wired up here.
+//! (about 75 s of Bochs wall time, two thirds of such a boot) is skipped. A bzImage module takes
+//! the same protocol on its protected-mode part (`(setup_sects + 1) * 512` into the file), placed
+//! at the header's `pref_address` and entered at load address + 0x200 (the decompressor's
+//! `startup_64`); `tests/tests/linux.rs` boots Debian's stock bzImage that way.
 //!
 //! **Platform** (see `hypervisor::legacy_pc`, `hypervisor::linux` and [`exits`]): one vCPU
 //! with a local APIC (xAPIC page at 0xfee00000, not mapped in the EPT: accesses exit as EPT
@@ -96,7 +97,7 @@ pub struct Loaded {
 
 /// Loads the kernel, the initramfs and the boot structures as `hypervisor::linux::boot::plan`
 /// lays them out (the vmlinux through the 64-bit protocol; a bzImage is entered the same way at
-/// its load address + 0x200, a path the tests do not take); the error says why the tenant was
+/// its load address + 0x200); the error says why the tenant was
 /// not started (nothing is left half-built: the memory is freed with the error).
 pub fn load(spec: &LinuxSpec<'_>, caps: ept_caps::Caps, tsc_hz: u64, cr: CrPolicy) -> Result<Loaded, String> {
     if !(32..=1024).contains(&spec.memory_mib) {
