@@ -22,6 +22,8 @@ cargo xtask <command>
       --config FILE           the tenant configuration (default config/tenants.toml)
       --linux                 Bochs: Debian's stock kernel as a tenant (initramfs shell mode) beside
                               hello; this terminal's stdin is its COM1, its shell prints here
+      --bzimage               with --linux: Debian's bzImage itself (its decompressor, ~75 s more)
+                              instead of the vmlinux extracted from it
       --model tiny|gemma|FILE the model the hypervisor loads and generates with (default tiny)
       --prompt TEXT           the prompt (default: Once upon a time); --max-tokens N (default 8)
   disk OUT [NAME=FILE]  write an NVMe model-store disk image (default: the tiny model)
@@ -120,10 +122,13 @@ fn cmd_image(args: &[String]) -> Result<(), String> {
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let flags = Flags { args };
-    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens=", "--config=", "--linux"])?;
+    flags.check_known(&["--emulator=", "--uefi", "--gdb", "--timeout=", "--cmdline=", "--model=", "--prompt=", "--max-tokens=", "--config=", "--linux", "--bzimage"])?;
     setup::ensure()?;
     if flags.has("--linux") {
         return cmd_run_linux(&flags);
+    }
+    if flags.has("--bzimage") {
+        return Err("--bzimage picks the Linux tenant's kernel: it goes with --linux".into());
     }
     let firmware = if flags.has("--uefi") { Firmware::Uefi } else { Firmware::Bios };
     let emulator = match flags.value("--emulator")? {
@@ -229,6 +234,8 @@ fn cmd_run_linux(flags: &Flags<'_>) -> Result<(), String> {
         None => 3600,
     };
     let kernel = xtask::linux::kernel()?;
+    // The same `linux:` module either way: the hypervisor tells an ELF from a bzImage.
+    let kernel_file = if flags.has("--bzimage") { &kernel.bzimage } else { &kernel.vmlinux };
     let initramfs = xtask::linux::initramfs(xtask::linux::InitMode::Shell)?;
     let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
     // "Once upon a time" in the tiny model's vocabulary (as config/tenants.toml's alice).
@@ -238,7 +245,7 @@ fn cmd_run_linux(flags: &Flags<'_>) -> Result<(), String> {
         .cmdline(flags.value("--cmdline")?.unwrap_or(""))
         .module(model, &format!("model:{model_name}"))
         .module(image::guest_elf("hello")?, "guest:hello")
-        .module(&kernel.vmlinux, &image::linux_module_line("tux", "mem_mib=192 console=raw", &cmdline))
+        .module(kernel_file, &image::linux_module_line("tux", "mem_mib=192 console=raw", &cmdline))
         .module(&initramfs, "initrd:tux");
     let iso = image::make_image(&spec)?;
     let mut run = RunSpec::new(iso, Firmware::Bios, Emulator::Bochs, image::build_dir().join("run-linux"));
