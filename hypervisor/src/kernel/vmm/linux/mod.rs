@@ -3,7 +3,7 @@
 //! **Boot path: the 64-bit boot protocol on the uncompressed `vmlinux`** (Documentation/x86/
 //! boot.rst, "64-bit Boot Protocol"). The ELF's loadable segments go to their physical
 //! addresses (16 MiB up for Debian's kernel), the vCPU starts in long mode at the ELF entry
-//! (`startup_64`) with an identity map of the first GiB, a flat GDT with `__BOOT_CS` (0x10) and
+//! (`startup_64`) with an identity map of the first 4 GiB, a flat GDT with `__BOOT_CS` (0x10) and
 //! `__BOOT_DS` (0x18), interrupts off and RSI = the boot_params ("zero page") address. Chosen
 //! over PVH because it needs no unrestricted guest and no 32-bit guest state: the vCPU is set up
 //! exactly like the Rust guests' (long mode, paging on), and the XZ decompressor of the bzImage
