@@ -5,7 +5,8 @@ use alloc::vec::Vec;
 
 use crate::cpu::CpuFeatures;
 use crate::kernels;
-use crate::parallel::{split_range, Parallel};
+use crate::parallel::Parallel;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use crate::quant::{quantize_acts, ActFormat, Acts, GgmlType};
 use core::ops::Range;
 
@@ -174,16 +175,28 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
     // small products (decode's per-layer matrices) run on the calling worker alone.
     let bytes: usize = mats.iter().map(|m| m.data.len()).sum();
     let threads = if bytes * n < PAR_MIN_BYTES { 1 } else { c.par.threads().max(1).min(total.div_ceil(16)).max(1) };
+    // The rows are cut into chunks (about eight per worker, multiples of 16 rows) that the
+    // workers take in turn from a shared counter, as llama.cpp does: a worker slowed by the
+    // machine's other work takes fewer chunks instead of holding up the whole product.
+    let chunk = if threads == 1 { total.max(1) } else { total.div_ceil(threads * 8).div_ceil(16) * 16 };
+    let ranges: Vec<Range<usize>> = (0..total.div_ceil(chunk)).map(|k| k * chunk..((k + 1) * chunk).min(total)).collect();
+    let next = AtomicUsize::new(0);
+    let run = |job: &(dyn Fn(usize) + Sync)| {
+        if threads == 1 {
+            job(0)
+        } else {
+            c.par.run(job)
+        }
+    };
     if n == 1 {
-        // One token: a worker's `[row][token]` tile is its rows of the outputs themselves, so
-        // each worker writes its pieces of them directly (no tile, no copy: the output
+        // One token: a chunk's `[row][token]` tile is its rows of the outputs themselves, so
+        // each chunk's pieces of them are written directly (no tile, no copy: the output
         // matrix's 262,144 logits per decoded token).
-        let mut pieces: Vec<Pieces<'_>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut pieces: Vec<Pieces<'_>> = (0..ranges.len()).map(|_| Vec::new()).collect();
         for (mi, o) in outs.iter_mut().enumerate() {
             let mut rest: &mut [f32] = o;
             let mut pos = 0;
-            for (i, share) in pieces.iter_mut().enumerate() {
-                let range = split_range(total, threads, i, 16);
+            for (range, share) in ranges.iter().zip(pieces.iter_mut()) {
                 let (lo, hi) = (range.start.max(offsets[mi]), range.end.min(offsets[mi + 1]));
                 if lo >= hi {
                     continue;
@@ -196,35 +209,24 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
             }
         }
         let slots: Vec<spin::Mutex<Pieces<'_>>> = pieces.into_iter().map(spin::Mutex::new).collect();
-        let job = |i: usize| {
-            let Some(slot) = slots.get(i) else { return };
-            for (mi, range, out) in slot.lock().iter_mut() {
-                let m = &mats[*mi];
-                m.rows_into(c.cpu, acts_of(m), range.clone(), out);
+        run(&|_| {
+            while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
+                for (mi, range, out) in slot.lock().iter_mut() {
+                    let m = &mats[*mi];
+                    m.rows_into(c.cpu, acts_of(m), range.clone(), out);
+                }
             }
-        };
-        if threads == 1 {
-            job(0);
-        } else {
-            c.par.run(&job);
-        }
+        });
         return;
     }
-    // Each worker fills its own tile ([row][token] over its global row range), copied into
-    // the outputs afterwards (so every worker writes one contiguous chunk).
-    let mut tiles: Vec<Vec<f32>> =
-        (0..threads).map(|i| vec![0.0; split_range(total, threads, i, 16).len() * n]).collect();
-    if threads == 1 {
-        let mut pos = 0;
-        for m in mats {
-            m.rows_into(c.cpu, acts_of(m), 0..m.rows, &mut tiles[0][pos..pos + m.rows * n]);
-            pos += m.rows * n;
-        }
-    } else {
+    // Each chunk fills its own tile ([row][token] over its global rows), copied into the
+    // outputs afterwards.
+    let mut tiles: Vec<Vec<f32>> = ranges.iter().map(|r| vec![0.0; r.len() * n]).collect();
+    {
         let slots: Vec<spin::Mutex<&mut Vec<f32>>> = tiles.iter_mut().map(spin::Mutex::new).collect();
-        let job = |i: usize| {
-            let Some(slot) = slots.get(i) else { return };
-            let range = split_range(total, threads, i, 16);
+        run(&|_| loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let (Some(slot), Some(range)) = (slots.get(k), ranges.get(k)) else { break };
             let mut tile = slot.lock();
             for (mi, m) in mats.iter().enumerate() {
                 let (lo, hi) = (range.start.max(offsets[mi]), range.end.min(offsets[mi + 1]));
@@ -235,8 +237,7 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
                 let part = &mut tile[at..at + (hi - lo) * n];
                 m.rows_into(c.cpu, acts_of(m), lo - offsets[mi]..hi - offsets[mi], part);
             }
-        };
-        c.par.run(&job);
+        });
     }
     // The copy into the outputs, spread over the workers by groups of 16 tokens (each group's
     // rows of every output are one contiguous slice per matrix).
@@ -247,7 +248,6 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
             groups[gi].push(chunk);
         }
     }
-    let ranges: Vec<Range<usize>> = (0..threads).map(|i| split_range(total, threads, i, 16)).collect();
     crate::parallel::for_each_item(c.par, &mut groups, 2, &|gi, dst| {
         let tokens = gi * TG..(gi * TG + TG).min(n);
         for (tile, range) in tiles.iter().zip(&ranges) {
