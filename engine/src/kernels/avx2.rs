@@ -220,6 +220,31 @@ unsafe fn dot_rows4_q8_0(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }
 
+/// The shape checks the panel GEMMs share: up to 16 rows of whole `bb`-byte blocks, all with
+/// the same count `nb`; `n4` a multiple of four, at most `acts.len()` and `stride`; room in
+/// `out` for every row; and the first `n4` activation rows in the format `get` picks, `nb`
+/// blocks each. `Some((nb, those rows))` when all hold.
+fn panel_shape<'a, T>(
+    rows: &[&[u8]],
+    acts: &'a [Acts],
+    n4: usize,
+    out_len: usize,
+    stride: usize,
+    bb: usize,
+    get: fn(&Acts) -> Option<&[T]>,
+) -> Option<(usize, Vec<&'a [T]>)> {
+    let first = rows.first()?;
+    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || n4 > stride || first.len() % bb != 0 {
+        return None;
+    }
+    let nb = first.len() / bb;
+    if rows.iter().any(|r| r.len() != nb * bb) || out_len < (rows.len() - 1) * stride + n4 {
+        return None;
+    }
+    let ys = acts[..n4].iter().map(|a| get(a).filter(|v| v.len() == nb)).collect::<Option<Vec<_>>>()?;
+    Some((nb, ys))
+}
+
 /// Products of up to 16 weight rows of a Q8_0-family type (`rows`, each `nb` blocks) with the
 /// first `n4` (a multiple of four) activation rows: `out[r * stride + t] = dot(rows[r], acts[t])`
 /// bit for bit. Each weight block is unpacked once into a panel and then meets every token; the
@@ -237,21 +262,10 @@ pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut
         GgmlType::Q5_0 => (22, 16),
         _ => return false,
     };
-    let Some(first) = rows.first() else { return true };
-    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || first.len() % bb != 0 {
-        return false;
+    if rows.is_empty() {
+        return true;
     }
-    let nb = first.len() / bb;
-    if rows.iter().any(|r| r.len() != nb * bb) || out.len() < (rows.len() - 1) * stride + n4 || n4 > stride {
-        return false;
-    }
-    let mut ys: Vec<&[BlockQ8_0]> = Vec::with_capacity(n4);
-    for a in &acts[..n4] {
-        match a {
-            Acts::Q8_0(v) if v.len() == nb => ys.push(v),
-            _ => return false,
-        }
-    }
+    let Some((nb, ys)) = panel_shape(rows, acts, n4, out.len(), stride, bb, q8_0_of) else { return false };
     // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); the shapes were checked
     // above: every row holds `nb` blocks of `bb` bytes, every `ys[t]` `nb` blocks, and `out`
     // has room for `rows.len()` rows of `stride >= n4` values.
@@ -348,21 +362,10 @@ struct Q4kPanel {
 /// integer sums of eight outputs are reduced together (integer adds: any order is exact) and
 /// their FMAs run lane-wise (each lane keeps its own order).
 pub fn gemm_q4k(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
-    let Some(first) = rows.first() else { return true };
-    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || first.len() % 144 != 0 {
-        return false;
+    if rows.is_empty() {
+        return true;
     }
-    let nb = first.len() / 144;
-    if rows.iter().any(|r| r.len() != nb * 144) || out.len() < (rows.len() - 1) * stride + n4 || n4 > stride {
-        return false;
-    }
-    let mut ys: Vec<&[BlockQ8K]> = Vec::with_capacity(n4);
-    for a in &acts[..n4] {
-        match a {
-            Acts::Q8K(v) if v.len() == nb => ys.push(v),
-            _ => return false,
-        }
-    }
+    let Some((nb, ys)) = panel_shape(rows, acts, n4, out.len(), stride, 144, q8k_of) else { return false };
     // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); shapes checked above.
     unsafe { gemm_q4k_impl(nb, rows, &ys, out, stride) };
     true
@@ -431,21 +434,10 @@ struct Q6kPanel {
 /// all tokens; two rows by four tokens make the eight lanes of one vector (integer sums
 /// reduced together, the multiply and FMA lane-wise, each lane in its own output's order).
 pub fn gemm_q6k_tiled(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
-    let Some(first) = rows.first() else { return true };
-    if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || first.len() % 210 != 0 {
-        return false;
+    if rows.is_empty() {
+        return true;
     }
-    let nb = first.len() / 210;
-    if rows.iter().any(|r| r.len() != nb * 210) || out.len() < (rows.len() - 1) * stride + n4 || n4 > stride {
-        return false;
-    }
-    let mut ys: Vec<&[BlockQ8K]> = Vec::with_capacity(n4);
-    for a in &acts[..n4] {
-        match a {
-            Acts::Q8K(v) if v.len() == nb => ys.push(v),
-            _ => return false,
-        }
-    }
+    let Some((nb, ys)) = panel_shape(rows, acts, n4, out.len(), stride, 210, q8k_of) else { return false };
     // SAFETY: AVX2/FMA/F16C guaranteed by the caller (module docs); shapes checked above.
     unsafe { gemm_q6k_tiled_impl(nb, rows, &ys, out, stride) };
     true
