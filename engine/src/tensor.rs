@@ -50,7 +50,7 @@ impl<'a> Matrix<'a> {
     /// Rows `range` of this matrix against all activation rows into `tile` (`[row][token]`,
     /// `range.len() * acts.len()` values). Groups of four tokens go through [`kernels::dot4`]
     /// (each weight block unpacked once for the four), the remaining tokens through
-    /// [`kernels::dot_rows4`] (four rows at a time); both give the bits of [`kernels::dot`].
+    /// [`kernels::gemv`] (four rows at a time); both give the bits of [`kernels::dot`].
     fn rows_into(&self, cpu: CpuFeatures, acts: &[Acts], range: Range<usize>, tile: &mut [f32]) {
         let n = acts.len();
         let n4 = n / 4 * 4;
@@ -61,6 +61,14 @@ impl<'a> Matrix<'a> {
         // Q4_K weights are repacked by llama.cpp (Q4_K x8): full groups of four tokens go
         // through its GEMM (`ggml_gemm_q4_K_8x8_q8_K`), the rest through its GEMV.
         let gemm4 = self.ty == GgmlType::Q4_K;
+        // One token (a decode): the whole range in one kernel call where the type has one.
+        if n == 1 && !tiled {
+            let rb = self.row_bytes();
+            let w = &self.data[range.start * rb..range.end * rb];
+            if kernels::gemv(cpu, self.ty, w, &acts[0], &mut tile[..range.len()]) {
+                return;
+            }
+        }
         let mut r0 = range.start;
         while r0 < range.end {
             let r1 = (r0 + RB).min(range.end);
@@ -95,16 +103,15 @@ impl<'a> Matrix<'a> {
                     }
                     continue;
                 }
-                let mut r = r0;
-                while r + 4 <= r1 {
-                    let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
-                    let v = kernels::dot_rows4(cpu, self.ty, rows, a).unwrap_or([f32::NAN; 4]);
-                    for (k, v) in v.into_iter().enumerate() {
-                        tile[(r + k - range.start) * n + t] = v;
+                let mut col = [0.0f32; RB];
+                let rb = self.row_bytes();
+                if kernels::gemv(cpu, self.ty, &self.data[r0 * rb..r1 * rb], a, &mut col[..r1 - r0]) {
+                    for (r, v) in (r0..r1).zip(col) {
+                        tile[(r - range.start) * n + t] = v;
                     }
-                    r += 4;
+                    continue;
                 }
-                for r in r..r1 {
+                for r in r0..r1 {
                     tile[(r - range.start) * n + t] = kernels::dot(cpu, self.ty, self.row(r), a).unwrap_or(f32::NAN);
                 }
             }

@@ -282,10 +282,9 @@ fn portable_and_simd_kernels_are_bit_identical() {
     }
 }
 
-/// The multi-token (`dot4`) and multi-row (`dot_rows4`) kernels give the bits of `dot`, on
-/// the SIMD and the portable path.
+/// The multi-token kernels (`dot4`) give the bits of `dot`, on the SIMD and the portable path.
 #[test]
-fn multi_token_and_multi_row_kernels_equal_single_dots() {
+fn multi_token_kernels_equal_single_dots() {
     let mut rng = Rng::new(33);
     let n = 4 * QK_K;
     for cpu in [CpuFeatures::detect(), CpuFeatures::portable()] {
@@ -302,12 +301,39 @@ fn multi_token_and_multi_row_kernels_equal_single_dots() {
                 let want = kernels::dot(cpu, ty, &rows[0], &acts[t]).unwrap();
                 assert_eq!(got[t].to_bits(), want.to_bits(), "{ty:?} dot4 token {t}");
             }
-            let got = kernels::dot_rows4(cpu, ty, [&rows[0], &rows[1], &rows[2], &rows[3]], &acts[0]).unwrap();
-            for r in 0..4 {
-                let want = kernels::dot(cpu, ty, &rows[r], &acts[0]).unwrap();
-                assert_eq!(got[r].to_bits(), want.to_bits(), "{ty:?} dot_rows4 row {r}");
-            }
         }
+    }
+}
+
+/// `gemv` over 1..=9 rows (full groups of four and the rows left over) gives the bits of `dot`
+/// for every row, for each type it has a loop for, and refuses a `w` that is not whole rows.
+#[test]
+fn gemv_equals_single_dots() {
+    let mut rng = Rng::new(34);
+    let n = 4 * QK_K;
+    let cpu = CpuFeatures::detect();
+    let mut covered = 0;
+    for ty in TYPES {
+        let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 5.0).collect();
+        let acts = quantize_acts(ty.act_format(), &x);
+        for rows in 1..=9 {
+            let data: Vec<Vec<u8>> = (0..rows).map(|_| random_row(&mut rng, ty, n, None)).collect();
+            let w: Vec<u8> = data.concat();
+            let mut out = vec![f32::NAN; rows];
+            if !kernels::gemv(cpu, ty, &w, &acts, &mut out) {
+                continue;
+            }
+            covered += 1;
+            for (r, row) in data.iter().enumerate() {
+                let want = kernels::dot(cpu, ty, row, &acts).unwrap();
+                assert_eq!(out[r].to_bits(), want.to_bits(), "{ty:?} gemv of {rows} rows, row {r}");
+            }
+            assert!(!kernels::gemv(cpu, ty, &w[1..], &acts, &mut out), "{ty:?}: a partial row is refused");
+        }
+    }
+    // Q8_0, Q4_0 and Q5_0 have the loop wherever AVX2+FMA exist.
+    if cpu.avx2_fma() {
+        assert_eq!(covered, 27);
     }
 }
 

@@ -110,24 +110,105 @@ pub fn dot4(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
     }
 }
 
-/// Dots of four Q8_0 weight rows with one activation row, each bit-identical to [`dot`]
-/// (four independent accumulator chains, the activation block loaded once). `None` unless
-/// `ty` is Q8_0 and every row has 34 bytes per activation block.
-pub fn dot_rows4(ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> Option<[f32; 4]> {
-    match (ty, acts) {
-        (GgmlType::Q8_0, Acts::Q8_0(a)) if w.iter().all(|r| r.len() == 34 * a.len()) => {
-            // SAFETY: AVX2/FMA guaranteed by the caller; each row holds `a.len()` 34-byte blocks.
-            Some(unsafe { dot_rows4_q8_0(w, a) })
+/// `out[r] = row_r · a` for the `out.len()` rows stored one after another in `w`, each
+/// bit-identical to [`dot`]. Rows go four at a time through one loop (four independent
+/// accumulator chains, the activation block loaded once per group), so a long matrix-vector
+/// product pays no per-row call, slicing or dispatch; the last `len % 4` rows go one by one.
+/// `false` (nothing written) unless `ty` is Q8_0, Q4_0 or Q5_0 with Q8_0 activations and `w`
+/// holds exactly `out.len()` rows of whole blocks.
+pub fn gemv(ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
+    let Acts::Q8_0(a) = acts else { return false };
+    let bb = match ty {
+        GgmlType::Q8_0 => 34,
+        GgmlType::Q4_0 => 18,
+        GgmlType::Q5_0 => 22,
+        _ => return false,
+    };
+    if w.len() != bb * a.len() * out.len() {
+        return false;
+    }
+    // SAFETY: AVX2/FMA availability is guaranteed by the caller (module docs); `w` holds
+    // `out.len()` rows of `a.len()` blocks of the type (checked above).
+    unsafe {
+        match ty {
+            GgmlType::Q8_0 => gemv_q0::<0>(w, a, out),
+            GgmlType::Q4_0 => gemv_q0::<1>(w, a, out),
+            _ => gemv_q0::<2>(w, a, out),
         }
-        (GgmlType::Q4_0, Acts::Q8_0(a)) if w.iter().all(|r| r.len() == 18 * a.len()) => {
-            // SAFETY: as above, 18-byte blocks.
-            Some(unsafe { dot_rows4_q0u::<1>(w, a) })
+    }
+    true
+}
+
+/// The loop of [`gemv`] for Q8_0 (`K` = 0), Q4_0 (1) or Q5_0 (2).
+///
+/// Q8_0 rows take GGML's sign trick, as in [`dot_q8_0`]. Q4_0/Q5_0 rows stay unsigned (`u`),
+/// so `maddubs(u, y)` needs no sign trick, and the offset comes off as the exact integer
+/// `off · Σy` per 4-byte lane, computed once per activation block for the four rows. Every lane
+/// therefore holds the same integer `Σ (u − off)·y` as in the one-row kernel, which is converted
+/// and accumulated in the same order. (`|u·y|` pairs stay below 2·31·127, so `maddubs` never
+/// saturates.)
+///
+/// The four rows of a group are one span of memory, read as four interleaved short streams;
+/// the span two groups ahead is prefetched a little per block so the pattern streams at full
+/// speed (without it: 6.5 instead of 15 GB/s for the output matrix). Q8_0's prefetch is
+/// non-temporal: that is the output matrix's once-per-token stream, which should not push the
+/// layers' weights out of the caches (measured 21-24 instead of 17-21 GB/s with two threads).
+///
+/// # Safety
+/// AVX2+FMA present; `w` holds `out.len()` rows of `a.len()` blocks of the type.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_q0<const K: u8>(w: &[u8], a: &[BlockQ8_0], out: &mut [f32]) {
+    let bb: usize = [34, 18, 22][K as usize];
+    let rb = bb * a.len();
+    let span = 4 * rb;
+    let off = _mm256_set1_epi8(if K == 1 { 8 } else { 16 });
+    let ones = _mm256_set1_epi16(1);
+    let step = span.div_ceil(a.len().max(1)).div_ceil(64) * 64;
+    let groups = out.len() / 4;
+    for (g, o) in out[..4 * groups].chunks_exact_mut(4).enumerate() {
+        let grp = &w[span * g..span * (g + 1)];
+        let ahead = grp.as_ptr().wrapping_add(2 * span);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, y) in a.iter().enumerate() {
+            for l in (0..step).step_by(64) {
+                // Prefetching is only a hint: it never faults, whatever the address.
+                let p = ahead.wrapping_add(i * step + l) as *const i8;
+                if K == 0 {
+                    _mm_prefetch::<_MM_HINT_NTA>(p);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
+            }
+            // SAFETY: y.qs is 32 bytes.
+            let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
+            let bias = if K == 0 { _mm256_setzero_si256() } else { _mm256_madd_epi16(_mm256_maddubs_epi16(off, qy), ones) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let b = &grp[r * rb + bb * i..r * rb + bb * (i + 1)];
+                let p = if K == 0 {
+                    // SAFETY: 32 bytes from offset 2 of the 34-byte block `b`.
+                    let qx = unsafe { load32(b.as_ptr().add(2)) };
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)), ones)
+                } else {
+                    // SAFETY: `b` is one whole block of the type.
+                    let (u, _) = unsafe { unpack_q0u::<K>(b) };
+                    _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, qy), ones), bias)
+                };
+                let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
+                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
+            }
         }
-        (GgmlType::Q5_0, Acts::Q8_0(a)) if w.iter().all(|r| r.len() == 22 * a.len()) => {
-            // SAFETY: as above, 22-byte blocks.
-            Some(unsafe { dot_rows4_q0u::<2>(w, a) })
-        }
-        _ => None,
+        o.copy_from_slice(&[hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]);
+    }
+    for (r, o) in out.iter_mut().enumerate().skip(4 * groups) {
+        let row = &w[rb * r..rb * (r + 1)];
+        // SAFETY: one row of `a.len()` blocks of the type.
+        *o = unsafe {
+            match K {
+                0 => dot_q8_0(row, a),
+                1 => dot_q4_0(row, a),
+                _ => dot_q5_0(row, a),
+            }
+        };
     }
 }
 
@@ -182,39 +263,6 @@ unsafe fn dot4_q0<const K: u8>(w: &[u8], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
             let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx)), ones);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y.d), _mm256_cvtepi32_ps(p), acc[t]);
-        }
-    }
-    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
-}
-
-/// # Safety
-/// AVX2+FMA present; every row of `w` holds `a.len()` 34-byte blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows4_q8_0(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    // The four rows are usually adjacent (one 4 * row-bytes span): prefetch the span two
-    // groups ahead, a little per block, so the interleaved access pattern streams at full speed
-    // (without it: 6.5 instead of 15 GB/s here). Non-temporal: this is the output matrix's
-    // once-per-token stream, which should not push the layers' weights out of the caches
-    // (measured 21-24 instead of 17-21 GB/s with two threads).
-    let span = 34 * a.len() * 4;
-    let ahead = w[0].as_ptr().wrapping_add(2 * span);
-    let step = span.div_ceil(a.len().max(1)).div_ceil(64) * 64;
-    for (i, y) in a.iter().enumerate() {
-        for l in (0..step).step_by(64) {
-            // Prefetching is only a hint: it never faults, whatever the address.
-            _mm_prefetch::<_MM_HINT_NTA>(ahead.wrapping_add(i * step + l) as *const i8);
-        }
-        // SAFETY: y.qs is 32 bytes.
-        let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
-        for r in 0..4 {
-            let b = &w[r][34 * i..34 * i + 34];
-            // SAFETY: 32 bytes from offset 2 of the 34-byte block `b`.
-            let qx = unsafe { load32(b.as_ptr().add(2)) };
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)), ones);
-            let d = _mm256_set1_ps(h2f(le16(b, 0)) * y.d);
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
         }
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
@@ -651,42 +699,6 @@ unsafe fn unpack_q0u<const K: u8>(b: &[u8]) -> (__m256i, f32) {
     // SAFETY: 16 bytes from offset 6 of a 22-byte block.
     let q = unsafe { nibbles(b.as_ptr().add(6)) };
     (_mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10))), d)
-}
-
-/// Dots of four Q4_0 (`K` = 1) or Q5_0 (`K` = 2) rows with one activation row, each
-/// bit-identical to [`dot`]: the weights stay unsigned (`u`), so `maddubs(u, y)` needs no sign
-/// trick, and the offset comes off as the exact integer `off · Σy` per 4-byte lane, computed
-/// once per activation block for the four rows. Every lane therefore holds the same integer
-/// `Σ (u − off)·y` as in the one-row kernel, which is converted and accumulated in the same
-/// order. (`|u·y|` pairs stay below 2·31·127, so `maddubs` never saturates.)
-///
-/// # Safety
-/// AVX2+FMA present; every row of `w` holds `a.len()` blocks of the type.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows4_q0u<const K: u8>(w: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
-    let bb: usize = if K == 1 { 18 } else { 22 };
-    let off = _mm256_set1_epi8(if K == 1 { 8 } else { 16 });
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let span = bb * a.len() * 4;
-    let ahead = w[0].as_ptr().wrapping_add(2 * span);
-    let step = span.div_ceil(a.len().max(1)).div_ceil(64) * 64;
-    for (i, y) in a.iter().enumerate() {
-        for l in (0..step).step_by(64) {
-            // Prefetching is only a hint: it never faults, whatever the address.
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * step + l) as *const i8);
-        }
-        // SAFETY: y.qs is 32 bytes.
-        let qy = unsafe { load32(y.qs.as_ptr() as *const u8) };
-        let bias = _mm256_madd_epi16(_mm256_maddubs_epi16(off, qy), ones);
-        for r in 0..4 {
-            // SAFETY: `w[r]` holds `a.len()` blocks of `bb` bytes.
-            let (u, dw) = unsafe { unpack_q0u::<K>(&w[r][bb * i..bb * i + bb]) };
-            let p = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, qy), ones), bias);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y.d), _mm256_cvtepi32_ps(p), acc[r]);
-        }
-    }
-    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }
 
 /// # Safety

@@ -47,18 +47,17 @@ pub fn dot4(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[
     ])
 }
 
-/// Dots of four weight rows with one activation row: `out[r]` equals `dot(cpu, ty, w[r], acts)`
-/// bit for bit (the Q8_0 SIMD kernel runs four rows' accumulator chains side by side, so a
-/// memory-bound matrix-vector product streams at full speed).
+/// `out[r] = row_r · acts` for the `out.len()` rows stored one after another in `w`, each equal
+/// to [`dot`] bit for bit, in one call (a decode's matrix-vector products). `false` (nothing
+/// written) where no such loop exists: the caller then goes row by row.
 #[inline]
-pub fn dot_rows4(cpu: CpuFeatures, ty: GgmlType, w: [&[u8]; 4], acts: &Acts) -> Option<[f32; 4]> {
+pub fn gemv(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
-        if let Some(v) = avx2::dot_rows4(ty, w, acts) {
-            return Some(v);
-        }
+        return avx2::gemv(ty, w, acts, out);
     }
-    Some([dot(cpu, ty, w[0], acts)?, dot(cpu, ty, w[1], acts)?, dot(cpu, ty, w[2], acts)?, dot(cpu, ty, w[3], acts)?])
+    let _ = (cpu, ty, w, acts, out);
+    false
 }
 
 /// Products of up to 16 weight rows of a Q8_0-family type with the first `n4` (a multiple of
