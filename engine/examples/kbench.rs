@@ -12,10 +12,14 @@ use engine::tensor::{matmul_many, Compute, Matrix};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let bytes = std::fs::read(&args[1]).expect("read model");
+    let bytes: Box<dyn std::ops::Deref<Target = [u8]>> = if std::env::var_os("KB_SMALL").is_some() {
+        Box::new(std::fs::read(&args[1]).expect("read model"))
+    } else {
+        Box::new(engine::host::HugeBuf::read(std::path::Path::new(&args[1])).expect("read model"))
+    };
     let n: usize = args.get(2).map_or(128, |s| s.parse().expect("N"));
     let reps: usize = args.get(3).map_or(5, |s| s.parse().expect("REPEATS"));
-    let g = Gguf::parse(&bytes).expect("parse");
+    let g = Gguf::parse(&bytes[..]).expect("parse");
     let m = Model::from_gguf(&g).expect("model");
     let threads: usize = args.get(4).map_or(1, |s| s.parse().expect("THREADS"));
     let pool = engine::host::ThreadPool::new(threads);

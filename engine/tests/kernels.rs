@@ -454,13 +454,16 @@ fn q4k_panel_gemm_equals_dot4_gemm() {
     assert!(!kernels::gemm_q4k(simd, &refs, &q8, 4, &mut out, stride));
 }
 
-/// The bandwidth probe's sum is the plain wrapping sum on every path and length.
+/// The bandwidth probe's sum is the plain wrapping sum of little-endian words (and the bytes of
+/// a last partial word) on every path and length.
 #[test]
 fn read_sum_is_the_wrapping_sum() {
     let mut rng = Rng::new(9);
-    for len in [0usize, 1, 15, 16, 17, 1000] {
-        let v: Vec<u64> = (0..len).map(|_| (rng.next_f32().to_bits() as u64) << 40 | len as u64).collect();
-        let want = v.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    for len in [0usize, 1, 7, 8, 9, 127, 128, 129, 8000, 8003] {
+        let v: Vec<u8> = (0..len).map(|_| (rng.next_f32() * 256.0) as u8).collect();
+        let words = v.chunks_exact(8);
+        let tail: u64 = words.remainder().iter().map(|&b| b as u64).sum();
+        let want = words.map(|w| u64::from_le_bytes(w.try_into().unwrap())).fold(tail, |a, b| a.wrapping_add(b));
         assert_eq!(kernels::read_sum(CpuFeatures::detect(), &v), want);
         assert_eq!(kernels::read_sum(CpuFeatures::portable(), &v), want);
     }

@@ -105,21 +105,26 @@ fn json_str(s: &str) -> String {
 /// Memory read bandwidth: `threads` workers each sum their part of a 512 MiB buffer (much
 /// larger than any cache) with AVX2 loads where the CPU has them, best of 3 passes; bytes/s.
 fn read_bandwidth(threads: usize) -> f64 {
-    let words = 64usize << 20;
-    let buf: Vec<u64> = (0..words as u64).collect();
+    // 512 MiB on 2 MiB pages, as the model's weights are (see `HugeBuf`).
+    let bytes = 512usize << 20;
+    let mut buf = engine::host::HugeBuf::zeroed(bytes).unwrap_or_else(|e| panic!("cannot allocate {bytes} bytes: {e}"));
+    for (i, w) in buf.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    let buf = &buf;
     let mut best = 0.0f64;
     for _ in 0..3 {
         let t0 = std::time::Instant::now();
         let sum: u64 = std::thread::scope(|s| {
             let hs: Vec<_> = buf
-                .chunks(words.div_ceil(threads))
+                .chunks(bytes.div_ceil(threads))
                 .map(|c| s.spawn(move || engine::kernels::read_sum(CpuFeatures::detect(), c)))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
         });
         let secs = t0.elapsed().as_secs_f64();
         std::hint::black_box(sum);
-        best = best.max((words * 8) as f64 / secs);
+        best = best.max(bytes as f64 / secs);
     }
     best
 }
@@ -130,7 +135,7 @@ fn run() -> Result<(), String> {
         println!("{{\"threads\":{},\"read_bytes_per_s\":{:.0}}}", a.threads, read_bandwidth(a.threads.max(1)));
         return Ok(());
     }
-    let bytes = std::fs::read(&a.model).map_err(|e| format!("cannot read {}: {e}", a.model))?;
+    let bytes = engine::host::HugeBuf::read(std::path::Path::new(&a.model)).map_err(|e| format!("cannot read {}: {e}", a.model))?;
     let gguf = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", a.model))?;
     let model = Model::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;
     let tok = Tokenizer::from_gguf(&gguf).map_err(|e| format!("{}: {e}", a.model))?;

@@ -1325,7 +1325,7 @@ unsafe fn xgetbv0() -> u64 {
 }
 
 /// See [`super::read_sum`].
-pub fn read_sum(v: &[u64]) -> u64 {
+pub fn read_sum(v: &[u8]) -> u64 {
     // SAFETY: AVX2 guaranteed by the caller (module docs); reads stay within `v`.
     unsafe { read_sum_avx2(v) }
 }
@@ -1333,19 +1333,19 @@ pub fn read_sum(v: &[u64]) -> u64 {
 /// # Safety
 /// AVX2 present.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn read_sum_avx2(v: &[u64]) -> u64 {
+unsafe fn read_sum_avx2(v: &[u8]) -> u64 {
     let mut acc = [_mm256_setzero_si256(); 4];
-    let chunks = v.chunks_exact(16);
+    let chunks = v.chunks_exact(128);
     let tail = chunks.remainder();
     for c in chunks {
         for (k, a) in acc.iter_mut().enumerate() {
-            // SAFETY: `c` holds 16 u64; 4k..4k+4 is within it (32 bytes).
-            *a = _mm256_add_epi64(*a, unsafe { _mm256_loadu_si256(c.as_ptr().add(4 * k) as *const __m256i) });
+            // SAFETY: `c` holds 128 bytes; 32k..32k+32 is within it.
+            *a = _mm256_add_epi64(*a, unsafe { _mm256_loadu_si256(c.as_ptr().add(32 * k) as *const __m256i) });
         }
     }
     let s = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
     let mut lanes = [0u64; 4];
     // SAFETY: `lanes` is 32 bytes.
     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, s) };
-    lanes.iter().chain(tail).fold(0u64, |a, &b| a.wrapping_add(b))
+    lanes.iter().fold(super::read_sum_words(tail), |a, &b| a.wrapping_add(b))
 }

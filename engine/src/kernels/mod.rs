@@ -228,15 +228,23 @@ pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Wrapping sum of `v`, with AVX2 loads (four independent 256-bit accumulators) where `cpu`
-/// allows: a memory read-bandwidth probe that the adds cannot hold back, so the decode
-/// bandwidth bound (`tvgen --membw`) measures what the memory gives. The same value on every
-/// path (wrapping addition is associative and commutative).
-pub fn read_sum(cpu: CpuFeatures, v: &[u64]) -> u64 {
+/// Wrapping sum of `v` read as little-endian u64 words (a last partial word adds its bytes one
+/// by one), with AVX2 loads (four independent 256-bit accumulators) where `cpu` allows: a memory
+/// read-bandwidth probe that the adds cannot hold back, so the decode bandwidth bound
+/// (`tvgen --membw`) measures what the memory gives. The same value on every path (wrapping
+/// addition is associative and commutative).
+pub fn read_sum(cpu: CpuFeatures, v: &[u8]) -> u64 {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::read_sum(v);
     }
     let _ = cpu;
-    v.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+    read_sum_words(v)
+}
+
+/// The portable [`read_sum`] (also the AVX2 path's tail).
+fn read_sum_words(v: &[u8]) -> u64 {
+    let words = v.chunks_exact(8);
+    let tail = words.remainder().iter().map(|&b| u64::from(b));
+    words.map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])).chain(tail).fold(0u64, u64::wrapping_add)
 }
