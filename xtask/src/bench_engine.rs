@@ -2,7 +2,8 @@
 //! 1 and 2 threads, for this engine (`tvgen`) and for llama.cpp (llama-cpp-python built from
 //! source by `scripts/engine/install_llama_cpp.sh`, run by `scripts/engine/bench_llama.py`), in
 //! one run on the same machine. Prints one JSON object with the ratios (engine / llama.cpp).
-//! Each run also measures the machine's read bandwidth (`tvgen --membw`, a streaming sum) and
+//! Each run also measures the machine's read bandwidth (`tvgen --membw`, a streaming sum over
+//! 2 MiB pages, as the engine keeps its weights: `engine_huge_page_mb` says how much it got) and
 //! reports decode's bound: bandwidth / weight bytes per token.
 //! Rounds alternate between the two engines (default 3; each side keeps its best prefill and
 //! best decode), and the JSON carries the load average before and after.
@@ -67,6 +68,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let tvgen = root.join("target/release/tvgen");
     let mut rows = Vec::new();
     let mut weight_bytes = 0.0f64;
+    let mut huge_bytes = 0.0f64;
     let load_before = load_average();
     for &t in &threads {
         // Rounds alternate between the two engines, so load from elsewhere on a shared machine
@@ -84,6 +86,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ep = ep.max(field(&out, "prefill_tok_s")?);
             ed = ed.max(field(&out, "decode_tok_s")?);
             weight_bytes = field(&out, "weight_bytes_per_token")?;
+            huge_bytes = field(&out, "huge_page_bytes")?;
             let out = output(
                 Command::new("python3")
                     .env("PYTHONPATH", &llama_dir)
@@ -122,9 +125,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     println!(
         "{{\"model\":\"{}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_gen},\"rounds\":{rounds},\
-         \"load_average\":{{\"before\":{load_before:.2},\"after\":{:.2}}},\"goal\":{{\"decode\":1.2,\"prefill\":1.0}},\"runs\":[{}]}}",
+         \"load_average\":{{\"before\":{load_before:.2},\"after\":{:.2}}},\"engine_huge_page_mb\":{:.1},\"goal\":{{\"decode\":1.2,\"prefill\":1.0}},\"runs\":[{}]}}",
         model.display(),
         load_average(),
+        huge_bytes / 1e6,
         rows.join(",")
     );
     Ok(())

@@ -129,6 +129,16 @@ fn read_bandwidth(threads: usize) -> f64 {
     best
 }
 
+/// Bytes of this process's memory on transparent huge pages (`AnonHugePages` in
+/// /proc/self/smaps_rollup; 0 where unreadable): whether the model got its 2 MiB pages.
+fn huge_page_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") else { return 0 };
+    s.lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 fn run() -> Result<(), String> {
     let a = parse()?;
     if a.membw {
@@ -185,13 +195,14 @@ fn run() -> Result<(), String> {
     if json {
         let ids = |v: &[u32]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
         println!(
-            "{{\"prompt_tokens\":[{}],\"tokens\":[{}],\"text\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"weight_bytes_per_token\":{}}}",
+            "{{\"prompt_tokens\":[{}],\"tokens\":[{}],\"text\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"weight_bytes_per_token\":{},\"huge_page_bytes\":{}}}",
             ids(&g.prompt_tokens),
             ids(&g.tokens),
             json_str(&tok.decode(&g.tokens)),
             prefill,
             decode,
-            model.weight_bytes_per_token()
+            model.weight_bytes_per_token(),
+            huge_page_bytes()
         );
     } else {
         println!();
