@@ -117,6 +117,26 @@ pub fn dot4(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
 /// `false` (nothing written) unless `ty` is Q8_0, Q4_0 or Q5_0 with Q8_0 activations and `w`
 /// holds exactly `out.len()` rows of whole blocks.
 pub fn gemv(ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
+    if let Acts::Q8K(a) = acts {
+        let bb = match ty {
+            GgmlType::Q4_K => 144,
+            GgmlType::Q6_K => 210,
+            _ => return false,
+        };
+        if w.len() != bb * a.len() * out.len() {
+            return false;
+        }
+        // SAFETY: AVX2/FMA guaranteed by the caller; `w` holds `out.len()` rows of `a.len()`
+        // blocks of the type (checked above).
+        unsafe {
+            if ty == GgmlType::Q4_K {
+                gemv_k::<144>(w, a, out)
+            } else {
+                gemv_k::<210>(w, a, out)
+            }
+        }
+        return true;
+    }
     let Acts::Q8_0(a) = acts else { return false };
     let bb = match ty {
         GgmlType::Q8_0 => 34,
@@ -137,6 +157,21 @@ pub fn gemv(ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
         }
     }
     true
+}
+
+/// The loop of [`gemv`] for Q4_K (`BB` = 144) and Q6_K (210): the one-row kernels, row after
+/// row, inlined into one loop (their rows are 4-8 blocks long here, so the per-row call and
+/// dispatch were a noticeable part of each).
+///
+/// # Safety
+/// AVX2+FMA present; `w` holds `out.len()` rows of `a.len()` blocks of the type.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_k<const BB: usize>(w: &[u8], a: &[BlockQ8K], out: &mut [f32]) {
+    let rb = BB * a.len();
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(rb.max(1))) {
+        // SAFETY: one row of `a.len()` blocks of the type.
+        *o = unsafe { if BB == 144 { dot_q4_k(row, a) } else { dot_q6_k(row, a) } };
+    }
 }
 
 /// The loop of [`gemv`] for Q8_0 (`K` = 0), Q4_0 (1) or Q5_0 (2).
@@ -1029,6 +1064,7 @@ unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 /// # Safety
 /// AVX2+FMA present; `w.len() == 144 * a.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
 unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     let mut mins_acc = 0.0f32;
@@ -1084,6 +1120,7 @@ fn fmaf(a: f32, b: f32, c: f32) -> f32 {
 /// # Safety
 /// AVX2+FMA present; `w.len() == 210 * a.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
 unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     // GGML's AVX2 `ggml_vec_dot_q6_K_q8_K` (Q6_K is not repacked on x86): exact integer
     // lanes per block, one 8-lane FMA accumulator, `hsum`.
