@@ -249,7 +249,9 @@ impl Ring {
         Ok(())
     }
 
-    /// Publishes the queued entries and rings the doorbell once; returns how many ran.
+    /// Publishes the queued entries and rings the doorbell once; returns how many it consumed.
+    /// Entries beyond the tenant's in-flight quota (`AbiInfo::max_inflight`) are consumed
+    /// without running: their completions carry `QuotaExceeded`, and they may be pushed again.
     pub fn submit<T: Transport + ?Sized>(&mut self, t: &mut T) -> Result<u64, HcallError> {
         self.publish(self.sq_tail)?;
         call(t, Hypercall::Doorbell { ring: 0 })

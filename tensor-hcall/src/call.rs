@@ -79,8 +79,9 @@ calls! {
     TensorDestroy = 0x21,
     /// `RingSetup(desc_gpa)`: copies a [`crate::desc::RingSetupDesc`]. Returns a ring handle.
     RingSetup = 0x30,
-    /// `Doorbell(ring)`: processes every submission between the consumer and producer indices.
-    /// Returns the number of entries consumed.
+    /// `Doorbell(ring)`: consumes every submission between the consumer and producer indices that
+    /// has a free completion slot; beyond the tenant's in-flight quota, entries complete with
+    /// `QuotaExceeded` without running. Returns the number consumed.
     Doorbell = 0x31,
     /// `SessionOpen(model_id, max_context)`: returns a session handle.
     SessionOpen = 0x40,

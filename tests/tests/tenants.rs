@@ -64,6 +64,11 @@ fn the_attack_configuration_boots_from_its_manifest() {
         .assert_line(&["guest alice: exited with status 0"])
         .assert_line(&["guest bob: exited with status 0"])
         .assert_line(&["[mallory] hostile: register more than the quota: Err(QuotaExceeded)"])
+        // attack.toml gives mallory inflight_ops = 4: a 6-entry doorbell runs 4, refuses 2.
+        .assert_line(&[
+            "[mallory] hostile: a doorbell of 6 entries over an in-flight quota of 4: consumed 6, 4 ran, 2 QuotaExceeded; resubmitted 2, 2 ran",
+            "refused as documented, the ring carries on",
+        ])
         .assert_line(&["[mallory] hostile: 0 checks got an unexpected answer"])
         .assert_line(&["guest mallory: stopped: exceeded its CPU budget of 100 ms", "interrupts off"])
         .assert_line(&["tensorvisor_tenant_quota_refusals_total{tenant=\"mallory\"}"])

@@ -111,6 +111,43 @@ fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
     println!("hostile: ring entries (ok, unknown op, victim's handle) completed with {statuses:?} -> {}", if statuses == want { "as documented" } else { "WRONG" });
     c.failures += u32::from(statuses != want);
 
+    // A doorbell over the in-flight quota: the first `quota` entries run, the rest complete with
+    // QuotaExceeded without running; the ring stays usable and resubmitted entries run.
+    let quota = guest_sdk::tensor::abi_info(&mut t)?.max_inflight;
+    const RING_ENTRIES: u32 = 16;
+    if quota + 2 <= RING_ENTRIES {
+        let n = quota + 2;
+        for i in 0..n {
+            ring.push(1000 + u64::from(i), OpCode::Softmax, &[x], out, [0, 0])?;
+        }
+        let consumed = ring.submit(&mut t)?;
+        let (mut ok, mut refused, mut in_order) = (0u32, 0u32, true);
+        for i in 0..n {
+            match ring.complete() {
+                Some(cqe) => {
+                    in_order &= cqe.user_data == 1000 + u64::from(i);
+                    let want = if i < quota { 0 } else { HcallError::QuotaExceeded.code() };
+                    in_order &= cqe.status == want;
+                    ok += u32::from(cqe.status == 0);
+                    refused += u32::from(cqe.status == HcallError::QuotaExceeded.code());
+                }
+                None => in_order = false,
+            }
+        }
+        ring.push(2000, OpCode::Softmax, &[x], out, [0, 0])?;
+        ring.push(2001, OpCode::Softmax, &[x], out, [0, 0])?;
+        let again = ring.submit(&mut t)?;
+        let rerun = [ring.complete(), ring.complete()].iter().filter(|c| c.is_some_and(|c| c.status == 0)).count();
+        let good = consumed == u64::from(n) && ok == quota && refused == 2 && in_order && again == 2 && rerun == 2;
+        println!(
+            "hostile: a doorbell of {n} entries over an in-flight quota of {quota}: consumed {consumed}, {ok} ran, {refused} QuotaExceeded; resubmitted {again}, {rerun} ran -> {}",
+            if good { "refused as documented, the ring carries on" } else { "WRONG" }
+        );
+        c.failures += u32::from(!good);
+    } else {
+        println!("hostile: in-flight quota {quota} does not fit a {RING_ENTRIES}-entry ring: doorbell quota not probed");
+    }
+
     // Quotas: register until refused.
     let mut n = 0;
     let quota = loop {

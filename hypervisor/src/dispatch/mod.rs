@@ -11,7 +11,10 @@
 //!   kind, the tenant's id, a generation and a slot: a forged, stale or another tenant's handle
 //!   is `BadHandle`.
 //! - **Quotas.** Registered bytes, operations per doorbell (in flight) and KV-cache bytes are
-//!   charged before anything is done; over quota is `QuotaExceeded`, never a hang.
+//!   charged before anything is done; over quota is `QuotaExceeded`, never a hang. A doorbell
+//!   with more pending entries than the in-flight quota runs the first `inflight_ops` of them and
+//!   completes the rest at once with status `QuotaExceeded` (consumed, never run), so the ring
+//!   stays consistent and the guest resubmits them with its next doorbell.
 //! - **No copy of tensor data into hypercall buffers.** Operations stream their operands from the
 //!   registered memory where the guest put them, row by row into the engine's working buffers,
 //!   and write results in place; only descriptors are copied.
@@ -62,7 +65,8 @@ pub const DISPATCH_FEATURES: Features = Features::CONSOLE
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub registered_bytes: u64,
-    /// Submission entries one doorbell processes at most; the rest wait for the next doorbell.
+    /// Submission entries one doorbell runs at most. Pending entries beyond it (up to the free
+    /// completion slots) are consumed and completed with status `QuotaExceeded` without running.
     pub inflight_ops: u32,
     pub kv_cache_bytes: u64,
     pub regions: usize,
@@ -87,7 +91,7 @@ pub struct Counters {
     pub descriptor_bytes: u64,
     /// Of those, the bytes doorbells copied (ring control blocks and submission entries).
     pub doorbell_bytes: u64,
-    /// Calls refused with `QuotaExceeded`.
+    /// Calls refused with `QuotaExceeded`, and ring entries completed with that status.
     pub quota_refusals: u64,
     /// Nanoseconds the hypervisor spent on this tenant's exits, kept by the vCPU layer.
     pub hypervisor_ns: u64,
@@ -232,6 +236,9 @@ struct DoorbellJob {
     control_flags: u32,
     cq_event_index: u32,
     entries: VecDeque<SqEntry>,
+    /// `user_data` of the entries taken beyond the in-flight quota (after `entries` in ring
+    /// order): completed with `QuotaExceeded` when the batch finishes, never run.
+    over_quota: Vec<u64>,
     sq_consumer: u32,
     cq_producer: u32,
     done: u32,
@@ -518,10 +525,12 @@ impl Tenant {
         Ok(0)
     }
 
-    /// Takes every new submission (up to the in-flight quota and the free completion slots):
-    /// copies the entries once into a batch the engine runs one entry per unit; completions are
-    /// posted as each entry finishes and the indices when the batch is done. The result is how
-    /// many entries the batch took.
+    /// Takes every new submission up to the free completion slots (entries beyond them stay
+    /// queued in the ring): copies each entry once; the first `inflight_ops` become a batch the
+    /// engine runs one entry per unit, the rest are over the quota and complete with status
+    /// `QuotaExceeded` without running. Completions are posted in ring order and the indices
+    /// published when the batch is done. The result is how many entries the doorbell consumed
+    /// (run or refused).
     fn doorbell(&mut self, ring: u64, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
         if ring != 0 {
             return Err(HcallError::BadHandle);
@@ -532,17 +541,24 @@ impl Tenant {
         let control = RingControl::from_bytes(&self.read_desc::<{ RingControl::SIZE }>(mem, layout.control.0)?);
         let pending = ring_pending(sq_consumer, control.sq_producer.value, sq_entries)?;
         let before = self.counters.descriptor_bytes - RingControl::SIZE as u64;
-        let mut take = pending.min(self.limits.inflight_ops);
+        let mut take = pending;
         if take > 0 {
             // Completions the guest has not consumed hold their slots: stop there, keep the rest
             // queued.
             let used = ring_pending(control.cq_consumer.value, cq_producer, cq_entries)?;
             take = take.min(cq_entries.saturating_sub(used));
         }
-        let mut entries = VecDeque::with_capacity(take as usize);
+        let run = take.min(self.limits.inflight_ops);
+        let mut entries = VecDeque::with_capacity(run as usize);
+        let mut over_quota = Vec::with_capacity((take - run) as usize);
         for i in 0..take {
             let slot = u64::from(ring_slot(sq_consumer.wrapping_add(i), sq_entries));
-            entries.push_back(SqEntry::from_bytes(&self.read_desc::<{ SqEntry::SIZE }>(mem, layout.sq.0 + slot * SqEntry::SIZE as u64)?));
+            let entry = SqEntry::from_bytes(&self.read_desc::<{ SqEntry::SIZE }>(mem, layout.sq.0 + slot * SqEntry::SIZE as u64)?);
+            if i < run {
+                entries.push_back(entry);
+            } else {
+                over_quota.push(entry.user_data);
+            }
         }
         self.counters.doorbell_bytes += self.counters.descriptor_bytes - before;
         let mut job = DoorbellJob {
@@ -551,11 +567,12 @@ impl Tenant {
             control_flags: control.flags,
             cq_event_index: control.cq_event_index,
             entries,
+            over_quota,
             sq_consumer,
             cq_producer,
             done: 0,
         };
-        if take == 0 {
+        if run == 0 {
             return self.doorbell_finish(&mut job, mem);
         }
         self.request = Some(Request::Doorbell(job));
@@ -568,20 +585,7 @@ impl Tenant {
         if let Some(entry) = job.entries.pop_front() {
             let status = self.execute(&entry, mem);
             self.counters.ops += 1;
-            let cqe = CqEntry {
-                user_data: entry.user_data,
-                status: match status {
-                    Ok(_) => 0,
-                    Err(e) => e.code(),
-                },
-                result: status.unwrap_or(0),
-                reserved: 0,
-            };
-            let cslot = u64::from(ring_slot(job.cq_producer, job.cq_entries));
-            mem.write(job.layout.cq.0 + cslot * CqEntry::SIZE as u64, &cqe.to_bytes())?;
-            job.sq_consumer = job.sq_consumer.wrapping_add(1);
-            job.cq_producer = job.cq_producer.wrapping_add(1);
-            job.done += 1;
+            Self::post_completion(job, entry.user_data, status, mem)?;
         }
         if job.entries.is_empty() {
             return self.doorbell_finish(job, mem).map(Some);
@@ -589,8 +593,32 @@ impl Tenant {
         Ok(None)
     }
 
-    /// Publishes a batch's indices and raises its completion interrupt.
+    /// Writes one completion at the batch's next CQ slot and consumes its submission.
+    fn post_completion(job: &mut DoorbellJob, user_data: u64, status: Result<u64, HcallError>, mem: &dyn GuestMemory) -> Result<(), HcallError> {
+        let cqe = CqEntry {
+            user_data,
+            status: match status {
+                Ok(_) => 0,
+                Err(e) => e.code(),
+            },
+            result: status.unwrap_or(0),
+            reserved: 0,
+        };
+        let cslot = u64::from(ring_slot(job.cq_producer, job.cq_entries));
+        mem.write(job.layout.cq.0 + cslot * CqEntry::SIZE as u64, &cqe.to_bytes())?;
+        job.sq_consumer = job.sq_consumer.wrapping_add(1);
+        job.cq_producer = job.cq_producer.wrapping_add(1);
+        job.done += 1;
+        Ok(())
+    }
+
+    /// Completes the entries over the quota, publishes the batch's indices and raises its
+    /// completion interrupt.
     fn doorbell_finish(&mut self, job: &mut DoorbellJob, mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+        for user_data in core::mem::take(&mut job.over_quota) {
+            Self::post_completion(job, user_data, Err(HcallError::QuotaExceeded), mem)?;
+            self.counters.quota_refusals += 1;
+        }
         let (sq_consumer, cq_producer, done) = (job.sq_consumer, job.cq_producer, job.done);
         if let Some(r) = self.ring.as_mut() {
             r.sq_consumer = sq_consumer;

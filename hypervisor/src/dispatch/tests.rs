@@ -351,27 +351,62 @@ fn a_descriptor_rewritten_after_the_doorbell_cannot_change_what_runs() {
     assert_eq!(e.cqe(0).user_data, 42);
 }
 
+/// Reads the published SQ consumer and CQ producer indices from the control block.
+fn published(e: &Env) -> (u32, u32) {
+    let word = |at: u64| u32::from_le_bytes(e.mem.peek(at, 4).as_slice().try_into().unwrap());
+    (word(CONTROL + 64), word(CONTROL + 128))
+}
+
 #[test]
-fn the_completion_queue_and_inflight_quota_bound_a_doorbell() {
+fn a_doorbell_over_the_inflight_quota_completes_the_excess_with_quota_exceeded() {
+    let mut e = Env::new(Limits { inflight_ops: 10, ..Limits::default() });
+    let t = e.tensor(0, DType::F32, &[4]).unwrap();
+    e.put_f32(0, &[1.0, 2.0, 3.0, 4.0]);
+    e.setup_ring();
+    // 40 entries, each adding into its own 4-float slice of the region: which ones ran shows.
+    let outs: Vec<u64> = (0..40).map(|i| e.tensor(0x1000 + 16 * i, DType::F32, &[4]).unwrap()).collect();
+    let ops: Vec<SqEntry> = (0..40).map(|i| sqe(i, OpCode::Add, &[t, t], outs[i as usize], [0, 0])).collect();
+    e.submit(0, &ops);
+    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(40), "every pending entry is consumed");
+    for i in 0..40u32 {
+        let c = e.cqe(i);
+        assert_eq!(c.user_data, u64::from(i), "completions in ring order");
+        let want = if i < 10 { 0 } else { HcallError::QuotaExceeded.code() };
+        assert_eq!(c.status, want, "entry {i}");
+        let ran = e.get_f32(0x1000 + 16 * u64::from(i), 4) == [2.0, 4.0, 6.0, 8.0];
+        assert_eq!(ran, i < 10, "entry {i} ran only if within the quota");
+    }
+    assert_eq!(published(&e), (40, 40), "the ring stays consistent: consumer and producer past all 40");
+    assert_eq!((e.t.counters.ops, e.t.counters.quota_refusals), (10, 30));
+    // The tenant carries on: it resubmits ten of the refused entries, and they run.
+    e.submit(40, &ops[10..20].iter().enumerate().map(|(k, o)| SqEntry { user_data: 100 + k as u64, ..*o }).collect::<Vec<_>>());
+    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(10));
+    assert!((40..50).all(|i| e.cqe(i).status == 0 && e.cqe(i).user_data == u64::from(i) + 60));
+    assert_eq!(e.get_f32(0x1000 + 16 * 19, 4), [2.0, 4.0, 6.0, 8.0]);
+    assert_eq!(published(&e), (50, 50));
+}
+
+#[test]
+fn the_completion_queue_bounds_a_doorbell_and_leaves_the_rest_queued() {
     let mut e = Env::new(Limits { inflight_ops: 10, ..Limits::default() });
     let t = e.tensor(0, DType::F32, &[4]).unwrap();
     e.setup_ring();
-    let ops: Vec<SqEntry> = (0..40).map(|i| sqe(i, OpCode::Softmax, &[t], t, [0, 0])).collect();
-    e.submit(0, &ops);
-    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(10));
-    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(10));
-    // The guest never consumed completions: 64-entry CQ, 20 used; the next doorbells stop at 64.
-    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(10));
-    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(10));
-    e.submit(40, &(40..64).map(|i| sqe(i, OpCode::Softmax, &[t], t, [0, 0])).collect::<Vec<_>>());
-    for _ in 0..3 {
-        e.call(Hypercall::Doorbell { ring: 0 }).unwrap();
-    }
-    e.mem.poke(CONTROL, &70u32.to_le_bytes());
-    e.submit(64, &(64..70).map(|i| sqe(i, OpCode::Softmax, &[t], t, [0, 0])).collect::<Vec<_>>());
-    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(0), "CQ full: nothing more runs");
+    let op = |i| sqe(i, OpCode::Softmax, &[t], t, [0, 0]);
+    e.submit(0, &(0..50).map(op).collect::<Vec<_>>());
+    // 10 run, 40 refused: 50 of the 64 completion slots are now used (the guest consumes none).
+    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(50));
+    e.submit(50, &(50..70).map(op).collect::<Vec<_>>());
+    // Only 14 completion slots are free: 14 consumed (10 run, 4 refused), 6 stay in the SQ.
+    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(14));
+    assert_eq!(published(&e), (64, 64));
+    assert_eq!((e.cqe(59).status, e.cqe(60).status), (0, HcallError::QuotaExceeded.code()));
+    assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(0), "CQ full: nothing more is taken");
+    assert_eq!(published(&e), (64, 64));
     e.mem.poke(CONTROL + 192, &60u32.to_le_bytes()); // the guest consumed 60 completions
     assert_eq!(e.call(Hypercall::Doorbell { ring: 0 }), Ok(6));
+    assert!((64..70).all(|i| e.cqe(i).status == 0 && e.cqe(i).user_data == u64::from(i)));
+    assert_eq!(published(&e), (70, 70));
+    assert_eq!((e.t.counters.ops, e.t.counters.quota_refusals), (26, 44));
     let _ = RingIndex::default();
 }
 

@@ -120,8 +120,8 @@ fn over_quota_is_refused_at_once_while_the_engine_is_busy() {
         "over the KV-cache quota: an error at once, nothing queued"
     );
     assert!(!t.parked());
-    // A ring with 40 submissions and an in-flight quota of 4: the doorbell takes 4 (one unit
-    // each) and leaves the rest in the ring; it never waits for quota.
+    // A ring with 40 submissions and an in-flight quota of 4: the doorbell runs 4 (one unit
+    // each) and completes the other 36 with QuotaExceeded at once; it never waits for quota.
     let mut d = TensorDesc { dtype: DType::F32 as u32, rank: 1, region, offset: 0x100, ..TensorDesc::default() };
     d.shape[0] = 16;
     d.strides[0] = 1;
@@ -149,9 +149,9 @@ fn over_quota_is_refused_at_once_while_the_engine_is_busy() {
             Step::Idle => panic!("idle while parked"),
         }
     };
-    assert_eq!((decode_result(rax), units), (Ok(4), 4));
+    assert_eq!((decode_result(rax), units), (Ok(40), 4), "40 consumed in 4 engine units");
     assert_eq!(t.step(&mem, &mut models), Step::Idle);
-    assert_eq!(t.counters.quota_refusals, 1);
+    assert_eq!((t.counters.ops, t.counters.quota_refusals), (4, 1 + 36));
     h.models = models;
 }
 
