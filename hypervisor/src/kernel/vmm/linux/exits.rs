@@ -44,7 +44,10 @@ use policy::msr::{
 };
 
 /// MSRs the tenant owns while it runs and the hypervisor never uses: written to the CPU when the
-/// tenant writes them and when its slice starts.
+/// tenant writes them and when its slice starts, read back when it ends. The read-back matters
+/// for IA32_KERNEL_GS_BASE: SWAPGS exchanges it with the GS base without an exit (SDM Vol. 2B,
+/// SWAPGS), so a slice that ends in user mode leaves the kernel's per-CPU base there, not the
+/// value the tenant last wrote.
 const PASSED_MSRS: [u32; 5] = [MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_KERNEL_GS_BASE];
 
 /// The FXSAVE area: the tenant's x87/SSE state while the hypervisor (whose engine uses vector
@@ -197,8 +200,13 @@ impl Platform {
         self.restore_fpu();
     }
 
-    /// The slice ends: keep the tenant's x87/SSE state away from other tenants' hypercalls.
+    /// The slice ends: its syscall MSRs as the CPU holds them now, and its x87/SSE state kept
+    /// away from other tenants' hypercalls.
     pub fn leave_slice(&mut self) {
+        for (msr, v) in PASSED_MSRS.iter().zip(self.passed.iter_mut()) {
+            // SAFETY: reading MSRs every x86_64 CPU has (see `enter_slice`) has no side effect.
+            *v = unsafe { super::super::cr::rdmsr(*msr) };
+        }
         self.save_fpu();
     }
 
@@ -338,8 +346,11 @@ impl Platform {
             MSR_SYSENTER_EIP => GuestNatural::Ia32SysenterEip.read(v).ok()?,
             MSR_DEBUGCTL => Guest64::Ia32Debugctl.read(v).ok()?,
             m => {
-                let i = PASSED_MSRS.iter().position(|&p| p == m)?;
-                self.passed[i]
+                PASSED_MSRS.iter().position(|&p| p == m)?;
+                // Exits are handled inside the tenant's slice: the CPU holds its current value
+                // (SWAPGS may have changed IA32_KERNEL_GS_BASE since the last WRMSR).
+                // SAFETY: one of the MSRs every x86_64 CPU has; reading it has no side effect.
+                unsafe { super::super::cr::rdmsr(m) }
             }
         })
     }
