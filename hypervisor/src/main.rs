@@ -60,8 +60,8 @@ mod entry {
         start_cpus(&info, vmx_caps.is_some());
         let (mut models, models_ok) = infer::load_models(&modules);
         let inference_ok = infer::run(&models, &modules) && models_ok;
-        let specs = tenant_specs(&modules);
-        let linux_specs = linux_specs(&modules);
+        let (specs, mut linux_specs) = tenant_specs(&modules);
+        linux_specs.extend(linux_module_specs(&modules));
         if !specs.is_empty() || !linux_specs.is_empty() {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {
@@ -80,16 +80,20 @@ mod entry {
         exit::exit(if inference_ok { exit::ExitCode::Success } else { exit::ExitCode::Failure });
     }
 
-    /// The tenants to start: from the `manifest` module (validated again here; a refused entry is
-    /// logged and skipped), or one per `guest:NAME` module when there is no manifest.
-    fn tenant_specs<'a>(modules: &[(hypervisor::multiboot2::Module<'_>, &'a [u8])]) -> alloc::vec::Vec<vmm::TenantSpec<'a>> {
-        let guest = |name: &str| {
-            modules
-                .iter()
-                .find(|(m, _)| m.cmdline.split_ascii_whitespace().next() == Some(&alloc::format!("guest:{name}")))
-                .map(|(_, b)| *b)
+    /// The tenants to start, Rust guests and Linux kernels: from the `manifest` module
+    /// (validated again here; a refused entry is logged and skipped), or one per `guest:NAME`
+    /// module when there is no manifest.
+    #[allow(clippy::type_complexity)]
+    fn tenant_specs<'a>(
+        modules: &[(hypervisor::multiboot2::Module<'_>, &'a [u8])],
+    ) -> (alloc::vec::Vec<vmm::TenantSpec<'a>>, alloc::vec::Vec<vmm::linux::LinuxSpec<'a>>) {
+        let module = |kind: &str, name: &str| {
+            let want = alloc::format!("{kind}:{name}");
+            modules.iter().find(|(m, _)| m.cmdline.split_ascii_whitespace().next() == Some(want.as_str())).map(|(_, b)| *b)
         };
+        let guest = |name: &str| module("guest", name);
         let mut specs = alloc::vec::Vec::new();
+        let mut linux_specs = alloc::vec::Vec::new();
         if let Some((_, bytes)) = modules.iter().find(|(m, _)| m.cmdline == "manifest") {
             match hypervisor::manifest::decode_and_admit(bytes) {
                 Ok(admitted) => {
@@ -108,6 +112,31 @@ mod entry {
                                 t.cpus
                             );
                         }
+                        if let Some(boot) = &t.linux {
+                            // A Linux tenant: its kernel and initramfs modules must have come
+                            // with the manifest; the loader checks the kernel's format.
+                            let initrd = if boot.initrd.is_empty() { Ok(None) } else { module("initrd", &boot.initrd).map(Some).ok_or("initrd") };
+                            match (module("kernel", &boot.kernel), initrd) {
+                                (Some(kernel), Ok(initrd)) => {
+                                    log::info!(
+                                        "tenant {}: Linux kernel {} ({} bytes), initramfs {}, {} MiB, engine weight {}, quotas {} MiB registered / {} in-flight ops / {} MiB KV cache",
+                                        t.name,
+                                        boot.kernel,
+                                        kernel.len(),
+                                        if boot.initrd.is_empty() { "none" } else { boot.initrd.as_str() },
+                                        t.memory_mib,
+                                        t.weight,
+                                        t.quota.registered_mib,
+                                        t.quota.inflight_ops,
+                                        t.quota.kv_cache_mib
+                                    );
+                                    linux_specs.push(vmm::linux::LinuxSpec::from_manifest(t, boot, kernel, initrd));
+                                }
+                                (None, _) => log::error!("tenant {}: not started: no kernel module named kernel:{} was delivered", t.name, boot.kernel),
+                                (_, Err(_)) => log::error!("tenant {}: not started: no initramfs module named initrd:{} was delivered", t.name, boot.initrd),
+                            }
+                            continue;
+                        }
                         match guest(&t.guest) {
                             Some(elf) => specs.push(vmm::TenantSpec::from_manifest(t, elf)),
                             None => log::error!("tenant {}: not started: no guest image named {} was delivered", t.name, t.guest),
@@ -116,7 +145,7 @@ mod entry {
                 }
                 Err(e) => log::error!("manifest: refused, no tenant started: {e}"),
             }
-            return specs;
+            return (specs, linux_specs);
         }
         for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("guest:")) {
             match vmm::TenantSpec::from_module(m, bytes) {
@@ -124,11 +153,12 @@ mod entry {
                 Err(e) => log::error!("guest {}: not started: {e}", m.cmdline),
             }
         }
-        specs
+        (specs, linux_specs)
     }
 
-    /// Linux tenants: one per `linux:NAME` module (the vmlinux), with its `initrd:NAME` module.
-    fn linux_specs<'a>(modules: &[(hypervisor::multiboot2::Module<'_>, &'a [u8])]) -> alloc::vec::Vec<vmm::linux::LinuxSpec<'a>> {
+    /// Linux tenants outside the manifest: one per `linux:NAME` module (the kernel), with its
+    /// `initrd:NAME` module (`cargo xtask run --linux`).
+    fn linux_module_specs<'a>(modules: &[(hypervisor::multiboot2::Module<'_>, &'a [u8])]) -> alloc::vec::Vec<vmm::linux::LinuxSpec<'a>> {
         let mut specs = alloc::vec::Vec::new();
         for (m, bytes) in modules.iter().filter(|(m, _)| m.cmdline.starts_with("linux:")) {
             match vmm::linux::LinuxSpec::from_module(m, bytes, modules) {

@@ -8,14 +8,14 @@
 //! the bytes is trusted, every field is range-checked and every error names the tenant and the
 //! field, using the TOML key names.
 //!
-//! # Byte layout (version 1, all integers little-endian)
+//! # Byte layout (version 2, all integers little-endian)
 //!
 //! ```text
 //! header, 40 bytes
 //!   0  [u8; 8]  magic  "TVMANIF\0"
-//!   8  u16      version (1)
+//!   8  u16      version (2)
 //!  10  u16      header length (40)
-//!  12  u16      tenant entry length (72)
+//!  12  u16      tenant entry length (80)
 //!  14  u16      tenant count n (1..=MAX_TENANTS)
 //!  16  u32      total length in bytes (header + entries + string area)
 //!  20  u32      CRC-32 (IEEE 802.3, reflected, poly 0xEDB88320) of the whole manifest with
@@ -25,9 +25,11 @@
 //!  28  u32      machine.memory_mib: memory for all tenants' RAM together
 //!  32  u32      machine.kv_cache_mib: KV-cache bytes for all tenants together, in MiB
 //!  36  u32      reserved, 0
-//! n tenant entries, 72 bytes each, from offset 40
+//! n tenant entries, 80 bytes each, from offset 40
 //!   0  StrRef   name          (a StrRef is u16 offset into the string area, u16 length)
-//!   4  StrRef   guest         the guest ELF's name (a crate under guests/)
+//!   4  StrRef   guest         kind 0: the guest ELF's name (a crate under guests/, delivered as
+//!                             module `guest:NAME`); kind 1: the kernel's module name
+//!                             (delivered as `kernel:NAME`)
 //!   8  StrRef   args          words handed to the guest (may be empty)
 //!  12  [StrRef; 4] models     the models the tenant may open sessions on (count at 47)
 //!  28  u32      memory_mib    guest RAM
@@ -45,8 +47,15 @@
 //!  64  StrRef   devices       PCI devices passed through, comma-separated selectors
 //!                             (`bb:dd.f` or `vvvv:dddd`); empty: none. Manifests written before
 //!                             this field had 0 here, which reads as no devices.
-//!  68  u32      reserved, 0
-//! string area: from 40 + 72 n to the total length; printable ASCII, no terminators
+//!  68  u8       kind          0 Rust guest, 1 Linux kernel (64-bit boot protocol)
+//!  69  [u8; 3]  reserved, 0
+//!  72  StrRef   initrd        kind 1: the initramfs' module name (`initrd:NAME`); empty: none.
+//!                             Kind 0: empty
+//!  76  StrRef   cmdline       kind 1: the kernel command line; kind 0: empty
+//! string area: from 40 + 80 n to the total length; printable ASCII, no terminators
+//!
+//! Version 2 added `kind`, `initrd` and `cmdline` (the entry grew from 72 to 80 bytes); a
+//! version-1 manifest is refused with `header.version` (xtask writes the manifest with the image).
 //! ```
 
 use alloc::string::String;
@@ -55,9 +64,9 @@ use core::fmt;
 
 /// `"TVMANIF\0"`.
 pub const MAGIC: [u8; 8] = *b"TVMANIF\0";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 40;
-pub const ENTRY_LEN: usize = 72;
+pub const ENTRY_LEN: usize = 80;
 /// The largest manifest the hypervisor reads (header, entries and strings).
 pub const MAX_LEN: usize = 64 * 1024;
 
@@ -75,6 +84,13 @@ pub const MAX_CPUS: u16 = 64;
 /// Guest RAM per tenant (the VMM's identity map covers 1 GiB); at least 2 MiB (image and stack).
 pub const MIN_TENANT_MEMORY_MIB: u32 = 2;
 pub const MAX_TENANT_MEMORY_MIB: u32 = 1024;
+/// A Linux tenant's RAM: the kernel, its initramfs and page cache need at least 32 MiB (the
+/// VMM's Linux loader refuses less); Debian's 6.1 with the test initramfs wants about 96.
+pub const MIN_LINUX_MEMORY_MIB: u32 = 32;
+/// Longest Linux kernel command line (the kernel's own limit on x86 is 2048 bytes).
+pub const MAX_CMDLINE_LEN: usize = 1024;
+const KIND_RUST: u8 = 0;
+const KIND_LINUX: u8 = 1;
 /// Memory and KV-cache pools a manifest may declare.
 pub const MAX_POOL_MIB: u32 = 1 << 20;
 pub const MAX_INFLIGHT_OPS: u32 = 4096;
@@ -140,10 +156,22 @@ pub struct Quota {
     pub kv_cache_mib: u32,
 }
 
+/// How a Linux tenant boots (`kind = "linux"`): module names of its kernel and initramfs, and
+/// the kernel command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// The kernel (vmlinux or bzImage), delivered as module `kernel:NAME`.
+    pub kernel: String,
+    /// The initramfs, delivered as module `initrd:NAME`; empty: none.
+    pub initrd: String,
+    pub cmdline: String,
+}
+
 /// One tenant's entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant {
     pub name: String,
+    /// The Rust guest's name (`guest:NAME` module); empty for a Linux tenant.
     pub guest: String,
     pub args: String,
     pub memory_mib: u32,
@@ -157,6 +185,8 @@ pub struct Tenant {
     pub cpu_budget_ms: u32,
     /// PCI devices passed through to the tenant, as written (`bb:dd.f` or `vvvv:dddd`).
     pub devices: Vec<String>,
+    /// `Some`: a Linux tenant (`kind = "linux"`) booted from these modules instead of `guest`.
+    pub linux: Option<LinuxBoot>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,6 +234,11 @@ pub enum Problem {
     BadDevice(crate::pci::SelectorError),
     /// The device is named twice in this tenant, or already passed through to tenant `other`.
     DeviceTaken { device: String, other: Option<usize> },
+    /// A field that a tenant of this kind does not take (`args` or `devices` of a Linux tenant,
+    /// `kernel` of a Rust guest).
+    NotForKind { kind: &'static str },
+    /// A kind byte other than 0 (Rust guest) and 1 (Linux).
+    UnknownKind(u8),
 }
 
 impl fmt::Display for Problem {
@@ -236,6 +271,8 @@ impl fmt::Display for Problem {
             Problem::BadDevice(e) => write!(f, "{e}"),
             Problem::DeviceTaken { device, other: None } => write!(f, "device {device} is listed twice"),
             Problem::DeviceTaken { device, other: Some(o) } => write!(f, "device {device} is already passed through to tenant #{o}"),
+            Problem::NotForKind { kind } => write!(f, "not for a {kind} tenant"),
+            Problem::UnknownKind(k) => write!(f, "unknown tenant kind {k} (0 Rust guest, 1 Linux)"),
         }
     }
 }
@@ -314,8 +351,12 @@ fn check_name(s: &str, max: usize) -> Result<(), Problem> {
 }
 
 fn check_args(s: &str) -> Result<(), Problem> {
-    if s.len() > MAX_ARGS_LEN {
-        return Err(Problem::NameTooLong { len: s.len(), max: MAX_ARGS_LEN });
+    check_printable(s, MAX_ARGS_LEN)
+}
+
+fn check_printable(s: &str, max: usize) -> Result<(), Problem> {
+    if s.len() > max {
+        return Err(Problem::NameTooLong { len: s.len(), max });
     }
     match s.bytes().position(|b| !(0x20..=0x7e).contains(&b)) {
         Some(at) => Err(Problem::BadCharacter { byte: s.as_bytes()[at], at }),
@@ -343,11 +384,36 @@ pub fn validate_machine(m: &Machine) -> Result<(), ManifestError> {
 pub fn validate_tenant(index: usize, t: &Tenant, machine: &Machine) -> Result<(), ManifestError> {
     let err = |field, p| ManifestError::at(index, &t.name, field, p);
     check_name(&t.name, MAX_NAME_LEN).map_err(|p| err("name", p))?;
-    check_name(&t.guest, MAX_NAME_LEN).map_err(|p| err("guest", p))?;
-    check_args(&t.args).map_err(|p| err("args", p))?;
     let max_mem = MAX_TENANT_MEMORY_MIB.min(machine.memory_mib);
-    in_range(t.memory_mib.into(), MIN_TENANT_MEMORY_MIB.into(), max_mem.into()).map_err(|p| err("memory_mib", p))?;
-    in_range(t.vcpus.into(), 1, MAX_VCPUS as u64).map_err(|p| err("vcpus", p))?;
+    match &t.linux {
+        None => {
+            check_name(&t.guest, MAX_NAME_LEN).map_err(|p| err("guest", p))?;
+            check_args(&t.args).map_err(|p| err("args", p))?;
+            in_range(t.memory_mib.into(), MIN_TENANT_MEMORY_MIB.into(), max_mem.into()).map_err(|p| err("memory_mib", p))?;
+            in_range(t.vcpus.into(), 1, MAX_VCPUS as u64).map_err(|p| err("vcpus", p))?;
+        }
+        Some(l) => {
+            // A Linux tenant: its kernel and initramfs modules, its command line; one vCPU (its
+            // ACPI MADT lists one local APIC), no guest arguments and no passed-through devices.
+            let linux = Problem::NotForKind { kind: "Linux" };
+            if !t.guest.is_empty() {
+                return Err(err("guest", linux));
+            }
+            check_name(&l.kernel, MAX_NAME_LEN).map_err(|p| err("kernel", p))?;
+            if !l.initrd.is_empty() {
+                check_name(&l.initrd, MAX_NAME_LEN).map_err(|p| err("initrd", p))?;
+            }
+            check_printable(&l.cmdline, MAX_CMDLINE_LEN).map_err(|p| err("cmdline", p))?;
+            if !t.args.is_empty() {
+                return Err(err("args", linux));
+            }
+            in_range(t.memory_mib.into(), MIN_LINUX_MEMORY_MIB.into(), max_mem.into()).map_err(|p| err("memory_mib", p))?;
+            in_range(t.vcpus.into(), 1, 1).map_err(|p| err("vcpus", p))?;
+            if !t.devices.is_empty() {
+                return Err(err("devices", linux));
+            }
+        }
+    }
     if !t.cpus.is_empty() {
         if t.cpus.len() != usize::from(t.vcpus) {
             return Err(err("cpus", Problem::PinningCount { cpus: t.cpus.len(), vcpus: t.vcpus }));
@@ -521,7 +587,7 @@ pub fn encode(m: &Manifest) -> Result<Vec<u8>, ManifestError> {
             Ok(())
         };
         put_str(&mut out, 0, &t.name)?;
-        put_str(&mut out, 4, &t.guest)?;
+        put_str(&mut out, 4, t.linux.as_ref().map_or(&t.guest, |l| &l.kernel))?;
         put_str(&mut out, 8, &t.args)?;
         for (k, model) in t.models.iter().enumerate() {
             put_str(&mut out, 12 + 4 * k, model)?;
@@ -538,6 +604,11 @@ pub fn encode(m: &Manifest) -> Result<Vec<u8>, ManifestError> {
         put_u32(&mut out, e + 56, t.quota.registered_mib);
         put_u32(&mut out, e + 60, t.quota.kv_cache_mib);
         put_str(&mut out, 64, &t.devices.join(","))?;
+        if let Some(l) = &t.linux {
+            out[e + 68] = KIND_LINUX;
+            put_str(&mut out, 72, &l.initrd)?;
+            put_str(&mut out, 76, &l.cmdline)?;
+        }
     }
     out.extend_from_slice(&strings);
     if out.len() > MAX_LEN {
@@ -665,9 +736,23 @@ fn decode_entry(bytes: &[u8], n: usize, i: usize) -> Result<Tenant, ManifestErro
     };
     let flags_bits = r.u32(e + 40);
     let flags = Flags::from_bits(flags_bits).ok_or_else(|| err("flags", Problem::UnknownFlags(flags_bits & !Flags::ALL.bits())))?;
-    if r.u32(e + 68) != 0 {
+    if r.u8(e + 69) != 0 || r.u16(e + 70) != 0 {
         return Err(err("reserved", Problem::NotZero));
     }
+    let (guest, linux) = match r.u8(e + 68) {
+        KIND_RUST => {
+            if r.u32(e + 72) != 0 || r.u32(e + 76) != 0 {
+                return Err(err("kernel", Problem::NotForKind { kind: "Rust guest" }));
+            }
+            (guest, None)
+        }
+        KIND_LINUX => {
+            let initrd = string(72).map_err(|p| err("initrd", p))?;
+            let cmdline = string(76).map_err(|p| err("cmdline", p))?;
+            (String::new(), Some(LinuxBoot { kernel: guest, initrd, cmdline }))
+        }
+        k => return Err(err("kind", Problem::UnknownKind(k))),
+    };
     let list = string(64).map_err(|p| err("devices", p))?;
     let devices: Vec<String> = if list.is_empty() { Vec::new() } else { list.split(',').map(String::from).collect() };
     Ok(Tenant {
@@ -682,6 +767,7 @@ fn decode_entry(bytes: &[u8], n: usize, i: usize) -> Result<Tenant, ManifestErro
         flags,
         cpu_budget_ms: r.u32(e + 32),
         devices,
+        linux,
         name,
     })
 }

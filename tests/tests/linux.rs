@@ -1,8 +1,9 @@
 //! The stock Debian kernel as a tenant, in Bochs (VT-x): the uncompressed vmlinux through the
-//! 64-bit boot protocol, beside a Rust guest tenant, with the tiny model loaded by the
-//! hypervisor. One boot checks: the kernel reaches the initramfs marker; `tv-generate` (a static
-//! Linux program on the SDK's `linux` transport: sysfs-mapped hypercall page and window)
-//! generates exactly the host engine's tokens; `tv-hostile` gets the documented errors and
+//! 64-bit boot protocol, beside a Rust guest tenant, both from a tenant manifest (the Linux
+//! tenant is a `kind = "linux"` entry with its own weight, memory and quotas), with the tiny
+//! model loaded by the hypervisor. One boot checks: the kernel reaches the initramfs marker;
+//! `tv-generate` (a static Linux program on the SDK's `linux` transport: sysfs-mapped hypercall
+//! page and window) generates exactly the host engine's tokens; `tv-hostile` gets the documented errors and
 //! faults while the kernel carries on to `tensorvisor-linux: done` and its own reset; the Rust
 //! tenant completes. The platform is the local APIC one: the kernel finds its CPU in the ACPI
 //! MADT, its local APIC at 0xfee00000 (xAPIC MMIO emulated through EPT violations) and runs its
@@ -47,17 +48,62 @@ fn debian_kernel_generates_through_the_tensor_function_beside_a_rust_tenant() {
     let kernel = xtask::linux::kernel().expect("Debian's kernel");
     let initramfs = initramfs(InitMode::Test);
     let args = kernel_args(&format!("prompt={} max_tokens=4 temp=0.9 seed=7", ids(&prompt))).unwrap();
-    let mut boot = Boot::bochs("linux")
-        .module(&model, "model:tiny.gguf")
-        .module(hello, "guest:hello")
-        .module(&kernel.vmlinux, &linux_module_line("tux", "mem_mib=192", &format!("{LINUX_CMDLINE} {args}")))
-        .module(&initramfs, "initrd:tux");
+    // Both tenants from a configuration, compiled and checked by xtask as at image time.
+    let config = dir.join("linux.toml");
+    let toml = format!(
+        r#"[machine]
+cpus = 1
+memory_mib = 256
+kv_cache_mib = 16
+
+[[tenants]]
+name = "hello"
+guest = "hello"
+memory_mib = 4
+models = ["tiny.gguf"]
+weight = 1
+cpu_budget_ms = 2000
+[tenants.quota]
+registered_mib = 4
+inflight_ops = 64
+kv_cache_mib = 4
+
+[[tenants]]
+name = "tux"
+kind = "linux"
+kernel = "{}"
+initrd = "{}"
+cmdline = "{LINUX_CMDLINE} {args}"
+memory_mib = 192
+models = ["tiny.gguf"]
+weight = 5
+cpu_budget_ms = 3600000
+[tenants.quota]
+registered_mib = 8
+inflight_ops = 32
+kv_cache_mib = 8
+"#,
+        kernel.vmlinux.display(),
+        initramfs.display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let compiled = xtask::manifest::compile_file(&config).unwrap_or_else(|e| panic!("{e}"));
+    let manifest = dir.join("manifest.bin");
+    std::fs::write(&manifest, &compiled.bytes).unwrap();
+    assert_eq!(compiled.modules.len(), 2, "the kernel and the initramfs: {:?}", compiled.modules);
+    let mut boot = Boot::bochs("linux").module(&manifest, "manifest").module(&model, "model:tiny.gguf").module(hello, "guest:hello");
+    for (name, path) in &compiled.modules {
+        boot = boot.module(path, name);
+    }
     boot.memory_mib = 512;
     boot.timeout = Duration::from_secs(900);
     let started = Instant::now();
     let run = boot.run();
     let wall = started.elapsed();
     run.assert_verdict(Verdict::Success)
+        // The Linux tenant comes from the manifest, with its weight, memory and quotas.
+        .assert_line(&["manifest: 2 tenant(s) admitted, 0 refused"])
+        .assert_line(&["tenant tux: Linux kernel vmlinux (", "initramfs initramfs-test.cpio, 192 MiB, engine weight 5, quotas 8 MiB registered / 32 in-flight ops / 8 MiB KV cache"])
         .assert_line(&["guest tux: loaded: Linux kernel"])
         .assert_line(&["[tux] [    0.000000] Linux version", &kernel.version])
         .assert_line(&["[tux] ", "pci 0000:00:01.0: [7476:0001]"])
@@ -155,20 +201,60 @@ fn debian_bzimage_boots_through_its_decompressor() {
 
 /// A kernel that is no kernel, and a real one (Debian's bzImage, whose `init_size` alone is about
 /// 64 MiB) in a 32 MiB tenant, are refused with one line each before any memory is given out;
-/// the Rust tenant beside them runs.
+/// the Rust tenant beside them runs. In the same boot the hypervisor checks the manifest's Linux
+/// entries again: one whose kernel module was not delivered is not started, and one forged to
+/// 16 MiB (resealed, so only the field check can catch it) is refused.
 #[test]
 fn a_malformed_or_oversized_linux_tenant_is_refused_and_the_others_run() {
+    use hypervisor::manifest::{self, Flags, LinuxBoot, Machine, Manifest, Quota, Tenant};
     let hello = guest_elf("hello").expect("build the hello guest");
     let kernel = xtask::linux::kernel().expect("Debian's kernel");
     let initramfs = initramfs(InitMode::Test);
     let junk = xtask::root().join("README.md");
+    let rust = Tenant {
+        name: "hello".into(),
+        guest: "hello".into(),
+        args: String::new(),
+        memory_mib: 4,
+        vcpus: 1,
+        cpus: vec![],
+        models: vec![],
+        quota: Quota { registered_mib: 1, inflight_ops: 8, kv_cache_mib: 1 },
+        weight: 1,
+        flags: Flags::empty(),
+        cpu_budget_ms: 2000,
+        devices: vec![],
+        linux: None,
+    };
+    let linux = |name: &str, kernel: &str| Tenant {
+        name: name.into(),
+        guest: String::new(),
+        memory_mib: 64,
+        linux: Some(LinuxBoot { kernel: kernel.into(), initrd: String::new(), cmdline: LINUX_CMDLINE.into() }),
+        ..rust.clone()
+    };
+    let m = Manifest { machine: Machine { cpus: 1, memory_mib: 256, kv_cache_mib: 8 }, tenants: vec![rust.clone(), linux("ghost", "nothere"), linux("tiny", "vmlinux")] };
+    let mut bytes = manifest::encode(&m).unwrap();
+    // tiny's memory_mib (entry 2, offset 28) forged to 16 MiB, the checksum recomputed.
+    let e2 = manifest::HEADER_LEN + 2 * manifest::ENTRY_LEN;
+    bytes[e2 + 28..e2 + 32].copy_from_slice(&16u32.to_le_bytes());
+    bytes[20..24].fill(0);
+    let crc = manifest::crc32(&bytes);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    let dir = xtask::image::build_dir().join("tests").join("linux-refused");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("manifest.bin"), &bytes).unwrap();
     let run = Boot::bochs("linux-refused")
+        .module(dir.join("manifest.bin"), "manifest")
         .module(hello, "guest:hello")
         .module(&junk, &linux_module_line("junk", "mem_mib=64", LINUX_CMDLINE))
         .module(&kernel.bzimage, &linux_module_line("small", "mem_mib=32", LINUX_CMDLINE))
         .module(&initramfs, "initrd:small")
         .run();
     run.assert_verdict(Verdict::Success)
+        .assert_line(&["manifest: 2 tenant(s) admitted, 1 refused"])
+        .assert_line(&["manifest: tenant refused: tenant #2 `tiny`: memory_mib: 16 is outside 32..=256"])
+        .assert_line(&["tenant ghost: not started: no kernel module named kernel:nothere was delivered"])
         .assert_line(&["guest junk: not started: kernel:"])
         .assert_line(&["guest small: not started: layout:"])
         .assert_no_line("guest junk: loaded")

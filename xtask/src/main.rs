@@ -170,9 +170,7 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     eprintln!("xtask: {}: {}", config.display(), compiled.summary().lines().next().unwrap_or(""));
     let manifest = image::build_dir().join("run-manifest.bin");
     std::fs::write(&manifest, &compiled.bytes).map_err(|e| e.to_string())?;
-    let mut guests: Vec<String> = compiled.manifest.tenants.iter().map(|t| t.guest.clone()).collect();
-    guests.sort();
-    guests.dedup();
+    let guests = compiled.guests();
     let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
     let prompt = flags.value("--prompt")?.unwrap_or("Once upon a time");
     let max_tokens: u32 = match flags.value("--max-tokens")? {
@@ -192,8 +190,17 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     for g in &guests {
         spec = spec.module(image::guest_elf(g)?, &format!("guest:{g}"));
     }
+    // Linux tenants' kernels and initramfs images (`kind = "linux"`).
+    for (name, path) in &compiled.modules {
+        spec = spec.module(path, name);
+    }
     let iso = image::make_image(&spec)?;
     let mut spec = RunSpec::new(iso, firmware, emulator, image::build_dir().join("run"));
+    if !compiled.modules.is_empty() {
+        // Room for the Linux tenants' RAM and their kernel images beside the hypervisor's own.
+        let tenants: u32 = compiled.manifest.tenants.iter().map(|t| t.memory_mib).sum();
+        spec.memory_mib = spec.memory_mib.max(tenants + 320);
+    }
     spec.timeout = Duration::from_secs(timeout);
     spec.echo = true;
     spec.gdb = flags.has("--gdb");

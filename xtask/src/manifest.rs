@@ -7,9 +7,17 @@
 //! configuration becomes a [`hypervisor::manifest::Manifest`] and goes through
 //! [`hypervisor::manifest::validate`], the function the hypervisor itself runs on the decoded
 //! bytes; its error names the tenant and field, which this module maps back to a line. What
-//! only the image builder can know is checked here: that each guest exists under `guests/`.
+//! only the image builder can know is checked here: that each guest exists under `guests/`, and
+//! that a Linux tenant's kernel and initramfs files exist and are what they claim to be.
+//!
+//! A tenant is a Rust guest (`guest = "NAME"`, the default `kind = "rust"`) or a Linux kernel
+//! (`kind = "linux"`): `kernel` (a vmlinux or bzImage) and `initrd` are file paths, relative to
+//! the configuration file's directory, delivered as modules named after the files
+//! (`kernel:FILE`, `initrd:FILE`, [`Compiled::modules`]); `cmdline` is the kernel command line
+//! (default [`crate::image::LINUX_CMDLINE`]). It gets its weight, memory and quotas like any
+//! tenant; it runs one vCPU and takes no `args` and no `devices`.
 
-use hypervisor::manifest::{self, Flags, Machine, Manifest, ManifestError, Quota, Tenant};
+use hypervisor::manifest::{self, Flags, LinuxBoot, Machine, Manifest, ManifestError, Quota, Tenant};
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -35,7 +43,20 @@ struct MachineToml {
 #[serde(deny_unknown_fields)]
 struct TenantToml {
     name: Spanned<String>,
-    guest: Spanned<String>,
+    /// `"rust"` (the default) or `"linux"`.
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
+    #[serde(default)]
+    guest: Option<Spanned<String>>,
+    /// Linux: the kernel file (vmlinux or bzImage), relative to the configuration's directory.
+    #[serde(default)]
+    kernel: Option<Spanned<String>>,
+    /// Linux: the initramfs file.
+    #[serde(default)]
+    initrd: Option<Spanned<String>>,
+    /// Linux: the kernel command line.
+    #[serde(default)]
+    cmdline: Option<Spanned<String>>,
     #[serde(default)]
     args: Option<Spanned<String>>,
     memory_mib: Spanned<u32>,
@@ -80,6 +101,19 @@ struct PolicyToml {
 pub struct Compiled {
     pub manifest: Manifest,
     pub bytes: Vec<u8>,
+    /// Files the image must carry besides the guests' ELFs, with their module names: each Linux
+    /// tenant's kernel (`kernel:FILE`) and initramfs (`initrd:FILE`), each file once.
+    pub modules: Vec<(String, PathBuf)>,
+}
+
+impl Compiled {
+    /// The Rust guests the tenants name, each once, sorted (their ELFs go in as `guest:NAME`).
+    pub fn guests(&self) -> Vec<String> {
+        let mut g: Vec<String> = self.manifest.tenants.iter().filter(|t| t.linux.is_none()).map(|t| t.guest.clone()).collect();
+        g.sort();
+        g.dedup();
+        g
+    }
 }
 
 impl Compiled {
@@ -99,10 +133,13 @@ impl Compiled {
         );
         for t in &m.tenants {
             let pin = if t.cpus.is_empty() { "unpinned".to_string() } else { format!("CPUs {:?}", t.cpus) };
+            let what = match &t.linux {
+                None => format!("guest {:<10}", t.guest),
+                Some(l) => format!("linux {:<10}", l.kernel),
+            };
             s += &format!(
-                "  {:<12} guest {:<10} {:>4} MiB, {} vCPU {pin}, weight {}, budget {} ms, quota {} MiB registered / {} ops / {} MiB KV, models {:?}{}\n",
+                "  {:<12} {what} {:>4} MiB, {} vCPU {pin}, weight {}, budget {} ms, quota {} MiB registered / {} ops / {} MiB KV, models {:?}{}\n",
                 t.name,
-                t.guest,
                 t.memory_mib,
                 t.vcpus,
                 t.weight,
@@ -149,7 +186,11 @@ fn tenant_field_span(t: &Spanned<TenantToml>, field: &str) -> Range<usize> {
     let opt = |s: Option<Range<usize>>| s.unwrap_or_else(|| t.span());
     match field {
         "name" => v.name.span(),
-        "guest" => v.guest.span(),
+        "guest" => opt(v.guest.as_ref().map(Spanned::span)),
+        "kind" => opt(v.kind.as_ref().map(Spanned::span)),
+        "kernel" => opt(v.kernel.as_ref().map(Spanned::span)),
+        "initrd" => opt(v.initrd.as_ref().map(Spanned::span)),
+        "cmdline" => opt(v.cmdline.as_ref().map(Spanned::span)),
         "args" => opt(v.args.as_ref().map(Spanned::span)),
         "memory_mib" => v.memory_mib.span(),
         "vcpus" => opt(v.vcpus.as_ref().map(Spanned::span)),
@@ -166,6 +207,11 @@ fn tenant_field_span(t: &Spanned<TenantToml>, field: &str) -> Range<usize> {
     }
 }
 
+/// The module name of a Linux tenant's file: its file name (the manifest's name rules apply).
+fn module_name(path: &str) -> String {
+    Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path).to_string()
+}
+
 fn to_manifest(f: &FileToml) -> Manifest {
     let m = f.machine.get_ref();
     let machine = Machine { cpus: *m.cpus.get_ref(), memory_mib: *m.memory_mib.get_ref(), kv_cache_mib: *m.kv_cache_mib.get_ref() };
@@ -178,9 +224,15 @@ fn to_manifest(f: &FileToml) -> Manifest {
             let cpus = t.cpus.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
             let policy = t.policy.as_ref().map(Spanned::get_ref);
             let flag = |get: fn(&PolicyToml) -> &Option<Spanned<bool>>| policy.and_then(|p| get(p).as_ref()).is_some_and(|b| *b.get_ref());
+            let text = |o: &Option<Spanned<String>>| o.as_ref().map(|v| v.get_ref().clone());
+            let linux = (text(&t.kind).as_deref() == Some("linux")).then(|| LinuxBoot {
+                kernel: text(&t.kernel).map(|k| module_name(&k)).unwrap_or_default(),
+                initrd: text(&t.initrd).map(|k| module_name(&k)).unwrap_or_default(),
+                cmdline: text(&t.cmdline).unwrap_or_else(|| crate::image::LINUX_CMDLINE.to_string()),
+            });
             Tenant {
                 name: t.name.get_ref().clone(),
-                guest: t.guest.get_ref().clone(),
+                guest: text(&t.guest).unwrap_or_default(),
                 args: t.args.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
                 memory_mib: *t.memory_mib.get_ref(),
                 // Without `vcpus`, one per pinned CPU, or one.
@@ -195,6 +247,7 @@ fn to_manifest(f: &FileToml) -> Manifest {
                     .with(Flags::PASSTHROUGH_WITHOUT_IOMMU, flag(|p| &p.passthrough_without_iommu)),
                 cpu_budget_ms: *t.cpu_budget_ms.get_ref(),
                 devices: t.devices.as_ref().map(|d| d.get_ref().clone()).unwrap_or_default(),
+                linux,
             }
         })
         .collect();
@@ -216,8 +269,26 @@ fn known_guests(guests_dir: &Path) -> Vec<String> {
 }
 
 /// Parses, validates and compiles `text` (the contents of `file`, named in errors); guests must
-/// exist as `guests_dir/NAME/Cargo.toml`.
+/// exist as `guests_dir/NAME/Cargo.toml`; a Linux tenant's files are found relative to `file`'s
+/// directory.
 pub fn compile(file: &str, text: &str, guests_dir: &Path) -> Result<Compiled, String> {
+    compile_in(file, text, guests_dir, Path::new(file).parent().unwrap_or(Path::new(".")))
+}
+
+/// Whether `bytes` start like a kernel the hypervisor boots: an x86-64 ELF (vmlinux) or a
+/// bzImage (the `HdrS` setup header signature at 0x202, Linux boot protocol).
+fn kernel_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.len() >= 20 && bytes[..4] == *b"\x7fELF" && bytes[4] == 2 && u16::from_le_bytes([bytes[18], bytes[19]]) == 62 {
+        Some("ELF64 x86-64 vmlinux")
+    } else if bytes.get(0x202..0x206) == Some(b"HdrS") {
+        Some("bzImage")
+    } else {
+        None
+    }
+}
+
+/// [`compile`], with Linux tenants' relative paths taken from `base`.
+pub fn compile_in(file: &str, text: &str, guests_dir: &Path, base: &Path) -> Result<Compiled, String> {
     let parsed: FileToml = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
         let context = match tenant_at(text, at) {
@@ -226,6 +297,31 @@ pub fn compile(file: &str, text: &str, guests_dir: &Path) -> Result<Compiled, St
         };
         format!("{file}:{}: {context}{}", line_of(text, at), e.message().trim_end())
     })?;
+    // The kind and the fields each kind needs, before the shared rules.
+    for (i, t) in parsed.tenants.iter().enumerate() {
+        let v = t.get_ref();
+        let at = |span: Range<usize>, field: &str, what: String| format!("{file}:{}: tenant #{i} `{}`: {field}: {what}", line_of(text, span.start), v.name.get_ref());
+        let linux = match v.kind.as_ref() {
+            None => false,
+            Some(k) if k.get_ref() == "rust" => false,
+            Some(k) if k.get_ref() == "linux" => true,
+            Some(k) => return Err(at(k.span(), "kind", format!("unknown kind `{}` (\"rust\", the default, or \"linux\")", k.get_ref()))),
+        };
+        if linux {
+            if v.kernel.is_none() {
+                return Err(at(t.span(), "kernel", "missing: a Linux tenant names its kernel file (vmlinux or bzImage)".into()));
+            }
+        } else {
+            if v.guest.is_none() {
+                return Err(at(t.span(), "guest", "missing: a Rust tenant names its guest (or set kind = \"linux\")".into()));
+            }
+            for (field, value) in [("kernel", &v.kernel), ("initrd", &v.initrd), ("cmdline", &v.cmdline)] {
+                if let Some(value) = value {
+                    return Err(at(value.span(), field, "not for a Rust guest tenant (only kind = \"linux\" boots a kernel)".into()));
+                }
+            }
+        }
+    }
     let m = to_manifest(&parsed);
     let locate = |e: &ManifestError| -> String {
         let span = match (&e.tenant, e.field) {
@@ -239,12 +335,35 @@ pub fn compile(file: &str, text: &str, guests_dir: &Path) -> Result<Compiled, St
     };
     manifest::validate(&m).map_err(|e| locate(&e))?;
     let guests = known_guests(guests_dir);
+    let mut modules: Vec<(String, PathBuf)> = Vec::new();
     for (i, t) in parsed.tenants.iter().enumerate() {
-        let g = t.get_ref().guest.get_ref();
+        let v = t.get_ref();
+        if m.tenants[i].linux.is_some() {
+            let at = |span: Range<usize>, field: &str, what: String| format!("{file}:{}: tenant #{i} `{}`: {field}: {what}", line_of(text, span.start), v.name.get_ref());
+            for (field, kind, value) in [("kernel", "kernel", &v.kernel), ("initrd", "initrd", &v.initrd)] {
+                let Some(value) = value else { continue };
+                let path = base.join(value.get_ref());
+                let bytes = std::fs::read(&path).map_err(|e| at(value.span(), field, format!("cannot read {}: {e}", path.display())))?;
+                if field == "kernel" && kernel_format(&bytes).is_none() {
+                    return Err(at(value.span(), field, format!("{} is neither an x86-64 ELF vmlinux nor a bzImage (no `HdrS` setup header)", path.display())));
+                }
+                let name = format!("{kind}:{}", module_name(value.get_ref()));
+                match modules.iter().find(|(n, _)| *n == name) {
+                    Some((_, other)) if *other != path => {
+                        return Err(at(value.span(), field, format!("{} has the file name of another tenant's {field}, {} (each module is named after its file)", path.display(), other.display())));
+                    }
+                    Some(_) => {}
+                    None => modules.push((name, path)),
+                }
+            }
+            continue;
+        }
+        let Some(g) = v.guest.as_ref() else { continue };
+        let g = g.get_ref();
         if !guests_dir.join(g).join("Cargo.toml").is_file() {
             return Err(format!(
                 "{file}:{}: tenant #{i} `{}`: guest: no guest `{g}` (no {}); the guests are: {}",
-                line_of(text, t.get_ref().guest.span().start),
+                line_of(text, v.guest.as_ref().map_or(t.span().start, |g| g.span().start)),
                 t.get_ref().name.get_ref(),
                 guests_dir.join(g).join("Cargo.toml").display(),
                 guests.join(", ")
@@ -257,14 +376,15 @@ pub fn compile(file: &str, text: &str, guests_dir: &Path) -> Result<Compiled, St
     if back != m {
         return Err(format!("{file}: the encoded manifest decodes to something else"));
     }
-    Ok(Compiled { manifest: m, bytes })
+    Ok(Compiled { manifest: m, bytes, modules })
 }
 
 /// Reads and compiles a configuration file against the workspace's guests.
 pub fn compile_file(path: &Path) -> Result<Compiled, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let shown = path.strip_prefix(crate::root()).unwrap_or(path);
-    compile(&shown.display().to_string(), &text, &crate::root().join("guests"))
+    let base = path.parent().unwrap_or(Path::new("."));
+    compile_in(&shown.display().to_string(), &text, &crate::root().join("guests"), base)
 }
 
 pub fn default_config() -> PathBuf {

@@ -74,6 +74,14 @@ pub struct Limits {
     pub sessions: usize,
 }
 
+impl Limits {
+    /// The limits a tenant manifest's quotas set (the table sizes keep their defaults).
+    pub fn from_quota(q: &crate::manifest::Quota) -> Self {
+        let mib = |m: u32| u64::from(m) << 20;
+        Self { registered_bytes: mib(q.registered_mib), inflight_ops: q.inflight_ops, kv_cache_bytes: mib(q.kv_cache_mib), ..Self::default() }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self { registered_bytes: 64 << 20, inflight_ops: 256, kv_cache_bytes: 64 << 20, regions: 64, tensors: 1024, sessions: 8 }

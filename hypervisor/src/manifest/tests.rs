@@ -16,6 +16,17 @@ fn tenant(name: &str, cpus: &[u8]) -> Tenant {
         flags: Flags::COMPLETION_INTERRUPTS,
         cpu_budget_ms: 2000,
         devices: vec![],
+        linux: None,
+    }
+}
+
+fn linux_tenant(name: &str) -> Tenant {
+    Tenant {
+        guest: String::new(),
+        args: String::new(),
+        memory_mib: 96,
+        linux: Some(LinuxBoot { kernel: "vmlinux".to_string(), initrd: "initramfs.cpio".to_string(), cmdline: "console=ttyS0 tv.max_tokens=4".to_string() }),
+        ..tenant(name, &[])
     }
 }
 
@@ -42,7 +53,7 @@ fn round_trip_is_exact_and_the_layout_is_as_documented() {
     let m = manifest();
     let bytes = encode(&m).unwrap();
     assert_eq!(&bytes[..8], b"TVMANIF\0");
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
     assert_eq!(u16::from_le_bytes([bytes[14], bytes[15]]), 3);
     assert_eq!(u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize, bytes.len());
     // alice's entry: weight at +44, vcpus at +46, pinning at +48.
@@ -90,8 +101,9 @@ fn resealed_forgeries_are_refused_by_the_field_checks() {
     let good = encode(&manifest()).unwrap();
     let e1 = HEADER_LEN + ENTRY_LEN; // bob
     let cases: &[(usize, &[u8], &str)] = &[
-        (8, &[2, 0], "header.version"),
-        (12, &[80, 0], "header.entry_len"),
+        (8, &[1, 0], "header.version"),              // version 1 (72-byte entries, no kind)
+        (8, &[3, 0], "header.version"),
+        (12, &[72, 0], "header.entry_len"),
         (26, &[1, 0], "header.reserved"),
         (14, &[0, 0], "tenants"),
         (24, &[0, 0], "machine.cpus"),
@@ -109,7 +121,12 @@ fn resealed_forgeries_are_refused_by_the_field_checks() {
         (e1 + 56, &[9, 0, 0, 0], "quota.registered_mib"), // above the tenant's 8 MiB
         (e1 + 60, &[0, 0, 0, 0], "quota.kv_cache_mib"),
         (e1 + 32, &[0, 0, 0, 0], "cpu_budget_ms"),
-        (e1 + 68, &[1], "reserved"),
+        (e1 + 68, &[2], "kind"),
+        (e1 + 69, &[1], "reserved"),
+        (e1 + 70, &[0, 1], "reserved"),
+        (e1 + 72, &[0, 0, 1, 0], "kernel"),          // an initrd on a Rust guest
+        (e1 + 76, &[0, 0, 1, 0], "kernel"),          // a command line on a Rust guest
+        (e1 + 68, &[1], "args"),                     // bob made Linux: his args are not for it
         (e1 + 64, &[0xF0, 0xFF, 1, 0], "devices"), // string offset outside the area
     ];
     for &(at, patch, field) in cases {
@@ -273,12 +290,59 @@ fn passed_through_devices_round_trip_and_bad_ones_name_the_field() {
 }
 
 #[test]
-fn manifests_from_before_the_device_field_still_decode() {
-    // Version-1 manifests written before `devices` existed had a zero u64 at entry offset 64.
+fn rust_guests_without_devices_have_zeros_after_the_quotas() {
+    // No devices, kind 0 (Rust guest), no initrd or command line: entry bytes 64..80 are zero.
     let bytes = encode(&manifest()).unwrap();
     for i in 0..3 {
         let e = HEADER_LEN + i * ENTRY_LEN;
-        assert_eq!(&bytes[e + 64..e + 72], &[0u8; 8]);
+        assert_eq!(&bytes[e + 64..e + 80], &[0u8; 16]);
     }
-    assert!(decode_and_validate(&bytes).unwrap().tenants.iter().all(|t| t.devices.is_empty()));
+    assert!(decode_and_validate(&bytes).unwrap().tenants.iter().all(|t| t.devices.is_empty() && t.linux.is_none()));
+}
+
+#[test]
+fn linux_tenants_round_trip_and_their_fields_are_checked() {
+    let mut m = manifest();
+    m.machine.memory_mib = 256;
+    m.tenants.push(linux_tenant("tux"));
+    let bytes = encode(&m).unwrap();
+    let e3 = HEADER_LEN + 3 * ENTRY_LEN;
+    assert_eq!(bytes[e3 + 68], 1, "kind 1: Linux");
+    let strings = &bytes[HEADER_LEN + 4 * ENTRY_LEN..];
+    let string = |at: usize| {
+        let (off, len) = (usize::from(u16::from_le_bytes([bytes[e3 + at], bytes[e3 + at + 1]])), usize::from(u16::from_le_bytes([bytes[e3 + at + 2], bytes[e3 + at + 3]])));
+        core::str::from_utf8(&strings[off..off + len]).unwrap().to_string()
+    };
+    assert_eq!((string(4), string(72), string(76)), ("vmlinux".to_string(), "initramfs.cpio".to_string(), "console=ttyS0 tv.max_tokens=4".to_string()));
+    let back = decode_and_validate(&bytes).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(back.tenants[3].weight, 100, "a Linux tenant has its weight and quotas like any other");
+    assert_eq!(back.tenants[3].quota, Quota { registered_mib: 4, inflight_ops: 64, kv_cache_mib: 4 });
+    // No initrd: an empty reference.
+    m.tenants[3].linux.as_mut().unwrap().initrd.clear();
+    assert_eq!(decode_and_validate(&encode(&m).unwrap()).unwrap(), m);
+
+    let check = |edit: &dyn Fn(&mut Tenant)| {
+        let mut bad = m.clone();
+        edit(&mut bad.tenants[3]);
+        field_of(validate(&bad))
+    };
+    let linux = Problem::NotForKind { kind: "Linux" };
+    assert_eq!(check(&|t| t.memory_mib = 16), (Some(3), "memory_mib", Problem::OutOfRange { value: 16, min: 32, max: 256 }));
+    assert_eq!(check(&|t| t.vcpus = 2), (Some(3), "vcpus", Problem::OutOfRange { value: 2, min: 1, max: 1 }));
+    assert_eq!(check(&|t| t.args = "prompt=1".to_string()), (Some(3), "args", linux.clone()));
+    assert_eq!(check(&|t| t.guest = "hello".to_string()), (Some(3), "guest", linux.clone()));
+    assert_eq!(check(&|t| t.devices = vec!["00:03.0".to_string()]), (Some(3), "devices", linux.clone()));
+    assert_eq!(check(&|t| t.linux.as_mut().unwrap().kernel.clear()), (Some(3), "kernel", Problem::Empty));
+    assert_eq!(check(&|t| t.linux.as_mut().unwrap().initrd = "a/b".to_string()), (Some(3), "initrd", Problem::BadCharacter { byte: b'/', at: 1 }));
+    assert_eq!(check(&|t| t.linux.as_mut().unwrap().cmdline = "a\nb".to_string()), (Some(3), "cmdline", Problem::BadCharacter { byte: b'\n', at: 1 }));
+    assert_eq!(check(&|t| t.linux.as_mut().unwrap().cmdline = "x".repeat(1025)), (Some(3), "cmdline", Problem::NameTooLong { len: 1025, max: MAX_CMDLINE_LEN }));
+    let msg = validate(&{
+        let mut bad = m.clone();
+        bad.tenants[3].vcpus = 2;
+        bad
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(msg, "tenant #3 `tux`: vcpus: 2 is outside 1..=1");
 }

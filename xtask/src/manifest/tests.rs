@@ -155,3 +155,103 @@ fn passed_through_devices_are_checked_with_file_line_and_field() {
     let e = error(&edit(28, "kv_cache_mib = 4\n[tenants.policy]\npassthrough = true"));
     assert!(e.starts_with("bad.toml:30: ") && e.contains("passthrough"), "{e}");
 }
+
+/// BASE with a third tenant, `tux`, booting Linux from files in a scratch directory: its line
+/// 30 is `[[tenants]]`, 32 `kind`, 33 `kernel`, 34 `initrd`, 35 `cmdline`, 36 `memory_mib`.
+const LINUX: &str = r#"
+[[tenants]]
+name = "tux"
+kind = "linux"
+kernel = "vmlinux"
+initrd = "initramfs.cpio"
+cmdline = "console=ttyS0 tv.max_tokens=4"
+memory_mib = 40
+weight = 7
+cpu_budget_ms = 60000
+[tenants.quota]
+registered_mib = 4
+inflight_ops = 16
+kv_cache_mib = 4
+"#;
+
+/// A scratch directory with a fake vmlinux (an x86-64 ELF header), a fake bzImage (`HdrS` at
+/// 0x202), an initramfs and a file that is no kernel.
+fn linux_files(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tv-manifest-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[18] = 62;
+    std::fs::write(dir.join("vmlinux"), &elf).unwrap();
+    std::fs::write(dir.join("other").join("vmlinux"), &elf).unwrap();
+    let mut bz = vec![0u8; 0x400];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(dir.join("bzImage"), &bz).unwrap();
+    std::fs::write(dir.join("initramfs.cpio"), b"070701").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"not a kernel").unwrap();
+    dir
+}
+
+fn linux_config(with: &[(usize, &str)]) -> String {
+    let text = format!("{}{}", BASE.replace("memory_mib = 64", "memory_mib = 256"), LINUX);
+    text.lines().enumerate().map(|(i, l)| with.iter().find(|(n, _)| *n == i + 1).map_or(l, |(_, w)| *w)).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+fn linux_error(dir: &Path, text: &str) -> String {
+    match compile_in("bad.toml", text, &guests(), dir) {
+        Ok(c) => panic!("accepted:\n{text}\n{}", c.summary()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_linux_tenant_compiles_with_its_weight_quotas_and_modules() {
+    let dir = linux_files("ok");
+    let text = linux_config(&[]);
+    assert_eq!(text.lines().nth(31), Some("kind = \"linux\""), "the line numbers the tests use");
+    assert_eq!(text.lines().nth(35), Some("memory_mib = 40"));
+    let c = compile_in("linux.toml", &text, &guests(), &dir).unwrap_or_else(|e| panic!("{e}"));
+    let tux = &c.manifest.tenants[2];
+    let boot = tux.linux.as_ref().expect("a Linux tenant");
+    assert_eq!((boot.kernel.as_str(), boot.initrd.as_str(), boot.cmdline.as_str()), ("vmlinux", "initramfs.cpio", "console=ttyS0 tv.max_tokens=4"));
+    assert_eq!((tux.weight, tux.memory_mib, tux.quota.inflight_ops, tux.guest.as_str()), (7, 40, 16, ""));
+    assert_eq!(c.modules, [("kernel:vmlinux".to_string(), dir.join("vmlinux")), ("initrd:initramfs.cpio".to_string(), dir.join("initramfs.cpio"))]);
+    assert_eq!(c.guests(), ["hello"], "no guest ELF for the Linux tenant");
+    assert!(c.summary().contains("tux          linux vmlinux"), "{}", c.summary());
+    assert_eq!(hypervisor::manifest::decode_and_validate(&c.bytes).unwrap(), c.manifest);
+    // A bzImage, no initramfs, the default command line.
+    let c = compile_in("linux.toml", &linux_config(&[(33, "kernel = \"bzImage\""), (34, ""), (35, "")]), &guests(), &dir).unwrap();
+    let boot = c.manifest.tenants[2].linux.as_ref().unwrap();
+    assert_eq!((boot.kernel.as_str(), boot.initrd.as_str(), boot.cmdline.as_str()), ("bzImage", "", crate::image::LINUX_CMDLINE));
+    assert_eq!(c.modules.len(), 1);
+}
+
+#[test]
+fn linux_tenant_errors_name_file_line_and_field() {
+    let dir = linux_files("bad");
+    let e = |with: &[(usize, &str)]| linux_error(&dir, &linux_config(with));
+    assert_names(&e(&[(32, "kind = \"windows\"")]), 32, "tenant #2 `tux`: kind:", "unknown kind `windows`");
+    // A missing field is reported at its tenant's `[[tenants]]` line.
+    assert_names(&e(&[(33, "")]), 30, "tenant #2 `tux`: kernel:", "missing");
+    assert_names(&e(&[(33, "kernel = \"nope\"")]), 33, "tenant #2 `tux`: kernel:", "cannot read");
+    assert_names(&e(&[(33, "kernel = \"notes.txt\"")]), 33, "tenant #2 `tux`: kernel:", "neither an x86-64 ELF vmlinux nor a bzImage");
+    assert_names(&e(&[(34, "initrd = \"nope.cpio\"")]), 34, "tenant #2 `tux`: initrd:", "cannot read");
+    assert_names(&e(&[(35, "cmdline = \"console=ttyS0\\u0001\"")]), 35, "tenant #2 `tux`: cmdline:", "character 0x01 at 13");
+    assert_names(&e(&[(36, "memory_mib = 16")]), 36, "tenant #2 `tux`: memory_mib:", "16 is outside 32..=256");
+    assert_names(&e(&[(36, "memory_mib = 40\nvcpus = 2")]), 37, "tenant #2 `tux`: vcpus:", "2 is outside 1..=1");
+    assert_names(&e(&[(35, "args = \"prompt=1\"")]), 35, "tenant #2 `tux`: args:", "not for a Linux tenant");
+    assert_names(&e(&[(35, "guest = \"hello\"")]), 35, "tenant #2 `tux`: guest:", "not for a Linux tenant");
+    assert_names(&e(&[(35, "devices = [\"00:03.0\"]")]), 35, "tenant #2 `tux`: devices:", "not for a Linux tenant");
+    // A Rust tenant with a kernel, or without a guest.
+    assert_names(&e(&[(10, "kernel = \"vmlinux\"")]), 10, "tenant #0 `alice`: kernel:", "not for a Rust guest tenant");
+    assert_names(&e(&[(8, "")]), 6, "tenant #0 `alice`: guest:", "missing");
+    // Two tenants' kernels with one file name from different directories: one module name.
+    let two = linux_config(&[]) + &LINUX.replace("\"tux\"", "\"tux2\"").replace("\"vmlinux\"", "\"other/vmlinux\"");
+    let err = linux_error(&dir, &two);
+    assert!(err.starts_with("bad.toml:47: tenant #3 `tux2`: kernel:") && err.contains("has the file name of another tenant's kernel"), "{err}");
+    // The same file for both is one module.
+    let same = linux_config(&[]).replace("memory_mib = 256", "memory_mib = 512") + &LINUX.replace("\"tux\"", "\"tux2\"");
+    let c = compile_in("ok.toml", &same, &guests(), &dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.modules.len(), 2);
+}

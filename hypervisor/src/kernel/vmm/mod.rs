@@ -291,8 +291,7 @@ fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::
         stopped: None,
         linux: Some(Box::new(loaded.platform)),
         slot,
-        // The manifest's Linux entries carry no engine weight yet.
-        weight: 1,
+        weight: spec.weight,
         parked: false,
         resume: None,
         engine: EngineAccount::default(),
@@ -347,7 +346,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
     }
     for (i, spec) in linux_specs.iter().enumerate() {
         let loaded = fair
-            .add(1)
+            .add(spec.weight)
             .map_err(|e| alloc::format!("engine weight: {e}"))
             .and_then(|slot| load_linux(root, &mut vpids, (specs.len() + i) as u32 + 1, spec, slot).inspect_err(|_| release_slot(&mut fair, slot)));
         match loaded {

@@ -59,6 +59,8 @@ pub struct LinuxSpec<'a> {
     pub user_mode_hypercalls: bool,
     /// `console=raw`: COM1 straight to the hypervisor's console (`cargo xtask run --linux`).
     pub raw_console: bool,
+    /// Engine weight (DRR), 1..=1000: the manifest's `weight`, or `weight=` on the module line.
+    pub weight: u32,
 }
 
 impl<'a> LinuxSpec<'a> {
@@ -83,7 +85,28 @@ impl<'a> LinuxSpec<'a> {
             limits: hypervisor::dispatch::Limits::default(),
             user_mode_hypercalls: cmdline_value(ours, "user_vmcall") == Some("1"),
             raw_console: cmdline_value(ours, "console") == Some("raw"),
+            weight: u32::try_from(num("weight", 1)?).map_err(|_| "bad weight")?,
         })
+    }
+
+    /// A Linux tenant from an admitted manifest entry (`kind = "linux"`), with its kernel and
+    /// initramfs modules: its memory, CPU budget, quotas, policy and engine weight are the
+    /// manifest's, as a Rust tenant's are.
+    pub fn from_manifest(t: &hypervisor::manifest::Tenant, boot: &hypervisor::manifest::LinuxBoot, kernel: &'a [u8], initrd: Option<&'a [u8]>) -> Self {
+        use hypervisor::manifest::Flags;
+        Self {
+            name: t.name.clone(),
+            kernel,
+            initrd,
+            cmdline: boot.cmdline.clone(),
+            memory_mib: u64::from(t.memory_mib),
+            window_mib: 8,
+            budget_ms: u64::from(t.cpu_budget_ms),
+            limits: hypervisor::dispatch::Limits::from_quota(&t.quota),
+            user_mode_hypercalls: t.flags.contains(Flags::USER_MODE_HYPERCALLS),
+            raw_console: false,
+            weight: u32::from(t.weight),
+        }
     }
 }
 
