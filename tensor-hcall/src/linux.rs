@@ -11,8 +11,11 @@
 //! write. A store traps to the hypervisor, which decodes the instruction and emulates it. Stores
 //! to [`HP_ARG0`]..=[`HP_ARG3`] set the arguments (RBX, RCX, RDX, RSI of the VMCALL register
 //! convention in [`crate::call`]); a 64-bit store of the call number to [`HP_CALL`] runs the
-//! call and, before the storing instruction retires, leaves the result in [`HP_RESULT`] (the
-//! value RAX would hold: ≥ 0 success, < 0 [`crate::HcallError`]) and increments [`HP_SEQUENCE`].
+//! call and, before the vCPU executes the instruction after the store, leaves the result in
+//! [`HP_RESULT`] (the value RAX would hold: ≥ 0 success, < 0 [`crate::HcallError`]) and
+//! increments [`HP_SEQUENCE`]. A call that needs the engine (prefill, generate, a doorbell with
+//! entries) parks the vCPU meanwhile, as a VMCALL does, while the hypervisor's engine scheduler
+//! runs it among the other tenants' work.
 //! Any other store (another offset, a width other than 8 bytes, a misaligned one) is dropped and
 //! counted as an error of the tenant. Each vCPU has its own argument registers in the page at
 //! `HP_VCPU_STRIDE * vcpu` (the first Linux tenant has one vCPU).

@@ -3,7 +3,9 @@
 //! tenant is a `kind = "linux"` entry with its own weight, memory and quotas), with the tiny
 //! model loaded by the hypervisor. One boot checks: the kernel reaches the initramfs marker;
 //! `tv-generate` (a static Linux program on the SDK's `linux` transport: sysfs-mapped hypercall
-//! page and window) generates exactly the host engine's tokens; `tv-hostile` gets the documented errors and
+//! page and window) generates exactly the host engine's tokens, its prefill and generate calls
+//! parking the vCPU while the engine scheduler runs their units (as a Rust tenant's VMCALLs
+//! do); `tv-hostile` gets the documented errors and
 //! faults while the kernel carries on to `tensorvisor-linux: done` and its own reset; the Rust
 //! tenant completes. The platform is the local APIC one: the kernel finds its CPU in the ACPI
 //! MADT, its local APIC at 0xfee00000 (xAPIC MMIO emulated through EPT violations) and runs its
@@ -125,6 +127,11 @@ kv_cache_mib = 8
         .assert_line(&["[tux] ", INIT_MARKER])
         // Must-show 1: the SDK program's tokens are the host engine's.
         .assert_line(&["[tux] tv-generate: tokens=", &ids(&want)])
+        // Its hypercall-page calls that need the engine went through the DRR scheduler: the
+        // prefill as one unit, the four tokens as four, charged to tux.
+        .assert_line(&["engine: tux: prefill request done in 1 unit(s)"])
+        .assert_line(&["engine: tux: generate request done in 4 unit(s)"])
+        .assert_line(&["guest tux: ", "5 engine units in 2 requests"])
         // Must-show 2: user-mode VMCALL without the policy, and memory outside the window.
         .assert_line(&["[tux] tv-hostile: user vmcall -> PermissionDenied"])
         .assert_line(&["[tux] tv-hostile: outside window -> mmap past end: refused", "read past mapping: killed by SIGSEGV", "read all-ones"])

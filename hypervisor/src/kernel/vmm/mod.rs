@@ -281,7 +281,13 @@ fn load_linux(root: &VmxRoot, vpids: &mut VpidAllocator, id: u32, spec: &linux::
         id,
         name: spec.name.clone(),
         vcpu,
-        services: TenantServices::new(&spec.name, id, loaded.ram, spec.limits, spec.user_mode_hypercalls),
+        services: {
+            let mut s = TenantServices::new(&spec.name, id, loaded.ram, spec.limits, spec.user_mode_hypercalls);
+            // Engine work from its VMCALLs and its hypercall page parks the vCPU as a Rust
+            // guest's does: the DRR scheduler runs the units by the tenant's weight.
+            s.may_park = true;
+            s
+        },
         budget_tsc: spec.budget_ms.saturating_mul(tsc::hz() / 1000),
         used_tsc: 0,
         handling_tsc: 0,
@@ -530,6 +536,14 @@ fn run_slice(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         log::error!("guest {}: VMPTRLD failed: {e:?}", g.name);
         return;
     }
+    if let Some(rax) = g.resume {
+        if let Some(p) = g.linux.as_mut().filter(|p| p.page_call_parked()) {
+            // A Linux tenant's call through its hypercall page: the store already retired, the
+            // result goes into the page.
+            p.finish_page_call(rax, g.services.ram_mut());
+            g.resume = None;
+        }
+    }
     if let Some(rax) = g.resume.take() {
         // Its engine request completed: the result, and RIP past the VMCALL (the VMCS still
         // holds that exit's instruction length: the vCPU has not run since).
@@ -637,8 +651,9 @@ fn run_slice_loaded(g: &mut Guest, slice: u64, models: &mut EngineHost) {
         if let Some(v) = g.services.tensors.take_pending_interrupt() {
             g.pending_vector = Some(v);
         }
-        if g.services.parked && decision == Decision::Advance {
-            // Parked on an engine request: RIP stays on the VMCALL until it completes.
+        if g.services.parked && matches!(decision, Decision::Advance | Decision::Resume) {
+            // Parked on an engine request: RIP stays on the VMCALL until it completes (a Linux
+            // tenant's store to its hypercall page has retired: `Resume`).
             return;
         }
         let applied = match decision {

@@ -29,9 +29,9 @@ pub struct TenantServices {
     /// Set when a hypercall parked as an engine request: the run loop must not advance RIP
     /// and the vCPU waits for the engine scheduler (see `run_guests`).
     pub parked: bool,
-    /// Whether engine calls may park (the run loop resumes the vCPU at completion). Off: they
-    /// run to completion inside the call, as the Linux tenant's hypercall page needs (its
-    /// result goes into the page before the store instruction retires).
+    /// Whether engine calls may park (the run loop resumes the vCPU at completion; a Linux
+    /// tenant's hypercall-page result is written into the page then). Off: they run to
+    /// completion inside the call. Every tenant the VMM loads parks.
     pub may_park: bool,
 }
 

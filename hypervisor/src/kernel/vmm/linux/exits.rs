@@ -71,6 +71,10 @@ pub struct Platform {
     hp_block_offset: u64,
     hp_args: [u64; 4],
     hp_sequence: u64,
+    /// A call through the page parked on an engine request: its result and the sequence go into
+    /// the page when the request completes ([`Platform::finish_page_call`]), before the vCPU
+    /// runs again.
+    hp_parked: bool,
     /// Accesses outside the tenant's memory and BARs (reads all ones, writes dropped).
     pub stray_accesses: u64,
     pub page_calls: u64,
@@ -167,6 +171,7 @@ impl Platform {
             hp_block_offset,
             hp_args: [0; 4],
             hp_sequence: 0,
+            hp_parked: false,
             stray_accesses: 0,
             page_calls: 0,
             intr: Interrupts::new(LocalApic::new(0, tsc_hz, u64::from(CRYSTAL_HZ))),
@@ -539,12 +544,36 @@ impl Platform {
         let r = services.hypercall(&mut call, 0);
         self.restore_fpu();
         r?;
+        if services.tenant.parked {
+            // Engine work: the store retires now (the caller advances RIP), but the vCPU stays
+            // parked until the engine scheduler has run the request's units; the result is
+            // written then, so the program still finds it when its next instruction runs.
+            self.hp_parked = true;
+            return Ok(());
+        }
+        self.publish_page_result(call.rax, services.tenant.ram_mut());
+        Ok(())
+    }
+
+    /// Whether the vCPU is parked on a call made through the hypercall page (rather than a
+    /// VMCALL, whose result goes to RAX).
+    pub fn page_call_parked(&self) -> bool {
+        self.hp_parked
+    }
+
+    /// The engine request of a parked page call completed with `rax`: its result and the next
+    /// sequence number go into the page.
+    pub fn finish_page_call(&mut self, rax: u64, ram: &mut GuestRam) {
+        self.hp_parked = false;
+        self.publish_page_result(rax, ram);
+    }
+
+    fn publish_page_result(&mut self, rax: u64, ram: &mut GuestRam) {
+        let hp = self.hp_block_offset;
         self.page_calls += 1;
         self.hp_sequence += 1;
-        let ram = services.tenant.ram_mut();
-        let _ = ram.load(hp + HP_RESULT, &call.rax.to_le_bytes());
+        let _ = ram.load(hp + HP_RESULT, &rax.to_le_bytes());
         let _ = ram.load(hp + HP_SEQUENCE, &self.hp_sequence.to_le_bytes());
-        Ok(())
     }
 
     fn port_io(&mut self, io: &IoQualification, regs: &mut GuestRegs, services: &mut ExitServices<'_>) -> Decision {
