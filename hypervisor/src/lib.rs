@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod multiboot2;
 pub mod nvme;
 pub mod paging;
+pub mod placement;
 pub mod pci;
 pub mod sched;
 pub mod store;
