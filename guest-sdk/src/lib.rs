@@ -13,6 +13,7 @@ pub mod in_process;
 #[cfg(all(feature = "linux", target_os = "linux", target_arch = "x86_64"))]
 pub mod linux;
 pub mod tensor;
+pub mod vcpu;
 
 pub use tensor_hcall::boot::GuestBootInfo;
 pub use tensor_hcall::cpuid::HypervisorInfo;

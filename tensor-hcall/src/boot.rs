@@ -68,9 +68,20 @@ pub struct GuestBootInfo {
     pub device_count: u32,
     pub reserved2: u32,
     pub devices: [DeviceWindow; MAX_BOOT_DEVICES],
+    /// How many vCPUs the tenant has (1 when it has one; 0 from a hypervisor that predates
+    /// multi-vCPU tenants). Every vCPU enters the image's entry point with RDI = this page and
+    /// RSI = its vCPU index (0..vcpu_count), on its own 64 KiB stack: vCPU `i`'s stack ends
+    /// `i * 64 KiB` below the top of guest memory. vCPU 0 is started first; the others start
+    /// at the same time and share the tenant's memory (see [`MSR_VCPU`]).
+    pub vcpu_count: u32,
+    pub reserved3: u32,
 }
 
-const_assert_eq!(core::mem::size_of::<GuestBootInfo>(), 408);
+/// Bytes of stack each vCPU gets at the top of guest memory, vCPU 0 highest.
+pub const VCPU_STACK_BYTES: u64 = 64 * 1024;
+
+const_assert_eq!(core::mem::size_of::<GuestBootInfo>(), 416);
+const_assert_eq!(core::mem::offset_of!(GuestBootInfo, vcpu_count), 408);
 const_assert_eq!(core::mem::offset_of!(GuestBootInfo, devices), 280);
 const_assert_eq!(core::mem::offset_of!(GuestBootInfo, args), 32);
 const_assert!(core::mem::size_of::<GuestBootInfo>() <= 2048);
@@ -115,6 +126,8 @@ impl GuestBootInfo {
             b[at + 16..at + 24].copy_from_slice(&d.gpa.to_le_bytes());
             b[at + 24..at + 32].copy_from_slice(&d.len.to_le_bytes());
         }
+        b[408..412].copy_from_slice(&self.vcpu_count.to_le_bytes());
+        b[412..416].copy_from_slice(&self.reserved3.to_le_bytes());
         b
     }
 
@@ -137,6 +150,8 @@ impl GuestBootInfo {
             device_count: 0,
             reserved2: 0,
             devices: [DeviceWindow::default(); MAX_BOOT_DEVICES],
+            vcpu_count: 1,
+            reserved3: 0,
         }
     }
 
@@ -161,6 +176,34 @@ impl GuestBootInfo {
 /// Outside the ranges KVM (0x4b56_4d00) and Hyper-V (0x4000_0000) use.
 pub const MSR_TENANT_ID: u32 = 0x4c56_5400;
 
+/// A synthetic, read-only MSR: which vCPU is reading it and which physical CPU handled the
+/// read (the exit), as [`VcpuPlacement::to_msr`] packs them. Read on a pinned vCPU, it names
+/// the CPU the tenant was pinned to.
+pub const MSR_VCPU: u32 = 0x4c56_5401;
+
+/// What [`MSR_VCPU`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuPlacement {
+    /// The vCPU's index in its tenant (0..vcpu_count).
+    pub vcpu: u16,
+    /// The physical CPU that handled the read: 0 is the boot CPU, `i` the `i`-th other CPU the
+    /// hypervisor started (ACPI MADT order).
+    pub cpu: u16,
+    /// That CPU's initial local APIC id (CPUID.01H:EBX[31:24] on the CPU itself).
+    pub apic_id: u32,
+}
+
+impl VcpuPlacement {
+    /// Bits 0..16 the vCPU, 16..32 the CPU, 32..64 the APIC id.
+    pub fn to_msr(self) -> u64 {
+        u64::from(self.vcpu) | u64::from(self.cpu) << 16 | u64::from(self.apic_id) << 32
+    }
+
+    pub fn from_msr(v: u64) -> Self {
+        Self { vcpu: v as u16, cpu: (v >> 16) as u16, apic_id: (v >> 32) as u32 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +221,7 @@ mod tests {
         let t = GuestBootInfo::new(1, 1, 1, &long);
         assert!(t.args_len as usize <= MAX_ARGS && t.args().chars().all(|c| c == 'é'));
         assert_eq!(&bytes[272..280], &[0u8; 8], "no devices");
+        assert_eq!(&bytes[408..412], &1u32.to_le_bytes(), "one vCPU unless told");
         let mut d = b;
         let w = DeviceWindow { vendor: 0x8086, device: 0x100e, bdf: 0x18, bar: 0, gpa: 0x80_0000, len: 0x2_0000, ..Default::default() };
         for _ in 0..MAX_BOOT_DEVICES {
@@ -190,8 +234,18 @@ mod tests {
         assert_eq!(&db[280..286], &[0x86, 0x80, 0x0e, 0x10, 0x18, 0]);
         assert_eq!(&db[296..304], &0x80_0000u64.to_le_bytes());
         assert_eq!(&db[304..312], &0x2_0000u64.to_le_bytes());
+        let mut two = b;
+        two.vcpu_count = 2;
+        assert_eq!(&two.to_bytes()[408..412], &2u32.to_le_bytes());
         let mut bad = b;
         bad.args_len = 10_000;
         assert_eq!(bad.args(), "scenario=triple-fault budget_ms=50");
+    }
+
+    #[test]
+    fn vcpu_placement_round_trips_through_the_msr_value() {
+        let p = VcpuPlacement { vcpu: 1, cpu: 3, apic_id: 6 };
+        assert_eq!(p.to_msr(), 0x6_0003_0001);
+        assert_eq!(VcpuPlacement::from_msr(p.to_msr()), p);
     }
 }
