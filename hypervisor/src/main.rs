@@ -102,17 +102,12 @@ mod entry {
                         log::error!("manifest: tenant refused: {e}");
                     }
                     for (_, t) in &admitted.tenants {
-                        if !t.cpus.is_empty() || t.vcpus > 1 {
-                            // Validated, disjoint and recorded, but not yet applied: say so
-                            // rather than let a configuration look enforced.
-                            log::warn!(
-                                "tenant {}: {} vCPU(s) pinned to CPUs {:?} in the manifest: not enforced yet: it runs one vCPU, on the boot CPU",
-                                t.name,
-                                t.vcpus,
-                                t.cpus
-                            );
-                        }
                         if let Some(boot) = &t.linux {
+                            if !t.cpus.is_empty() || t.vcpus > 1 {
+                                // Its one vCPU floats on the boot CPU (hypervisor::placement).
+                                log::error!("tenant {}: not started: a Linux tenant runs one unpinned vCPU ({} vCPU(s), CPUs {:?} asked)", t.name, t.vcpus, t.cpus);
+                                continue;
+                            }
                             // A Linux tenant: its kernel and initramfs modules must have come
                             // with the manifest; the loader checks the kernel's format.
                             let initrd = if boot.initrd.is_empty() { Ok(None) } else { module("initrd", &boot.initrd).map(Some).ok_or("initrd") };

@@ -41,7 +41,7 @@
 //!  46  u8       vcpus         1..=MAX_VCPUS
 //!  47  u8       model count   0..=MAX_MODELS
 //!  48  [u8; 8]  cpus          physical CPU of vCPU i; all 0xFF = not pinned (floats on the
-//!                             CPUs no tenant pinned); entries at and past `vcpus` are 0xFF
+//!                             boot CPU; see `placement`); entries at and past `vcpus` are 0xFF
 //!  56  u32      quota.registered_mib
 //!  60  u32      quota.kv_cache_mib
 //!  64  StrRef   devices       PCI devices passed through, comma-separated selectors

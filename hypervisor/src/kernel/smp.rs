@@ -9,7 +9,7 @@
 //! VMX) VMX root operation, and reports in. APs are started one at a time.
 
 use super::{cpu, cr, fpu, gdt, idt, memory, tsc};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Where the trampoline runs (SIPI vector 0x08 = 0x8000); inside the first megabyte, which the
 /// frame allocator never hands out.
@@ -136,7 +136,14 @@ impl engine::parallel::Parallel for CpuPool {
         JOB_GENERATION.fetch_add(1, Ordering::AcqRel);
         let base = LAPIC_VIRT.load(Ordering::Acquire);
         if base != 0 {
-            Lapic { base }.broadcast(u32::from(idt::WAKE_VECTOR));
+            // Only the engine's workers: a CPU running pinned vCPUs is left alone.
+            let lapic = Lapic { base };
+            for cpu in 1..MAX_CPUS {
+                let apic = APIC_OF[cpu].load(Ordering::Acquire);
+                if WORKER_OF[cpu].load(Ordering::Acquire) != NOT_A_WORKER && apic != NOT_UP {
+                    lapic.ipi(apic, u32::from(idt::WAKE_VECTOR));
+                }
+            }
         }
         job(0);
         while JOB_DONE.load(Ordering::Acquire) < workers - 1 {
@@ -145,6 +152,22 @@ impl engine::parallel::Parallel for CpuPool {
         *JOB.lock() = None;
     }
 }
+
+/// CPU numbers: 0 is the boot CPU, `i` the `i`-th other enabled MADT entry.
+const MAX_CPUS: usize = 64;
+const NOT_UP: u32 = u32::MAX;
+const NOT_A_WORKER: u32 = u32::MAX;
+/// The APIC id of each CPU that came up.
+static APIC_OF: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NOT_UP) }; MAX_CPUS];
+/// The application processors (by CPU number) that came up in VMX root operation.
+static VMX_UP: AtomicU64 = AtomicU64::new(0);
+/// Each CPU's engine worker index (contiguous from 1; the boot CPU is 0), or NOT_A_WORKER.
+static WORKER_OF: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NOT_A_WORKER) }; MAX_CPUS];
+/// A long task handed to one application processor (the loop of its pinned vCPUs), and
+/// whether it has returned.
+type Task = &'static (dyn Fn(u32) + Sync);
+static TASK: [spin::Mutex<Option<Task>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+static TASK_DONE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// CPUs that reported in (the boot CPU counts as one).
 static ONLINE: AtomicU32 = AtomicU32::new(1);
@@ -185,11 +208,6 @@ impl Lapic {
         self.read(APIC_ID) >> 24
     }
 
-    /// A fixed IPI with `vector` to every CPU but this one.
-    fn broadcast(&self, vector: u32) {
-        self.ipi(0, (3 << 18) | vector);
-    }
-
     /// Sends an IPI with `low` as the ICR low word to the APIC `dest`, waiting for delivery.
     fn ipi(&self, dest: u32, low: u32) {
         self.write(APIC_ICR_HIGH, dest << 24);
@@ -221,6 +239,7 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
     LAPIC_VIRT.store(lapic.base, Ordering::Release);
     idt::set_lapic_eoi(lapic.base + 0xb0);
     let me = lapic.id();
+    APIC_OF[0].store(me, Ordering::Release);
     let start = core::ptr::addr_of!(ap_trampoline_start);
     let len = offset(core::ptr::addr_of!(ap_trampoline_end)) as usize;
     if memory::map_identity(TRAMPOLINE).is_err() {
@@ -241,6 +260,10 @@ pub fn start_aps(apic_ids: &[u32]) -> u32 {
     let mut index = 0u64;
     for &id in apic_ids.iter().filter(|&&id| id != me) {
         index += 1;
+        if index as usize >= MAX_CPUS {
+            log::warn!("smp: more than {MAX_CPUS} CPUs: APIC id {id} and beyond not started");
+            break;
+        }
         let stack = match memory::new_stack(16) {
             Ok(top) => top,
             Err(e) => {
@@ -279,6 +302,65 @@ pub fn vmx_cpus() -> u32 {
     VMX_ON.load(Ordering::Acquire)
 }
 
+/// The CPUs that can run vCPUs: the boot CPU (bit 0) and every application processor that
+/// came up in VMX root operation (bit = CPU number).
+pub fn vmx_up() -> u64 {
+    VMX_UP.load(Ordering::Acquire) | 1
+}
+
+/// The running CPU's number and APIC id, asked of the CPU itself (CPUID.01H:EBX[31:24], the
+/// initial APIC id; SDM Vol. 2A, CPUID) and looked up among the CPUs started. CPU 0 when the
+/// application processors were never started.
+pub fn current_cpu() -> (u32, u32) {
+    let apic = core::arch::x86_64::__cpuid(1).ebx >> 24;
+    let cpu = (0..MAX_CPUS).find(|&c| APIC_OF[c].load(Ordering::Acquire) == apic).unwrap_or(0);
+    (cpu as u32, apic)
+}
+
+/// Makes the CPUs in `cpus` (bit = CPU number; the boot CPU is always worker 0) the engine's
+/// workers, numbered 1.. in CPU order; the others stay out of every matrix product. Called by
+/// the boot CPU between engine jobs only.
+pub fn set_engine_workers(cpus: u64) {
+    let mut next = 1u32;
+    for (cpu, w) in WORKER_OF.iter().enumerate().skip(1) {
+        let up = APIC_OF[cpu].load(Ordering::Acquire) != NOT_UP;
+        if up && cpus & (1 << cpu) != 0 {
+            w.store(next, Ordering::Release);
+            next += 1;
+        } else {
+            w.store(NOT_A_WORKER, Ordering::Release);
+        }
+    }
+    WORKERS.store(next, Ordering::Release);
+}
+
+/// Runs `task(cpu)` on every application processor in `cpus` (bit = CPU number; each must have
+/// come up) while the boot CPU runs `here`; returns `here`'s result once `here` and every task
+/// have returned. Take those CPUs out of the engine's workers first ([`set_engine_workers`]).
+pub fn run_on<R>(cpus: u64, task: &(dyn Fn(u32) + Sync), here: impl FnOnce() -> R) -> R {
+    let targets: alloc::vec::Vec<usize> =
+        (1..MAX_CPUS).filter(|&c| cpus & (1 << c) != 0 && APIC_OF[c].load(Ordering::Acquire) != NOT_UP).collect();
+    // SAFETY: every CPU given the reference is waited for below (TASK_DONE) before this
+    // function returns, and its slot is emptied when it takes the task, so no use outlives the
+    // borrow `task` really has. (A panic ends the machine: there is no unwinding past here.)
+    let erased: Task = unsafe { core::mem::transmute::<&(dyn Fn(u32) + Sync), Task>(task) };
+    let base = LAPIC_VIRT.load(Ordering::Acquire);
+    for &c in &targets {
+        TASK_DONE[c].store(false, Ordering::Release);
+        *TASK[c].lock() = Some(erased);
+        if base != 0 {
+            Lapic { base }.ipi(APIC_OF[c].load(Ordering::Acquire), u32::from(idt::WAKE_VECTOR));
+        }
+    }
+    let r = here();
+    for &c in &targets {
+        while !TASK_DONE[c].load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+    }
+    r
+}
+
 /// An application processor's first Rust code, on its own stack, interrupts off.
 extern "C" fn ap_main(index: u64) -> ! {
     let ist = [memory::new_stack(4), memory::new_stack(4), memory::new_stack(4)];
@@ -294,10 +376,12 @@ extern "C" fn ap_main(index: u64) -> ! {
         l.write(0x80, 0); // task priority 0
     }
     let apic = lapic.as_ref().map_or(u32::MAX, |l| l.id());
+    APIC_OF[index as usize].store(apic, Ordering::Release);
     let vmx = match cpu::vmx_capabilities() {
         Some(caps) => match super::vmm::enable_on_this_cpu(&caps) {
             Ok(()) => {
                 VMX_ON.fetch_add(1, Ordering::AcqRel);
+                VMX_UP.fetch_or(1 << index, Ordering::AcqRel);
                 "VMXON done"
             }
             Err(_) => "VMXON failed",
@@ -309,22 +393,28 @@ extern "C" fn ap_main(index: u64) -> ! {
     // Worker ids are handed out in check-in order, so they are contiguous even if some CPU
     // failed to start.
     let worker = ONLINE.fetch_add(1, Ordering::AcqRel);
-    worker_loop(worker as usize)
+    WORKER_OF[index as usize].store(worker, Ordering::Release);
+    worker_loop(index as usize)
 }
 
-/// Runs engine jobs as they are published, as worker `index`; sleeps in HLT in between (the
-/// wake-up IPI ends it).
-fn worker_loop(index: usize) -> ! {
+/// Runs a task handed to this CPU ([`run_on`]), and engine jobs as they are published while it
+/// is an engine worker; sleeps in HLT in between (the wake-up IPI ends it).
+fn worker_loop(cpu: usize) -> ! {
     let mut seen = JOB_GENERATION.load(Ordering::Acquire);
     loop {
+        let task = TASK[cpu].lock().take();
+        if let Some(task) = task {
+            task(cpu as u32);
+            TASK_DONE[cpu].store(true, Ordering::Release);
+            continue;
+        }
         let generation = JOB_GENERATION.load(Ordering::Acquire);
         if generation != seen {
             seen = generation;
             let job = *JOB.lock();
-            if let Some(job) = job {
-                if index < WORKERS.load(Ordering::Acquire) as usize {
-                    job(index);
-                }
+            let index = WORKER_OF[cpu].load(Ordering::Acquire);
+            if let Some(job) = job.filter(|_| index != NOT_A_WORKER) {
+                job(index as usize);
                 JOB_DONE.fetch_add(1, Ordering::AcqRel);
             }
             continue;

@@ -6,7 +6,7 @@ use super::tsc;
 use alloc::string::String;
 use hypervisor::dispatch::{Begun, EngineHost, GuestMemory, Limits, Tenant, DISPATCH_FEATURES};
 use hypervisor::vcpu::{GuestRegs, Services, StopReason};
-use tensor_hcall::boot::MSR_TENANT_ID;
+use tensor_hcall::boot::{MSR_TENANT_ID, MSR_VCPU};
 use tensor_hcall::call::MAX_CONSOLE_WRITE;
 use tensor_hcall::cpuid::{self, Features};
 use tensor_hcall::{encode_result, HcallError, HcallRegs, Hypercall, ABI_VERSION};
@@ -35,10 +35,24 @@ pub struct TenantServices {
     pub may_park: bool,
 }
 
+/// The models all tenants share, reachable from any CPU's exits: one lock.
+pub trait SharedEngine: Sync {
+    /// Runs `f` with the engine locked.
+    fn with(&self, f: &mut dyn FnMut(&mut EngineHost));
+}
+
+impl SharedEngine for spin::Mutex<&mut EngineHost> {
+    fn with(&self, f: &mut dyn FnMut(&mut EngineHost)) {
+        f(&mut self.lock())
+    }
+}
+
 /// A tenant's services together with the models all tenants share, for one exit.
 pub struct ExitServices<'a> {
     pub tenant: &'a mut TenantServices,
-    pub models: &'a mut EngineHost,
+    pub models: &'a dyn SharedEngine,
+    /// What [`MSR_VCPU`] reads: the exiting vCPU and the CPU handling the exit.
+    pub placement: tensor_hcall::boot::VcpuPlacement,
 }
 
 impl GuestMemory for GuestRam {
@@ -133,6 +147,7 @@ impl Services for ExitServices<'_> {
     fn read_msr(&self, msr: u32) -> Option<u64> {
         match msr {
             MSR_TENANT_ID => Some(u64::from(self.tenant.tenant_id)),
+            MSR_VCPU => Some(self.placement.to_msr()),
             0x10 => Some(tsc::rdtsc()), // IA32_TIME_STAMP_COUNTER
             _ => None,
         }
@@ -158,10 +173,12 @@ impl Services for ExitServices<'_> {
                     // Engine work parks: its descriptors are copied and validated now, the units
                     // run when the engine scheduler picks them, RAX and RIP change at completion.
                     if !t.may_park {
-                        regs.rax = t.tensors.hypercall(&hregs, &t.ram, self.models);
+                        self.models.with(&mut |m| regs.rax = t.tensors.hypercall(&hregs, &t.ram, m));
                         return Ok(());
                     }
-                    match t.tensors.begin(&hregs, &t.ram, self.models) {
+                    let mut begun = Begun::Done(encode_result(Err(HcallError::Busy)));
+                    self.models.with(&mut |m| begun = t.tensors.begin(&hregs, &t.ram, m));
+                    match begun {
                         Begun::Done(rax) => regs.rax = rax,
                         Begun::Parked => t.parked = true,
                     }
