@@ -112,6 +112,17 @@ pub fn set_lapic_eoi(addr: u64) {
     LAPIC_EOI_ADDR.store(addr, core::sync::atomic::Ordering::Release);
 }
 
+/// Ends the interrupt this CPU's local APIC is serving (a wake-up IPI that ended a VM exit
+/// rather than a HLT).
+pub fn eoi() {
+    let addr = LAPIC_EOI_ADDR.load(core::sync::atomic::Ordering::Acquire);
+    if addr != 0 {
+        // SAFETY: `addr` is the EOI register of the local APIC page `smp` mapped uncached;
+        // writing 0 to it is the EOI (SDM Vol. 3A, 11.8.5).
+        unsafe { core::ptr::write_volatile(addr as *mut u32, 0) };
+    }
+}
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Gate {

@@ -334,6 +334,29 @@ pub fn set_engine_workers(cpus: u64) {
     WORKERS.store(next, Ordering::Release);
 }
 
+/// Sends the wake-up IPI to the CPUs in `cpus` (bit = CPU number): ends their [`idle`].
+pub fn wake(cpus: u64) {
+    let base = LAPIC_VIRT.load(Ordering::Acquire);
+    if base == 0 {
+        return;
+    }
+    for cpu in (0..MAX_CPUS).filter(|&c| cpus & (1 << c) != 0) {
+        let apic = APIC_OF[cpu].load(Ordering::Acquire);
+        if apic != NOT_UP {
+            Lapic { base }.ipi(apic, u32::from(idt::WAKE_VECTOR));
+        }
+    }
+}
+
+/// Halts this CPU until an interrupt (a [`wake`] IPI) arrives. Check for work with interrupts
+/// off before calling: a wake-up sent after that check still ends the HLT.
+pub fn idle() {
+    // SAFETY: STI's one-instruction shadow makes STI;HLT atomic, so a wake-up IPI pending since
+    // the caller's check ends the HLT; the wake-up vector's handler only acknowledges it, and
+    // interrupts are off again before this returns.
+    unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
+}
+
 /// Runs `task(cpu)` on every application processor in `cpus` (bit = CPU number; each must have
 /// come up) while the boot CPU runs `here`; returns `here`'s result once `here` and every task
 /// have returned. Take those CPUs out of the engine's workers first ([`set_engine_workers`]).

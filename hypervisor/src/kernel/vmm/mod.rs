@@ -119,6 +119,9 @@ struct Tenant {
     finished: AtomicBool,
     /// Bit `i`: vCPU `i`'s engine request completed (its result waits in `state.completed`).
     wake: AtomicU32,
+    /// The CPUs that run its pinned vCPUs (bit = CPU number): woken when a request of its
+    /// completes or it stops, since they halt while all their vCPUs wait.
+    pinned_on: u64,
     state: spin::Mutex<TenantState>,
 }
 
@@ -202,6 +205,7 @@ impl Tenant {
             linux: linux.is_some(),
             finished: AtomicBool::new(false),
             wake: AtomicU32::new(0),
+            pinned_on: 0,
             state: spin::Mutex::new(TenantState {
                 services,
                 linux,
@@ -467,6 +471,7 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
             Placement::Floating => log::info!("guest {}: vCPU {} floats on the boot CPU (CPU 0)", tenants[p.tenant].name, p.index),
             Placement::Pinned(cpu) => {
                 pinned |= 1 << cpu;
+                tenants[p.tenant].pinned_on |= 1 << cpu;
                 log::info!("guest {}: vCPU {} pinned to CPU {cpu}", tenants[p.tenant].name, p.index);
             }
         }
@@ -494,7 +499,17 @@ pub fn run_guests(root: &VmxRoot, specs: &[TenantSpec<'_>], linux_specs: &[linux
         let mut mine: Vec<VcpuRun> = plans.iter().filter(|p| p.placement == Placement::Pinned(cpu)).filter_map(|p| create_vcpu(root, &tenants, p, &shared)).collect();
         let here = super::smp::current_cpu();
         log::info!("cpu {cpu}: runs {} pinned vCPU(s) (APIC id {})", mine.len(), here.1);
-        while run_slices(&tenants, &mut mine, &shared, here) {}
+        while run_slices(&tenants, &mut mine, &shared, here) {
+            // Every vCPU here waits for the engine: halt until the boot CPU's wake-up (a
+            // completion, or a tenant stopping), rather than spin.
+            let waiting = |v: &VcpuRun| {
+                let t = &tenants[v.tenant];
+                v.done || (v.parked && !t.stopped() && t.wake.load(Ordering::Acquire) & (1 << v.index) == 0)
+            };
+            if mine.iter().all(waiting) {
+                super::smp::idle();
+            }
+        }
     };
     let heap_peak = super::smp::run_on(pinned, &pinned_loop, || boot_cpu_loop(&tenants, &mut floating, &shared, heap_loaded));
     super::smp::set_engine_workers(up);
@@ -678,6 +693,7 @@ fn engine_units(tenants: &[Tenant], floating: &[VcpuRun], shared: &Shared<'_>, e
         let vector = st.services.tensors.take_pending_interrupt();
         st.completed = Some((vcpu, rax, vector));
         t.wake.fetch_or(1 << vcpu, Ordering::AcqRel);
+        super::smp::wake(t.pinned_on);
         log::info!(
             "engine: {}: {} request done in {} unit(s), {others} unit(s) of other tenants interleaved",
             t.name,
@@ -860,9 +876,14 @@ fn run_slice_loaded(t: &Tenant, v: &mut VcpuRun, shared: &Shared<'_>, (cpu, apic
             }
         };
         if let vmx::exit_info::Exit::ExternalInterrupt { vector } = exit {
-            // Whichever tenant runs, a host interrupt is the hypervisor's: a forwarded device
-            // line is masked and marked pending for its owner, the local APIC EOId.
-            super::devices::irq::host_interrupt(vector);
+            if vector == Some(super::idt::WAKE_VECTOR) {
+                // A wake-up for this CPU's loop (a completion) that arrived while a guest ran.
+                super::idt::eoi();
+            } else {
+                // Whichever tenant runs, a host interrupt is the hypervisor's: a forwarded
+                // device line is masked and marked pending for its owner, the local APIC EOId.
+                super::devices::irq::host_interrupt(vector);
+            }
         }
         let exhausted = (st.used_tsc >= t.budget_tsc).then(|| t.budget_tsc / (tsc::hz() / 1000).max(1));
         let (rflags, cpl) = (v.vcpu.rflags(), v.vcpu.cpl());
@@ -957,6 +978,7 @@ fn stop_locked(t: &Tenant, st: &mut TenantState, reason: StopReason, rip: u64, s
         let _ = shared.fair.lock().set_backlogged(t.slot, false);
     }
     t.finished.store(true, Ordering::Release);
+    super::smp::wake(t.pinned_on);
 }
 
 /// Gives back the scheduler slot of a tenant that was not started.
