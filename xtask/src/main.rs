@@ -202,9 +202,9 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         spec.memory_mib = spec.memory_mib.max(tenants + 320);
     }
     spec.timeout = Duration::from_secs(timeout);
-    // As many CPUs as the configuration is written for: its pinned vCPUs need their CPUs (a
-    // tenant pinned to a CPU that did not come up is refused).
-    spec.cpus = u32::from(compiled.manifest.machine.cpus);
+    // The fewest CPUs that give every pinned vCPU its CPU (a tenant pinned to a CPU that did
+    // not come up is refused); each emulated CPU makes Bochs slower.
+    spec.cpus = compiled.manifest.tenants.iter().flat_map(|t| t.cpus.iter()).map(|&c| u32::from(c) + 1).max().unwrap_or(1);
     spec.echo = true;
     spec.gdb = flags.has("--gdb");
     if spec.gdb {
