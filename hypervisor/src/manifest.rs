@@ -227,8 +227,9 @@ pub enum Problem {
     CpuOutOfRange { cpu: u8, cpus: u16 },
     /// The CPU is pinned twice in this tenant, or was pinned by tenant `other`.
     CpuOverlap { cpu: u8, other: Option<usize> },
-    /// Every CPU is pinned by some tenant: an unpinned tenant would have nowhere to run.
-    NoFreeCpu,
+    /// CPU 0, the boot CPU, runs the unpinned vCPUs and the engine: it cannot be pinned (so the
+    /// unpinned tenants always have a CPU).
+    BootCpuPinned,
     TooMany { count: usize, max: usize },
     /// A device selector that does not parse.
     BadDevice(crate::pci::SelectorError),
@@ -266,7 +267,7 @@ impl fmt::Display for Problem {
             Problem::CpuOutOfRange { cpu, cpus } => write!(f, "CPU {cpu} does not exist (the machine has {cpus})"),
             Problem::CpuOverlap { cpu, other: None } => write!(f, "CPU {cpu} is listed twice"),
             Problem::CpuOverlap { cpu, other: Some(o) } => write!(f, "CPU {cpu} is already pinned by tenant #{o}"),
-            Problem::NoFreeCpu => write!(f, "no CPU would be left for the tenants that are not pinned"),
+            Problem::BootCpuPinned => write!(f, "CPU 0 is the boot CPU, which runs the unpinned vCPUs and the engine: it cannot be pinned"),
             Problem::TooMany { count, max } => write!(f, "{count}, at most {max} allowed"),
             Problem::BadDevice(e) => write!(f, "{e}"),
             Problem::DeviceTaken { device, other: None } => write!(f, "device {device} is listed twice"),
@@ -409,6 +410,10 @@ pub fn validate_tenant(index: usize, t: &Tenant, machine: &Machine) -> Result<()
             }
             in_range(t.memory_mib.into(), MIN_LINUX_MEMORY_MIB.into(), max_mem.into()).map_err(|p| err("memory_mib", p))?;
             in_range(t.vcpus.into(), 1, 1).map_err(|p| err("vcpus", p))?;
+            if !t.cpus.is_empty() {
+                // Its one vCPU floats on the boot CPU.
+                return Err(err("cpus", linux));
+            }
             if !t.devices.is_empty() {
                 return Err(err("devices", linux));
             }
@@ -419,6 +424,9 @@ pub fn validate_tenant(index: usize, t: &Tenant, machine: &Machine) -> Result<()
             return Err(err("cpus", Problem::PinningCount { cpus: t.cpus.len(), vcpus: t.vcpus }));
         }
         for (i, &cpu) in t.cpus.iter().enumerate() {
+            if cpu == 0 {
+                return Err(err("cpus", Problem::BootCpuPinned));
+            }
             if u16::from(cpu) >= machine.cpus {
                 return Err(err("cpus", Problem::CpuOutOfRange { cpu, cpus: machine.cpus }));
             }
@@ -461,8 +469,8 @@ pub fn validate_tenant(index: usize, t: &Tenant, machine: &Machine) -> Result<()
 }
 
 /// Admits tenants in order, each against the machine and the tenants admitted before it:
-/// names unique, pinned CPUs disjoint, memory and KV-cache pools not exceeded, and an unpinned
-/// tenant only while some CPU is left unpinned.
+/// names unique, pinned CPUs disjoint, memory and KV-cache pools not exceeded. (Unpinned tenants
+/// always have a CPU: the boot CPU cannot be pinned.)
 #[derive(Debug)]
 pub struct Admission<'m> {
     machine: &'m Machine,
@@ -497,15 +505,6 @@ impl<'m> Admission<'m> {
             if let Some(&(other, _)) = self.admitted.iter().find(|(_, o)| taken(o)) {
                 return Err(err("devices", Problem::DeviceTaken { device: d.clone(), other: Some(other) }));
             }
-        }
-        let pinned_before: usize = self.admitted.iter().map(|(_, o)| o.cpus.len()).sum();
-        let floats_before = self.admitted.iter().any(|(_, o)| o.cpus.is_empty());
-        let pinned_after = pinned_before + t.cpus.len();
-        let floats_after = floats_before || t.cpus.is_empty();
-        if floats_after && pinned_after >= usize::from(self.machine.cpus) {
-            // Either this tenant floats with no CPU left, or its pinning takes the last CPU that
-            // the floating tenants admitted before it run on.
-            return Err(err("cpus", Problem::NoFreeCpu));
         }
         let memory = self.memory_mib + u64::from(t.memory_mib);
         if memory > self.machine.memory_mib.into() {

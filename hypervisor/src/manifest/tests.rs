@@ -179,18 +179,17 @@ fn duplicate_names_overlapping_pins_and_pools_name_the_later_tenant() {
 }
 
 #[test]
-fn an_unpinned_tenant_needs_a_cpu_nobody_pinned() {
+fn the_boot_cpu_cannot_be_pinned_so_unpinned_tenants_always_have_it() {
     let mut m = manifest();
     m.tenants[0].cpus = vec![0, 1];
     m.tenants[0].vcpus = 2;
+    assert_eq!(field_of(validate(&m)), (Some(0), "cpus", Problem::BootCpuPinned));
+    // Every CPU but the boot CPU pinned, with an unpinned tenant: it runs on CPU 0.
+    m.tenants[0].cpus = vec![1];
+    m.tenants[0].vcpus = 1;
     m.tenants[1].cpus = vec![2, 3];
     m.tenants[1].vcpus = 2;
-    assert_eq!(field_of(validate(&m)), (Some(2), "cpus", Problem::NoFreeCpu));
-    // Pinned first, floating later or the other way round: the same rule.
-    m.tenants.swap(1, 2);
-    assert_eq!(field_of(validate(&m)), (Some(2), "cpus", Problem::NoFreeCpu));
-    m.tenants[2].cpus = vec![2];
-    m.tenants[2].vcpus = 1;
+    assert!(m.tenants[2].cpus.is_empty());
     validate(&m).unwrap();
 }
 

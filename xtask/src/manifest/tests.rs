@@ -99,6 +99,8 @@ fn overlapping_cpu_pinning() {
     assert_names(&e, 22, "cpus", "CPU 1 is already pinned by tenant #0");
     let e = error(&edit(22, "cpus = [7]"));
     assert_names(&e, 22, "cpus", "CPU 7 does not exist");
+    let e = error(&edit(22, "cpus = [0]"));
+    assert_names(&e, 22, "cpus", "CPU 0 is the boot CPU");
 }
 
 #[test]
