@@ -1,7 +1,7 @@
 //! Several tenants on one box (Bochs, VT-x), started from the tenant configuration in `config/`
 //! compiled to a manifest: two honest guests generate with the shared model while an attacker
-//! forges handles, reaches for memory that is not its own, exhausts its quotas and finally spins
-//! with interrupts off. The attacker gets errors and is stopped; the honest guests' tokens equal
+//! forges handles, reaches for memory that is not its own, opens a model its manifest entry does
+//! not list, exhausts its quotas and finally spins with interrupts off. The attacker gets errors and is stopped; the honest guests' tokens equal
 //! the engine's. A corrupted manifest is refused and the hypervisor carries on.
 
 use std::time::Duration;
@@ -69,6 +69,9 @@ fn the_attack_configuration_boots_from_its_manifest() {
             "[mallory] hostile: a doorbell of 6 entries over an in-flight quota of 4: consumed 6, 4 ran, 2 QuotaExceeded; resubmitted 2, 2 ran",
             "refused as documented, the ring carries on",
         ])
+        // attack.toml lists no model for mallory: the loaded tiny.gguf (id 0) is refused to it.
+        .assert_line(&["[mallory] hostile: open a session on the unlisted model: Err(PermissionDenied) -> refused as documented"])
+        .assert_line(&["[mallory] hostile: read the unlisted model's description: Err(PermissionDenied) -> refused as documented"])
         .assert_line(&["[mallory] hostile: 0 checks got an unexpected answer"])
         .assert_line(&["guest mallory: stopped: exceeded its CPU budget of 100 ms", "interrupts off"])
         .assert_line(&["tensorvisor_tenant_quota_refusals_total{tenant=\"mallory\"}"])

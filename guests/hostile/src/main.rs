@@ -1,7 +1,8 @@
 //! The hostile guest: tries each class of bad call and descriptor and checks it gets the
 //! documented error, never more: bad and forged handles, another tenant's handle (`victim=ID`),
 //! memory it does not own, overflowing shapes, strides reaching outside their region, ring
-//! indices beyond the ring, a descriptor rewritten after the doorbell, and quota exhaustion.
+//! indices beyond the ring, a descriptor rewritten after the doorbell, quota exhaustion, and
+//! (`unlisted_model=ID`) a loaded model its manifest entry does not list.
 //! It exits with the number of checks that did not get the expected answer, or with `spin=1`
 //! then spins with interrupts off until its CPU budget stops it.
 #![no_std]
@@ -9,7 +10,7 @@
 
 use guest_sdk::arch::Vmcall;
 use guest_sdk::console::exit;
-use guest_sdk::tensor::{create_tensor, Ring, SharedRegion};
+use guest_sdk::tensor::{create_tensor, model_info, Ring, SharedRegion};
 use guest_sdk::{call, println, GuestBootInfo, Hypercall};
 use tensor_hcall::desc::{DType, OpCode, RegionFlags, SqEntry, TensorDesc};
 use tensor_hcall::HcallError;
@@ -161,6 +162,13 @@ fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
     };
     c.expect("register more than the quota", Err::<u64, _>(quota), &[HcallError::QuotaExceeded]);
     println!("hostile: {n} more regions were accepted before the quota refused");
+    // `unlisted_model=ID`: a model the hypervisor loaded that this tenant's manifest entry
+    // does not list; naming it is refused (and the tenant carries on).
+    if let Some(id) = boot.arg("unlisted_model").and_then(|v| v.parse::<u64>().ok()) {
+        println!("hostile: model {id} is loaded but not in its models list");
+        c.expect("open a session on the unlisted model", call(&mut t, Hypercall::SessionOpen { model_id: id, max_context: 16 }), &[HcallError::PermissionDenied]);
+        c.expect("read the unlisted model's description", model_info(&mut t, id), &[HcallError::PermissionDenied]);
+    }
     c.expect("a session with a huge context on a missing model", call(&mut t, Hypercall::SessionOpen { model_id: 99, max_context: 1 << 30 }), &[HcallError::NoSuchModel]);
     Ok(c.failures)
 }

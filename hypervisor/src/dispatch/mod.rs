@@ -10,6 +10,9 @@
 //! - **Handles, not addresses.** Regions, tensors and sessions are named by handles that carry a
 //!   kind, the tenant's id, a generation and a slot: a forged, stale or another tenant's handle
 //!   is `BadHandle`.
+//! - **Model access.** A tenant names (opens sessions on, queries) only the models its manifest
+//!   entry lists ([`ModelAccess`]): another loaded model is `PermissionDenied`, refused before
+//!   anything is charged or opened.
 //! - **Quotas.** Registered bytes, operations per doorbell (in flight) and KV-cache bytes are
 //!   charged before anything is done; over quota is `QuotaExceeded`, never a hang. A doorbell
 //!   with more pending entries than the in-flight quota runs the first `inflight_ops` of them and
@@ -19,11 +22,13 @@
 //!   registered memory where the guest put them, row by row into the engine's working buffers,
 //!   and write results in place; only descriptors are copied.
 
+mod access;
 pub mod fake;
 pub mod fuzz;
 mod llm;
 mod ops;
 
+pub use access::ModelAccess;
 pub use llm::{EngineHost, GenStep, ModelHost, SamplingParams};
 
 use alloc::collections::VecDeque;
@@ -72,19 +77,36 @@ pub struct Limits {
     pub regions: usize,
     pub tensors: usize,
     pub sessions: usize,
+    /// The models the tenant may name (default: every loaded model).
+    pub models: ModelAccess,
 }
 
 impl Limits {
-    /// The limits a tenant manifest's quotas set (the table sizes keep their defaults).
+    /// The limits a tenant manifest's quotas set (the table sizes keep their defaults; every
+    /// model may be named).
     pub fn from_quota(q: &crate::manifest::Quota) -> Self {
         let mib = |m: u32| u64::from(m) << 20;
         Self { registered_bytes: mib(q.registered_mib), inflight_ops: q.inflight_ops, kv_cache_bytes: mib(q.kv_cache_mib), ..Self::default() }
+    }
+
+    /// The limits of a manifest tenant: its quotas and its `models` list (an empty list: no
+    /// model; a list the manifest's rules would refuse: no model either).
+    pub fn for_tenant(t: &crate::manifest::Tenant) -> Self {
+        Self { models: ModelAccess::only(&t.models).unwrap_or(ModelAccess::NONE), ..Self::from_quota(&t.quota) }
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { registered_bytes: 64 << 20, inflight_ops: 256, kv_cache_bytes: 64 << 20, regions: 64, tensors: 1024, sessions: 8 }
+        Self {
+            registered_bytes: 64 << 20,
+            inflight_ops: 256,
+            kv_cache_bytes: 64 << 20,
+            regions: 64,
+            tensors: 1024,
+            sessions: 8,
+            models: ModelAccess::ANY,
+        }
     }
 }
 
@@ -448,6 +470,7 @@ impl Tenant {
             return Err(HcallError::InvalidArgument);
         } else {
             let index = usize::try_from(kind - 1).map_err(|_| HcallError::InvalidArgument)?;
+            self.limits.models.check(index as u64, models)?;
             models.model_info(index).ok_or(HcallError::NoSuchModel)?.to_bytes().to_vec()
         };
         if out_len < bytes.len() as u64 {
@@ -669,6 +692,8 @@ impl Tenant {
         if max_context == 0 {
             return Err(HcallError::InvalidArgument);
         }
+        // Before anything is charged or opened: a refusal changes nothing but the counters.
+        self.limits.models.check(model, models)?;
         let kv = models.kv_bytes(model, max_context)?;
         let total = self.kv_bytes.checked_add(kv).ok_or(HcallError::QuotaExceeded)?;
         if total > self.limits.kv_cache_bytes || self.sessions.live() >= self.limits.sessions {

@@ -588,3 +588,106 @@ fn completion_interrupts_follow_suppression_and_the_event_index() {
     e.mem.poke(SCRATCH, &bad.to_bytes());
     assert_eq!(e.call(Hypercall::RingSetup { desc_gpa: SCRATCH }), Err(HcallError::InvalidArgument));
 }
+
+/// Two loaded models, `tiny` (id 0) and `other` (id 1).
+fn two_model_host() -> EngineHost {
+    let (mut host, _) = tiny_host();
+    let bytes: &'static [u8] = Box::leak(engine::tiny::tiny_gemma3(2).into_boxed_slice());
+    let g = engine::gguf::Gguf::parse(bytes).unwrap();
+    host.add("other", engine::model::Model::from_gguf(&g).unwrap(), engine::tokenizer::Tokenizer::from_gguf(&g).unwrap());
+    host
+}
+
+#[test]
+fn a_tenant_opens_and_queries_only_the_models_it_lists() {
+    let mut e = Env::new(Limits { models: ModelAccess::only(&["tiny"]).unwrap(), ..Limits::default() });
+    e.models = two_model_host();
+    // Listed: opens, and its description reads.
+    let s = e.call(Hypercall::SessionOpen { model_id: 0, max_context: 16 }).unwrap();
+    assert_eq!(e.call(Hypercall::Query { kind: 1, out_gpa: SCRATCH, out_len: 64 }), Ok(64));
+    let (kv, errors, hypercalls) = (e.t.kv_cache_bytes(), e.t.counters.errors, e.t.counters.hypercalls);
+    assert!(kv > 0);
+    // Loaded but not listed: refused, counted, nothing opened or charged.
+    assert_eq!(e.call(Hypercall::SessionOpen { model_id: 1, max_context: 16 }), Err(HcallError::PermissionDenied));
+    e.mem.poke(SCRATCH, &[0xAA; 64]);
+    assert_eq!(e.call(Hypercall::Query { kind: 2, out_gpa: SCRATCH, out_len: 64 }), Err(HcallError::PermissionDenied));
+    assert_eq!(e.mem.peek(SCRATCH, 64), vec![0xAA; 64], "a refused query writes nothing");
+    assert_eq!(e.t.counters.errors, errors + 2);
+    assert_eq!(e.t.counters.hypercalls, hypercalls + 2);
+    assert_eq!(e.t.counters.quota_refusals, 0);
+    assert_eq!(e.t.kv_cache_bytes(), kv);
+    assert_eq!(e.t.sessions.live(), 1);
+    assert_eq!(e.models.open_sessions(), 1);
+    // Not loaded at all stays NoSuchModel (the ids are the host's; `Query` kind 0 counts them).
+    assert_eq!(e.call(Hypercall::SessionOpen { model_id: 2, max_context: 16 }), Err(HcallError::NoSuchModel));
+    assert_eq!(e.call(Hypercall::SessionOpen { model_id: u64::MAX, max_context: 16 }), Err(HcallError::NoSuchModel));
+    assert_eq!(e.call(Hypercall::Query { kind: 3, out_gpa: SCRATCH, out_len: 64 }), Err(HcallError::NoSuchModel));
+    // The tenant carries on: its session on the listed model still works and closes.
+    e.mem.poke(REGION + 0x100, &2u32.to_le_bytes());
+    assert_eq!(e.call(Hypercall::SessionPrefill { session: s, region: e.region, offset: 0x100, count: 1 }), Ok(1));
+    assert_eq!(e.call(Hypercall::SessionClose { session: s }), Ok(0));
+    assert_eq!((e.t.kv_cache_bytes(), e.models.open_sessions()), (0, 0));
+    // The refusals show in the counters the tenant reads back.
+    assert_eq!(e.call(Hypercall::Query { kind: 0x100, out_gpa: SCRATCH, out_len: 64 }), Ok(64));
+    let stats = tensor_hcall::desc::TenantStats::from_bytes(e.mem.peek(SCRATCH, 64).as_slice().try_into().unwrap());
+    assert_eq!(stats.errors, errors + 5);
+
+    // Another tenant listing `other` only: the mirror image, on the same host.
+    let mut t2 = Tenant::new(8, Limits { models: ModelAccess::only(&["other"]).unwrap(), ..Limits::default() });
+    assert_eq!(call(&mut t2, &e.mem, &mut e.models, Hypercall::SessionOpen { model_id: 0, max_context: 16 }), Err(HcallError::PermissionDenied));
+    assert!(call(&mut t2, &e.mem, &mut e.models, Hypercall::SessionOpen { model_id: 1, max_context: 16 }).is_ok());
+    t2.close_all(&mut e.models);
+}
+
+#[test]
+fn an_empty_list_names_no_model_and_a_tenant_without_a_manifest_names_all() {
+    let mut models = two_model_host();
+    let mem = FakeMemory::new(1 << 20);
+    let mut none = Tenant::new(1, Limits { models: ModelAccess::NONE, ..Limits::default() });
+    let mut any = Tenant::new(2, Limits::default());
+    for id in 0..2 {
+        assert_eq!(call(&mut none, &mem, &mut models, Hypercall::SessionOpen { model_id: id, max_context: 8 }), Err(HcallError::PermissionDenied));
+        assert_eq!(call(&mut none, &mem, &mut models, Hypercall::Query { kind: 1 + id, out_gpa: SCRATCH, out_len: 64 }), Err(HcallError::PermissionDenied));
+        assert!(call(&mut any, &mem, &mut models, Hypercall::SessionOpen { model_id: id, max_context: 8 }).is_ok());
+        assert_eq!(call(&mut any, &mem, &mut models, Hypercall::Query { kind: 1 + id, out_gpa: SCRATCH, out_len: 64 }), Ok(64));
+    }
+    assert_eq!((none.counters.errors, none.kv_cache_bytes()), (4, 0));
+    assert_eq!(any.counters.errors, 0);
+    // The ABI query still counts every loaded model (the id space), whatever the list.
+    assert_eq!(call(&mut none, &mem, &mut models, Hypercall::Query { kind: 0, out_gpa: SCRATCH, out_len: 32 }), Ok(32));
+    assert_eq!(AbiInfo::from_bytes(mem.peek(SCRATCH, 32).as_slice().try_into().unwrap()).models, 2);
+}
+
+#[test]
+fn manifest_tenants_get_their_model_list_and_bad_lists_fail_closed() {
+    let mut t = crate::manifest::Tenant {
+        name: "a".into(),
+        guest: "infer".into(),
+        args: String::new(),
+        memory_mib: 8,
+        vcpus: 1,
+        cpus: vec![],
+        models: vec!["tiny.gguf".into(), "b.gguf".into()],
+        quota: crate::manifest::Quota { registered_mib: 2, inflight_ops: 16, kv_cache_mib: 3 },
+        weight: 1,
+        flags: crate::manifest::Flags::empty(),
+        cpu_budget_ms: 100,
+        devices: vec![],
+        linux: None,
+    };
+    let l = Limits::for_tenant(&t);
+    assert_eq!((l.registered_bytes, l.inflight_ops, l.kv_cache_bytes), (2 << 20, 16, 3 << 20));
+    assert!(!l.models.is_any());
+    assert_eq!(l.models.names().collect::<Vec<_>>(), ["tiny.gguf", "b.gguf"]);
+    assert!(l.models.allows_name(b"tiny.gguf") && l.models.allows_name(b"b.gguf"));
+    assert!(!l.models.allows_name(b"tiny.ggu") && !l.models.allows_name(b"tiny.gguf2") && !l.models.allows_name(b""));
+    t.models.clear();
+    assert_eq!(Limits::for_tenant(&t).models, ModelAccess::NONE);
+    // More than the manifest allows, or an over-long name: no model rather than a guess.
+    t.models = (0..5).map(|i| format!("m{i}")).collect();
+    assert_eq!(Limits::for_tenant(&t).models, ModelAccess::NONE);
+    t.models = vec!["x".repeat(crate::manifest::MAX_NAME_LEN + 1)];
+    assert_eq!(Limits::for_tenant(&t).models, ModelAccess::NONE);
+    assert!(ModelAccess::only(&["x".repeat(crate::manifest::MAX_NAME_LEN)]).is_some());
+    assert!(ModelAccess::ANY.is_any() && ModelAccess::ANY.allows_name(b"anything"));
+}

@@ -282,19 +282,14 @@ impl<'a> TenantSpec<'a> {
     /// A tenant from an admitted manifest entry, with its guest image.
     pub fn from_manifest(t: &hypervisor::manifest::Tenant, elf: &'a [u8]) -> Self {
         use hypervisor::manifest::Flags;
-        let mib = |m: u32| u64::from(m) << 20;
         Self {
             name: t.name.clone(),
             elf,
             args: t.args.clone(),
             memory_mib: u64::from(t.memory_mib),
             budget_ms: u64::from(t.cpu_budget_ms),
-            limits: Limits {
-                registered_bytes: mib(t.quota.registered_mib),
-                inflight_ops: t.quota.inflight_ops,
-                kv_cache_bytes: mib(t.quota.kv_cache_mib),
-                ..Limits::default()
-            },
+            // Quotas and the models it may name (its `models` list).
+            limits: Limits::for_tenant(t),
             user_mode_hypercalls: t.flags.contains(Flags::USER_MODE_HYPERCALLS),
             devices: t.devices.clone(),
             passthrough_without_iommu: t.flags.contains(Flags::PASSTHROUGH_WITHOUT_IOMMU),

@@ -102,7 +102,7 @@ impl<'a> LinuxSpec<'a> {
             memory_mib: u64::from(t.memory_mib),
             window_mib: 8,
             budget_ms: u64::from(t.cpu_budget_ms),
-            limits: hypervisor::dispatch::Limits::from_quota(&t.quota),
+            limits: hypervisor::dispatch::Limits::for_tenant(t),
             user_mode_hypercalls: t.flags.contains(Flags::USER_MODE_HYPERCALLS),
             raw_console: false,
             weight: u32::from(t.weight),
