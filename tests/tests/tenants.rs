@@ -37,6 +37,8 @@ fn arg<'a>(args: &'a str, key: &str) -> &'a str {
 fn the_attack_configuration_boots_from_its_manifest() {
     let config = xtask::root().join("config").join("attack.toml");
     let compiled = xtask::manifest::compile_file(&config).expect("config/attack.toml compiles");
+    // The image carries one model, tiny.gguf: every model a tenant lists must be among them.
+    compiled.check_models(&["tiny.gguf"]).unwrap_or_else(|e| panic!("{e}"));
     let dir = xtask::image::build_dir().join("tests").join("attack");
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = dir.join("manifest.bin");

@@ -172,6 +172,8 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     std::fs::write(&manifest, &compiled.bytes).map_err(|e| e.to_string())?;
     let guests = compiled.guests();
     let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
+    // A tenant opens only the models it lists: each must be the one this image carries.
+    compiled.check_models(&[model_name.as_str()]).map_err(|e| format!("{e}; choose the model with --model or the tenants with --config"))?;
     let prompt = flags.value("--prompt")?.unwrap_or("Once upon a time");
     let max_tokens: u32 = match flags.value("--max-tokens")? {
         Some(n) => n.parse().map_err(|_| format!("--max-tokens takes a number, not `{n}`"))?,

@@ -7,8 +7,10 @@
 //! configuration becomes a [`hypervisor::manifest::Manifest`] and goes through
 //! [`hypervisor::manifest::validate`], the function the hypervisor itself runs on the decoded
 //! bytes; its error names the tenant and field, which this module maps back to a line. What
-//! only the image builder can know is checked here: that each guest exists under `guests/`, and
-//! that a Linux tenant's kernel and initramfs files exist and are what they claim to be.
+//! only the image builder can know is checked here: that each guest exists under `guests/`, that
+//! a Linux tenant's kernel and initramfs files exist and are what they claim to be, and (by
+//! [`Compiled::check_models`], once the image's models are chosen) that every model a tenant
+//! lists in `models` is among the models the image carries.
 //!
 //! A tenant is a Rust guest (`guest = "NAME"`, the default `kind = "rust"`) or a Linux kernel
 //! (`kind = "linux"`): `kernel` (a vmlinux or bzImage) and `initrd` are file paths, relative to
@@ -104,6 +106,10 @@ pub struct Compiled {
     /// Files the image must carry besides the guests' ELFs, with their module names: each Linux
     /// tenant's kernel (`kernel:FILE`) and initramfs (`initrd:FILE`), each file once.
     pub modules: Vec<(String, PathBuf)>,
+    /// The file as errors name it, and the line of each tenant's `models` field (of its
+    /// `[[tenants]]` table when it has none), for [`Compiled::check_models`].
+    file: String,
+    models_lines: Vec<usize>,
 }
 
 impl Compiled {
@@ -117,6 +123,25 @@ impl Compiled {
 }
 
 impl Compiled {
+    /// Checks, at image time, that every model a tenant lists is among `image_models`, the
+    /// names of the models the image carries (its `model:NAME` modules): the hypervisor lets a
+    /// tenant open only the models it lists, by name, so a name the image lacks would leave that
+    /// tenant without the model. The error names the file, the line and the field.
+    pub fn check_models(&self, image_models: &[&str]) -> Result<(), String> {
+        for (i, t) in self.manifest.tenants.iter().enumerate() {
+            if let Some(m) = t.models.iter().find(|m| !image_models.contains(&m.as_str())) {
+                return Err(format!(
+                    "{}:{}: tenant #{i} `{}`: models: `{m}` is not among the image's models ({}): the tenant could not open it",
+                    self.file,
+                    self.models_lines[i],
+                    t.name,
+                    if image_models.is_empty() { "none".to_string() } else { image_models.join(", ") }
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A human summary, one line per tenant.
     pub fn summary(&self) -> String {
         let m = &self.manifest;
@@ -376,7 +401,8 @@ pub fn compile_in(file: &str, text: &str, guests_dir: &Path, base: &Path) -> Res
     if back != m {
         return Err(format!("{file}: the encoded manifest decodes to something else"));
     }
-    Ok(Compiled { manifest: m, bytes, modules })
+    let models_lines = parsed.tenants.iter().map(|t| line_of(text, tenant_field_span(t, "models").start)).collect();
+    Ok(Compiled { manifest: m, bytes, modules, file: file.to_string(), models_lines })
 }
 
 /// Reads and compiles a configuration file against the workspace's guests.

@@ -257,3 +257,26 @@ fn linux_tenant_errors_name_file_line_and_field() {
     let c = compile_in("ok.toml", &same, &guests(), &dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.modules.len(), 2);
 }
+
+#[test]
+fn a_listed_model_the_image_lacks_fails_at_image_time_with_file_line_and_field() {
+    // Line 11 of BASE is alice's `weight`; give alice two models on that line, before it.
+    let text = edit(11, "models = [\"tiny.gguf\", \"other.gguf\"]\nweight = 100");
+    let c = compile("bad.toml", &text, &guests()).unwrap();
+    assert_eq!(c.manifest.tenants[0].models, ["tiny.gguf", "other.gguf"]);
+    let e = c.check_models(&["tiny.gguf"]).unwrap_err();
+    assert_names(&e, 11, "tenant #0 `alice`: models", "`other.gguf` is not among the image's models (tiny.gguf)");
+    let e = c.check_models(&[]).unwrap_err();
+    assert_names(&e, 11, "models", "`tiny.gguf` is not among the image's models (none)");
+    // Carrying both (and more) is fine; bob lists none, so he needs none.
+    c.check_models(&["other.gguf", "tiny.gguf", "gemma.gguf"]).unwrap();
+    assert!(c.manifest.tenants[1].models.is_empty());
+    compile("base.toml", BASE, &guests()).unwrap().check_models(&[]).unwrap();
+    // The repository's configurations list the model `cargo xtask run` and the tests carry.
+    for file in ["tenants.toml", "attack.toml"] {
+        let c = compile_file(&crate::root().join("config").join(file)).unwrap();
+        c.check_models(&["tiny.gguf"]).unwrap_or_else(|e| panic!("{e}"));
+        let e = c.check_models(&["gemma-3-270m-q4_k_m.gguf"]).unwrap_err();
+        assert!(e.starts_with(&format!("config/{file}:")) && e.contains("tenant #0 `alice`: models: `tiny.gguf`"), "{e}");
+    }
+}
