@@ -171,9 +171,11 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     let manifest = image::build_dir().join("run-manifest.bin");
     std::fs::write(&manifest, &compiled.bytes).map_err(|e| e.to_string())?;
     let guests = compiled.guests();
-    let (model, model_name) = run_model(flags.value("--model")?.unwrap_or("tiny"))?;
-    // A tenant opens only the models it lists: each must be the one this image carries.
-    compiled.check_models(&[model_name.as_str()]).map_err(|e| format!("{e}; choose the model with --model or the tenants with --config"))?;
+    let which = flags.value("--model")?.unwrap_or("tiny");
+    // A tenant opens only the models it lists: each must be the one this image carries (checked
+    // before the model is made or installed).
+    compiled.check_models(&[run_model_name(which).as_str()]).map_err(|e| format!("{e}; choose the model with --model or the tenants with --config"))?;
+    let (model, model_name) = run_model(which)?;
     let prompt = flags.value("--prompt")?.unwrap_or("Once upon a time");
     let max_tokens: u32 = match flags.value("--max-tokens")? {
         Some(n) => n.parse().map_err(|_| format!("--max-tokens takes a number, not `{n}`"))?,
@@ -278,6 +280,7 @@ fn cmd_run_linux(flags: &Flags<'_>) -> Result<(), String> {
 /// The model `cargo xtask run` hands the hypervisor: `tiny` (the random-weight test model, made
 /// here), `gemma` (Gemma 3 270M, installed into the cache) or a GGUF path.
 fn run_model(which: &str) -> Result<(std::path::PathBuf, String), String> {
+    let name = run_model_name(which);
     match which {
         "tiny" => {
             let path = image::build_dir().join("tiny.gguf");
@@ -291,17 +294,25 @@ fn run_model(which: &str) -> Result<(std::path::PathBuf, String), String> {
             if !status.success() {
                 return Err("tvtiny failed".into());
             }
-            Ok((path, "tiny.gguf".into()))
+            Ok((path, name))
         }
         "gemma" => {
             eprintln!("xtask: Gemma 3 270M runs on the portable kernels inside the hypervisor: slow under emulation");
-            Ok((xtask::model::ensure()?, "gemma-3-270m-q4_k_m.gguf".into()))
+            Ok((xtask::model::ensure()?, name))
         }
         path => {
             let p = std::path::PathBuf::from(path);
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("model.gguf").replace(char::is_whitespace, "_");
             if p.exists() { Ok((p, name)) } else { Err(format!("no model file {path}")) }
         }
+    }
+}
+
+/// The module name (`model:NAME`) of the model [`run_model`] hands the hypervisor.
+fn run_model_name(which: &str) -> String {
+    match which {
+        "tiny" => "tiny.gguf".into(),
+        "gemma" => "gemma-3-270m-q4_k_m.gguf".into(),
+        path => std::path::Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or("model.gguf").replace(char::is_whitespace, "_"),
     }
 }
 
