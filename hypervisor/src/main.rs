@@ -62,6 +62,14 @@ mod entry {
         let inference_ok = infer::run(&models, &modules) && models_ok;
         let (specs, mut linux_specs) = tenant_specs(&modules);
         linux_specs.extend(linux_module_specs(&modules));
+        // What each tenant may open, and the models it lists that did not load (it could not
+        // open them: PermissionDenied is for loaded models it does not list).
+        for (name, access) in specs.iter().map(|s| (&s.name, s.limits.models)).chain(linux_specs.iter().map(|s| (&s.name, s.limits.models))) {
+            log::info!("tenant {name}: model access: {}", access.describe());
+            for m in access.missing(&models) {
+                log::warn!("tenant {name}: lists model {m}, which is not loaded: it cannot open it");
+            }
+        }
         if !specs.is_empty() || !linux_specs.is_empty() {
             match vmx_caps.map(vmm::enable) {
                 Some(Ok(root)) => {

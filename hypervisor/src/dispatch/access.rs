@@ -79,6 +79,29 @@ impl ModelAccess {
             Err(HcallError::PermissionDenied)
         }
     }
+
+    /// The listed names no loaded model has (a model that failed to load, a store that was not
+    /// there): the tenant could not open them.
+    pub fn missing<'s>(&'s self, models: &dyn ModelHost) -> alloc::vec::Vec<&'s str> {
+        let loaded = |want: &str| {
+            (0..models.model_count()).filter_map(|i| models.model_info(i)).any(|info| {
+                let len = info.name.iter().position(|&b| b == 0).unwrap_or(info.name.len());
+                &info.name[..len] == want.as_bytes()
+            })
+        };
+        self.names().filter(|n| !loaded(n)).collect()
+    }
+
+    /// One log line's worth: `every loaded model`, `no model`, or the names.
+    pub fn describe(&self) -> alloc::string::String {
+        if self.any {
+            return "every loaded model".into();
+        }
+        if self.count == 0 {
+            return "no model".into();
+        }
+        self.names().collect::<alloc::vec::Vec<_>>().join(", ")
+    }
 }
 
 impl Default for ModelAccess {

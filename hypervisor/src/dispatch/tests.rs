@@ -691,3 +691,16 @@ fn manifest_tenants_get_their_model_list_and_bad_lists_fail_closed() {
     assert!(ModelAccess::only(&["x".repeat(crate::manifest::MAX_NAME_LEN)]).is_some());
     assert!(ModelAccess::ANY.is_any() && ModelAccess::ANY.allows_name(b"anything"));
 }
+
+#[test]
+fn listed_models_that_did_not_load_are_reported_and_the_access_is_described() {
+    let models = two_model_host();
+    let a = ModelAccess::only(&["other", "gone.gguf", "tiny"]).unwrap();
+    assert_eq!(a.missing(&models), ["gone.gguf"]);
+    assert_eq!(a.missing(&no_models()), ["other", "gone.gguf", "tiny"]);
+    assert!(ModelAccess::only(&["tiny", "other"]).unwrap().missing(&models).is_empty());
+    assert!(ModelAccess::ANY.missing(&models).is_empty() && ModelAccess::NONE.missing(&models).is_empty());
+    assert_eq!(a.describe(), "other, gone.gguf, tiny");
+    assert_eq!(ModelAccess::NONE.describe(), "no model");
+    assert_eq!(ModelAccess::ANY.describe(), "every loaded model");
+}
