@@ -165,13 +165,18 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     };
     let cmdline = flags.value("--cmdline")?.unwrap_or("");
     eprintln!("xtask: building the hypervisor and the {} image", firmware.name());
-    let config = flags.value("--config")?.map_or_else(xtask::manifest::default_config, std::path::PathBuf::from);
+    let which = flags.value("--model")?.unwrap_or("tiny");
+    // `--model gemma` without `--config` boots config/gemma.toml, whose tenants list that model.
+    let config = match flags.value("--config")? {
+        Some(c) => std::path::PathBuf::from(c),
+        None if which == "gemma" => xtask::root().join("config").join("gemma.toml"),
+        None => xtask::manifest::default_config(),
+    };
     let compiled = xtask::manifest::compile_file(&config)?;
     eprintln!("xtask: {}: {}", config.display(), compiled.summary().lines().next().unwrap_or(""));
     let manifest = image::build_dir().join("run-manifest.bin");
     std::fs::write(&manifest, &compiled.bytes).map_err(|e| e.to_string())?;
     let guests = compiled.guests();
-    let which = flags.value("--model")?.unwrap_or("tiny");
     // A tenant opens only the models it lists: each must be the one this image carries (checked
     // before the model is made or installed).
     compiled.check_models(&[run_model_name(which).as_str()]).map_err(|e| format!("{e}; choose the model with --model or the tenants with --config"))?;

@@ -279,4 +279,9 @@ fn a_listed_model_the_image_lacks_fails_at_image_time_with_file_line_and_field()
         let e = c.check_models(&["gemma-3-270m-q4_k_m.gguf"]).unwrap_err();
         assert!(e.starts_with(&format!("config/{file}:")) && e.contains("tenant #0 `alice`: models: `tiny.gguf`"), "{e}");
     }
+    // config/gemma.toml (what `cargo xtask run --model gemma` boots) is the other way round.
+    let c = compile_file(&crate::root().join("config/gemma.toml")).unwrap();
+    c.check_models(&["gemma-3-270m-q4_k_m.gguf"]).unwrap_or_else(|e| panic!("{e}"));
+    let e = c.check_models(&["tiny.gguf"]).unwrap_err();
+    assert!(e.starts_with("config/gemma.toml:") && e.contains("`gemma-3-270m-q4_k_m.gguf` is not among the image's models (tiny.gguf)"), "{e}");
 }
