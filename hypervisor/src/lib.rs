@@ -24,3 +24,4 @@ pub mod pci;
 pub mod sched;
 pub mod store;
 pub mod vcpu;
+pub mod xstate;

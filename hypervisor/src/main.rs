@@ -56,7 +56,10 @@ mod entry {
         crate::kernel::devices::init(&info);
         let modules: alloc::vec::Vec<_> = info.modules().map(|m| (m, memory::module_bytes(&m))).collect();
         let xcr0 = fpu::enable();
-        log::info!("fpu: SSE on, XCR0 {xcr0:#x}");
+        match fpu::GuestFpu::new() {
+            Ok(g) => log::info!("fpu: SSE on, XCR0 {xcr0:#x}; each vCPU's x87/SSE/AVX state: {}", g.describe()),
+            Err(e) => log::error!("fpu: SSE on, XCR0 {xcr0:#x}; no vCPU can be created: {e}"),
+        }
         start_cpus(&info, vmx_caps.is_some());
         let (mut models, models_ok) = infer::load_models(&modules);
         let inference_ok = infer::run(&models, &modules) && models_ok;

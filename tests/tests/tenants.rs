@@ -80,7 +80,19 @@ fn the_attack_configuration_boots_from_its_manifest() {
         .assert_line(&["[mallory] hostile: 0 checks got an unexpected answer"])
         .assert_line(&["guest mallory: stopped: exceeded its CPU budget of 100 ms", "interrupts off"])
         .assert_line(&["tensorvisor_tenant_quota_refusals_total{tenant=\"mallory\"}"])
+        // Vector state (XSAVE per vCPU): every guest starts from the initial state; mallory's
+        // pattern survives its slices and the engine's SIMD work on the same CPU, and alice and
+        // bob, which share that CPU, never see it and keep their own.
+        .assert_line(&["fpu: SSE on", "each vCPU's x87/SSE/AVX state:", "switched at every VM exit and entry"])
+        .assert_line(&["[alice] infer: vector registers at start: initial state (all zero)"])
+        .assert_line(&["[bob] infer: vector registers at start: initial state (all zero)"])
+        .assert_line(&["[alice] infer: vector registers (", "another tenant's pattern seen in 0 lane(s), changed under it 0 time(s) -> isolated"])
+        .assert_line(&["[bob] infer: vector registers (", "another tenant's pattern seen in 0 lane(s), changed under it 0 time(s) -> isolated"])
+        .assert_line(&["[mallory] hostile: vector registers (", "own pattern intact at"])
         .assert_no_line("-> WRONG");
+    let line = run.serial().lines().find(|l| l.contains("[mallory] hostile: vector registers (")).unwrap();
+    let away: u32 = line.split(", ").nth(1).and_then(|w| w.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    assert!(away >= 1, "mallory's pattern was never checked after another vCPU or the engine ran: {line}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 #![no_std]
 #![no_main]
 
-use guest_sdk::arch::Vmcall;
+use guest_sdk::arch::{self, Vmcall};
 use guest_sdk::console::exit;
 use guest_sdk::tensor::{create_tensor, model_info, Ring, SharedRegion};
 use guest_sdk::{call, println, GuestBootInfo, Hypercall};
@@ -20,14 +20,83 @@ const RING_GPA: u64 = 0x34_0000;
 
 struct Checks {
     failures: u32,
+    vectors: VectorWatch,
 }
 
 impl Checks {
     fn expect<T: core::fmt::Debug>(&mut self, what: &str, got: Result<T, HcallError>, want: &[HcallError]) {
+        self.vectors.check();
         let ok = matches!(&got, Err(e) if want.contains(e));
         println!("hostile: {what}: {got:?} -> {}", if ok { "refused as documented" } else { "WRONG" });
         self.failures += u32::from(!ok);
     }
+}
+
+/// Its own pattern in XMM0-15 (YMM0-15 with AVX), loaded once and checked after every call and
+/// while it spins: the hypervisor, the engine and the tenants that share its CPU must leave
+/// them alone.
+struct VectorWatch {
+    want: arch::Vectors,
+    ymm: bool,
+    checks: u32,
+    changed: u32,
+    /// Checks that came after a gap in the TSC long enough to be another vCPU's slice or the
+    /// engine's.
+    after_gaps: u32,
+}
+
+/// A TSC jump between two checks this long (under a millisecond at 2-3 GHz, far longer than one
+/// loop iteration or a bare exit and re-entry take, shorter than a 5 ms slice or an engine
+/// unit) means the vCPU was off the CPU meanwhile. The spin's bound (about 20 ms in Bochs) stays
+/// well inside the attacker's 100 ms CPU budget.
+const GAP_TSC: u64 = 2_000_000;
+
+impl VectorWatch {
+    fn start() -> Self {
+        // SAFETY: ring 0, and this guest is soft-float: it keeps nothing of its own there.
+        let ymm = unsafe { arch::enable_vectors() };
+        let want = arch::vector_pattern(arch::TAG_HOSTILE, ymm);
+        // SAFETY: enabled just above (YMM only where it said so).
+        unsafe { arch::load_vectors(&want, ymm) };
+        Self { want, ymm, checks: 0, changed: 0, after_gaps: 0 }
+    }
+
+    fn check(&mut self) {
+        // SAFETY: enabled in `start`.
+        let got = unsafe { arch::read_vectors(self.ymm) };
+        self.checks += 1;
+        if got != self.want {
+            self.changed += 1;
+            // SAFETY: as above; put the pattern back to see whether it changes again.
+            unsafe { arch::load_vectors(&self.want, self.ymm) };
+        }
+    }
+
+    /// Spins, checking, until it has been away from the CPU `gaps` times (or a bounded number
+    /// of iterations passed).
+    fn spin(&mut self, gaps: u32) {
+        let mut last = tsc();
+        let mut seen = 0;
+        for _ in 0..50_000u32 {
+            let now = tsc();
+            self.check();
+            if now.wrapping_sub(last) > GAP_TSC {
+                seen += 1;
+                self.after_gaps += 1;
+                if seen >= gaps {
+                    break;
+                }
+            }
+            last = now;
+        }
+    }
+}
+
+fn tsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC reads the time-stamp counter; tensorvisor does not trap it.
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    u64::from(hi) << 32 | u64::from(lo)
 }
 
 /// A handle as the hypervisor lays them out (kind, tenant, generation, slot), forged.
@@ -37,7 +106,7 @@ fn forge(kind: u64, tenant: u64, generation: u64, slot: u64) -> u64 {
 
 fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
     let mut t = Vmcall::new();
-    let mut c = Checks { failures: 0 };
+    let mut c = Checks { failures: 0, vectors: VectorWatch::start() };
     let me = u64::from(boot.tenant_id);
     let victim: u64 = boot.arg("victim").and_then(|v| v.parse().ok()).unwrap_or(1);
 
@@ -170,7 +239,14 @@ fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
         c.expect("read the unlisted model's description", model_info(&mut t, id), &[HcallError::PermissionDenied]);
     }
     c.expect("a session with a huge context on a missing model", call(&mut t, Hypercall::SessionOpen { model_id: 99, max_context: 1 << 30 }), &[HcallError::NoSuchModel]);
-    Ok(c.failures)
+    let v = &mut c.vectors;
+    v.spin(3);
+    if v.changed == 0 {
+        println!("hostile: vector registers ({}): own pattern intact at {} checks, {} after being off the CPU", if v.ymm { "YMM0-15" } else { "XMM0-15" }, v.checks, v.after_gaps);
+    } else {
+        println!("hostile: vector registers ({}): changed under it at {} of {} checks -> WRONG", if v.ymm { "YMM0-15" } else { "XMM0-15" }, v.changed, v.checks);
+    }
+    Ok(c.failures + u32::from(v.changed != 0))
 }
 
 #[unsafe(no_mangle)]

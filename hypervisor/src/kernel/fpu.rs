@@ -1,13 +1,19 @@
-//! SSE and AVX for the hypervisor's own use (the engine's SIMD kernels).
+//! SSE and AVX for the hypervisor's own use (the engine's SIMD kernels), and each vCPU's
+//! x87/SSE/AVX state ([`GuestFpu`]).
 //!
 //! The kernel itself is compiled soft-float (x86_64-unknown-none), so only functions compiled
 //! with `#[target_feature]` (the engine's kernels) touch vector registers. This enables them:
 //! CR0.MP on and EM off, CR4.OSFXSR/OSXMMEXCPT, and with XSAVE, CR4.OSXSAVE and XCR0 with x87,
-//! SSE and AVX state (plus the AVX-512 state when the CPU has it). Guests run soft-float code
-//! and cannot change XCR0 (XSETBV is refused), so no vector state is shared with a guest yet;
-//! a guest that uses vector registers will need XSAVE/XRSTOR around engine work.
+//! SSE and AVX state (plus the AVX-512 state when the CPU has it). Guests cannot change XCR0
+//! (XSETBV always exits and is answered with #GP), so this XCR0 is in force in every guest, and
+//! a guest that sets its CR4.OSXSAVE may use exactly these components. VMX does not switch
+//! them, so every vCPU keeps its own copy in a [`GuestFpu`], restored before each VM entry and
+//! saved after each exit: neither the engine's kernels nor another vCPU that runs on the CPU
+//! next sees or changes it.
 
 use super::cr;
+use alloc::boxed::Box;
+use hypervisor::xstate::{AreaLayout, SaveForm, XstateError, AREA_CAPACITY};
 
 const CR0_MP: u64 = 1 << 1;
 const CR0_EM: u64 = 1 << 2;
@@ -57,4 +63,74 @@ pub fn enable() -> u64 {
         core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nomem, nostack));
     }
     xcr0
+}
+
+/// The area XSAVE/FXSAVE write (64-byte aligned, as XSAVE requires).
+#[repr(C, align(64))]
+struct Area([u8; AREA_CAPACITY]);
+
+/// One vCPU's x87/SSE/AVX registers while it does not run.
+pub struct GuestFpu {
+    area: Box<Area>,
+    layout: AreaLayout,
+}
+
+impl GuestFpu {
+    /// The initial state (FNINIT, MXCSR 1F80H, vector registers zero), laid out for this CPU's
+    /// XCR0 as [`enable`] set it.
+    pub fn new() -> Result<Self, XstateError> {
+        let xcr0 = if cr::read_cr4() & CR4_OSXSAVE != 0 {
+            let (lo, hi): (u32, u32);
+            // SAFETY: XGETBV with ECX 0 reads XCR0; CR4.OSXSAVE is set, so it does not fault.
+            unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+            u64::from(lo) | u64::from(hi) << 32
+        } else {
+            0
+        };
+        let size = if xcr0 != 0 { core::arch::x86_64::__cpuid_count(0xd, 0).ebx } else { 0 };
+        let layout = AreaLayout::new(xcr0, size)?;
+        let mut area = Box::new(Area([0; AREA_CAPACITY]));
+        layout.write_init(&mut area.0);
+        Ok(Self { area, layout })
+    }
+
+    /// How the state is kept, for the boot log.
+    pub fn describe(&self) -> alloc::string::String {
+        match self.layout.form {
+            SaveForm::Xsave { .. } => alloc::format!("XSAVE/XRSTOR, {} bytes, switched at every VM exit and entry", self.layout.size),
+            SaveForm::Fxsave => alloc::format!("FXSAVE/FXRSTOR, 512 bytes, switched at every VM exit and entry"),
+        }
+    }
+
+    /// Loads the vCPU's state into this CPU's registers (just before VM entry).
+    pub fn restore(&self) {
+        let p = self.area.0.as_ptr();
+        match self.layout.form {
+            // SAFETY: the area is 64-byte aligned, holds at least `layout.size` bytes (the
+            // size CPUID gives for this XCR0, checked against the capacity) and only ever
+            // contains the initial image or what XSAVE/FXSAVE wrote with the same XCR0 (guests
+            // cannot reach it or change XCR0), so XRSTOR/FXRSTOR find a valid image; CR4.OSFXSR
+            // and OSXSAVE are set by `enable` on every CPU.
+            SaveForm::Xsave { xcr0 } => unsafe {
+                core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nostack, readonly))
+            },
+            // SAFETY: as above, with the 512-byte FXSAVE image (16-byte alignment suffices).
+            SaveForm::Fxsave => unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, readonly)) },
+        }
+    }
+
+    /// Stores this CPU's registers as the vCPU's state (just after VM exit, before anything
+    /// else can use them).
+    pub fn save(&mut self) {
+        let p = self.area.0.as_mut_ptr();
+        match self.layout.form {
+            // SAFETY: the area is ours, 64-byte aligned and at least `layout.size` bytes, the
+            // size XSAVE writes for this XCR0 (requested-feature bitmap XCR0, standard form).
+            SaveForm::Xsave { xcr0 } => unsafe {
+                core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nostack))
+            },
+            // SAFETY: the area is ours, 16-byte aligned and at least 512 bytes.
+            SaveForm::Fxsave => unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p, options(nostack)) },
+        }
+    }
 }

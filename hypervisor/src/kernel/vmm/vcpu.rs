@@ -2,6 +2,7 @@
 //! that enters the guest and saves its registers on exit, and the report printed when VM entry
 //! fails.
 
+use super::super::fpu::GuestFpu;
 use super::super::{cr, gdt, memory::PHYS_OFFSET};
 use alloc::boxed::Box;
 use hypervisor::vcpu::GuestRegs;
@@ -83,6 +84,7 @@ pub struct GuestStart {
 pub enum VcpuError {
     Control(ControlError),
     Vmx(&'static str, VmFail),
+    Fpu(hypervisor::xstate::XstateError),
 }
 
 impl core::fmt::Display for VcpuError {
@@ -90,6 +92,7 @@ impl core::fmt::Display for VcpuError {
         match self {
             VcpuError::Control(e) => write!(f, "{e}"),
             VcpuError::Vmx(what, e) => write!(f, "{what}: {e:?}"),
+            VcpuError::Fpu(e) => write!(f, "vector state: {e}"),
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct Vcpu {
     pub regs: GuestRegs,
     /// VMX-preemption timer rate: the timer counts TSC >> this.
     timer_shift: u8,
+    /// Its x87/SSE/AVX registers between its exits and entries (VMX does not switch them).
+    fpu: GuestFpu,
 }
 
 fn virt_to_phys<T>(p: &T) -> u64 {
@@ -138,7 +143,8 @@ impl Vcpu {
         }
         // The Linux 64-bit boot protocol takes boot_params in RSI (Documentation/x86/boot.rst).
         let regs = if start.linux { GuestRegs { rsi: start.rdi, ..Default::default() } } else { GuestRegs { rdi: start.rdi, ..Default::default() } };
-        let mut vcpu = Self { vmcs, launched: false, regs, timer_shift: caps.misc.preemption_timer_tsc_shift };
+        let fpu = GuestFpu::new().map_err(VcpuError::Fpu)?;
+        let mut vcpu = Self { vmcs, launched: false, regs, timer_shift: caps.misc.preemption_timer_tsc_shift, fpu };
         vcpu.program(caps, eptp, vpid, start)?;
         Ok(vcpu)
     }
@@ -275,10 +281,14 @@ impl Vcpu {
         let v = &mut Self::vmcs();
         let timer = (slice_tsc >> self.timer_shift).clamp(1, u64::from(u32::MAX)) as u32;
         Guest32::PreemptionTimerValue.write(v, timer).map_err(EntryFailure::Vmx)?;
+        // Its vector registers go in just before the entry and come out right after the exit,
+        // before the hypervisor (the engine's kernels) or another vCPU can use them.
+        self.fpu.restore();
         // SAFETY: this vCPU's VMCS is current with complete host and guest state; `regs` is a
         // valid GuestRegs that outlives the call; the assembly saves and restores every
         // callee-saved register and returns on this stack (HOST_RSP is written inside).
         let failed = unsafe { vmx_enter(&mut self.regs, u64::from(self.launched)) };
+        self.fpu.save();
         if failed != 0 {
             let err = ReadOnly32::VmInstructionError.read(v).unwrap_or(0);
             return Err(EntryFailure::Instruction { launched: self.launched, error: err });

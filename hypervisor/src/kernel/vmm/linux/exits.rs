@@ -19,7 +19,6 @@ use tensor_hcall::ABI_VERSION;
 use hypervisor::linux::decode::{decode, MmioAccess, MmioOp, MAX_INSTRUCTION_LEN};
 use hypervisor::linux::gva::{fetch_instruction as fetch, PagingMode};
 use tensor_hcall::linux::{HP_ARG0, HP_ARG3, HP_CALL, HP_RESULT, HP_SEQUENCE, HYPERCALL_PAGE_SIZE};
-use alloc::boxed::Box;
 use hypervisor::vcpu::{Decision, GuestRegs, Services, StopReason};
 use vmx::exit_info::Exit;
 use vmx::fields::*;
@@ -50,11 +49,6 @@ use policy::msr::{
 /// value the tenant last wrote.
 const PASSED_MSRS: [u32; 5] = [MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_KERNEL_GS_BASE];
 
-/// The FXSAVE area: the tenant's x87/SSE state while the hypervisor (whose engine uses vector
-/// registers) or another tenant runs.
-#[repr(C, align(16))]
-struct FxArea([u8; 512]);
-
 /// One Linux tenant's platform.
 pub struct Platform {
     /// The local APIC and the 8259A pair behind its LINT0.
@@ -82,8 +76,6 @@ pub struct Platform {
     cr: CrPolicy,
     pat: u64,
     passed: [u64; 5],
-    fpu: Box<FxArea>,
-    fpu_saved: bool,
     /// The vCPU executed HLT with interrupts on and waits for one.
     halted: bool,
     pub uart_bytes: u64,
@@ -184,8 +176,6 @@ impl Platform {
             cr,
             pat: 0x0007_0406_0007_0406,
             passed: [0; 5],
-            fpu: Box::new(FxArea([0; 512])),
-            fpu_saved: false,
             halted: false,
             uart_bytes: 0,
             injected: 0,
@@ -195,41 +185,21 @@ impl Platform {
         }
     }
 
-    /// The tenant's slice starts on this CPU: its syscall MSRs and its x87/SSE state.
+    /// The tenant's slice starts on this CPU: its syscall MSRs (its x87/SSE state is the vCPU's,
+    /// switched at every entry and exit by `Vcpu::run`).
     pub fn enter_slice(&mut self) {
         for (msr, v) in PASSED_MSRS.iter().zip(self.passed) {
             // SAFETY: these MSRs exist on every x86_64 CPU and only matter to code that uses
             // SYSCALL or SWAPGS, which the hypervisor and the Rust guests never execute.
             unsafe { super::super::cr::wrmsr(*msr, v) };
         }
-        self.restore_fpu();
     }
 
-    /// The slice ends: its syscall MSRs as the CPU holds them now, and its x87/SSE state kept
-    /// away from other tenants' hypercalls.
+    /// The slice ends: its syscall MSRs as the CPU holds them now.
     pub fn leave_slice(&mut self) {
         for (msr, v) in PASSED_MSRS.iter().zip(self.passed.iter_mut()) {
             // SAFETY: reading MSRs every x86_64 CPU has (see `enter_slice`) has no side effect.
             *v = unsafe { super::super::cr::rdmsr(*msr) };
-        }
-        self.save_fpu();
-    }
-
-    fn save_fpu(&mut self) {
-        if !self.fpu_saved {
-            // SAFETY: the area is 512 bytes, 16-byte aligned and ours; CR4.OSFXSR is set by
-            // the hypervisor's FPU set-up.
-            unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack)) };
-            self.fpu_saved = true;
-        }
-    }
-
-    fn restore_fpu(&mut self) {
-        if self.fpu_saved {
-            // SAFETY: the area holds an image FXSAVE wrote (or zeros before the first save,
-            // which is never restored: `fpu_saved` is false until then).
-            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.fpu.0.as_ptr(), options(nostack)) };
-            self.fpu_saved = false;
         }
     }
 
@@ -307,9 +277,7 @@ impl Platform {
                 }
             }
             Exit::Vmcall => {
-                self.save_fpu();
                 let r = services.hypercall(regs, cpl);
-                self.restore_fpu();
                 match r {
                     Ok(()) => Decision::Advance,
                     Err(stop) => Decision::Stop(stop),
@@ -540,9 +508,7 @@ impl Platform {
         let _ = ram.load(hp + HP_CALL, &value.to_le_bytes());
         let [rbx, rcx, rdx, rsi] = self.hp_args;
         let mut call = GuestRegs { rax: value, rbx, rcx, rdx, rsi, ..GuestRegs::default() };
-        self.save_fpu();
         let r = services.hypercall(&mut call, 0);
-        self.restore_fpu();
         r?;
         if services.tenant.parked {
             // Engine work: the store retires now (the caller advances RIP), but the vCPU stays
