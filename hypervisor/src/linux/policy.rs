@@ -5,8 +5,9 @@
 //! is listed here and the host has it; everything Linux would drive through MSRs or VMX controls
 //! this platform does not provide is hidden: VMX and SMX, MONITOR/MWAIT, thermal and power
 //! management (no APERF/MPERF; leaf 6 shows only ARAT, the always-running APIC timer), MCE/MCA (no machine-check MSRs), MTRRs, the performance
-//! monitoring leaf, speculation-control MSRs, PCID/INVPCID, XSAVE/AVX (the guest uses FXSAVE, so
-//! there are no XSETBV exits and no extended state to switch), RDTSCP/RDPID (no TSC_AUX), TSX,
+//! monitoring leaf, speculation-control MSRs, PCID/INVPCID, XSAVE/AVX (the guest uses FXSAVE and
+//! never XSETBV; its x87/SSE registers, like every vCPU's, are switched at each exit and entry by
+//! `kernel::fpu::GuestFpu`), RDTSCP/RDPID (no TSC_AUX), TSX,
 //! LA57. Added: the hypervisor bit (leaf 1 `ECX[31]`) with our signature leaves 0x4000_0000/1
 //! (`tensor_hcall::cpuid`), TSC-deadline (leaf 1 `ECX[24]`), the invariant TSC (0x8000_0007
 //! `EDX[8]`), the TSC and timer frequencies in leaves 0x15 and 0x16 (Linux's
