@@ -227,14 +227,16 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
         return;
     }
     // Each chunk fills its own tile ([row][token] over its global rows), copied into the
-    // outputs afterwards.
-    let mut tiles: Vec<Vec<f32>> = ranges.iter().map(|r| vec![0.0; r.len() * n]).collect();
+    // outputs afterwards. The worker that takes a chunk allocates its tile, so the zeroing
+    // (megabytes per product for a long prompt) runs in parallel too.
+    let mut tiles: Vec<Vec<f32>> = ranges.iter().map(|_| Vec::new()).collect();
     {
         let slots: Vec<spin::Mutex<&mut Vec<f32>>> = tiles.iter_mut().map(spin::Mutex::new).collect();
         run(&|_| loop {
             let k = next.fetch_add(1, Ordering::Relaxed);
             let (Some(slot), Some(range)) = (slots.get(k), ranges.get(k)) else { break };
             let mut tile = slot.lock();
+            **tile = vec![0.0; range.len() * n];
             for (mi, m) in mats.iter().enumerate() {
                 let (lo, hi) = (range.start.max(offsets[mi]), range.end.min(offsets[mi + 1]));
                 if lo >= hi {
