@@ -7,7 +7,7 @@
 //! guest memory, so the image must end below `memory_size - vcpu_count * VCPU_STACK_BYTES`. So
 //! the entry point is
 //!
-//! ```ignore
+//! ```text
 //! extern "C" fn _start(boot: &'static GuestBootInfo, vcpu: u64) -> !
 //! ```
 //!
