@@ -319,7 +319,7 @@ fn norm_rows(comp: Compute<'_>, x: &[f32], xn: &mut [f32], d: usize, w: &[f32], 
     let mut rows: Vec<&mut [f32]> = xn.chunks_exact_mut(d).collect();
     for_each_item(comp.par, &mut rows, PAR_MIN_TOKENS, &|t, row| {
         row.copy_from_slice(&x[t * d..(t + 1) * d]);
-        rms_norm(row, w, eps);
+        kernels::rms_norm(comp.cpu, row, w, eps);
     });
 }
 
@@ -327,7 +327,7 @@ fn norm_rows(comp: Compute<'_>, x: &[f32], xn: &mut [f32], d: usize, w: &[f32], 
 fn add_normed(comp: Compute<'_>, x: &mut [f32], o: &mut [f32], d: usize, w: &[f32], eps: f32) {
     let mut rows: Vec<(&mut [f32], &mut [f32])> = x.chunks_exact_mut(d).zip(o.chunks_exact_mut(d)).collect();
     for_each_item(comp.par, &mut rows, PAR_MIN_TOKENS, &|_, (xr, or)| {
-        rms_norm(or, w, eps);
+        kernels::rms_norm(comp.cpu, or, w, eps);
         for (a, b) in xr.iter_mut().zip(or.iter()) {
             *a += b;
         }
@@ -599,14 +599,14 @@ impl<'m, 'a> Session<'m, 'a> {
             for_each_item(comp.par, &mut qk, PAR_MIN_TOKENS, &|t, (qr, kr)| {
                 let tab = &tabs[t * (hd / 2)..(t + 1) * (hd / 2)];
                 for h in qr.chunks_exact_mut(hd) {
-                    rms_norm(h, &l.q_norm, c.rms_eps);
+                    kernels::rms_norm(comp.cpu, h, &l.q_norm, c.rms_eps);
                     rope_apply(h, tab);
                     for e in h.iter_mut() {
                         *e *= c.attn_scale;
                     }
                 }
                 for h in kr.chunks_exact_mut(hd) {
-                    rms_norm(h, &l.k_norm, c.rms_eps);
+                    kernels::rms_norm(comp.cpu, h, &l.k_norm, c.rms_eps);
                     rope_apply(h, tab);
                 }
             });
@@ -669,7 +669,7 @@ impl<'m, 'a> Session<'m, 'a> {
         self.pos += n;
 
         let mut last = x[(n - 1) * d..].to_vec();
-        rms_norm(&mut last, &m.output_norm, c.rms_eps);
+        kernels::rms_norm(comp.cpu, &mut last, &m.output_norm, c.rms_eps);
         trace("result_norm", c.n_layer, &last);
         let mut logits = vec![0.0f32; c.n_vocab];
         m.output.matvec(comp, &last, &mut logits);

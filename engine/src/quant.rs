@@ -249,6 +249,7 @@ pub enum ActFormat {
 /// A Q8_0 activation block: 32 int8 values and their scale (already rounded through f16, as
 /// GGML stores it).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
 pub struct BlockQ8_0 {
     pub d: f32,
     pub qs: [i8; QK],
@@ -256,6 +257,7 @@ pub struct BlockQ8_0 {
 
 /// A Q8_K activation block: 256 int8 values, an f32 scale and the sums of each 16 values.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
 pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; QK_K],
@@ -274,6 +276,33 @@ pub enum Acts {
     Q8K(Vec<BlockQ8K>),
 }
 
+impl Acts {
+    /// The row borrowed, as the kernels take it.
+    pub fn view(&self) -> ActsRef<'_> {
+        match self {
+            Self::F32(v) => ActsRef::F32(v),
+            Self::F16(v) => ActsRef::F16(v),
+            Self::BF16(v) => ActsRef::BF16(v),
+            Self::Q8_0(v) => ActsRef::Q8_0(v),
+            Self::Q8K(v) => ActsRef::Q8K(v),
+        }
+    }
+}
+
+/// One converted activation row, borrowed: what the kernels take (an [`Acts`] through
+/// [`Acts::view`], or rows handed over by another compilation unit, see
+/// [`crate::kernels::table`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActsRef<'a> {
+    F32(&'a [f32]),
+    /// binary16 bits.
+    F16(&'a [u16]),
+    /// bfloat16 bits.
+    BF16(&'a [u16]),
+    Q8_0(&'a [BlockQ8_0]),
+    Q8K(&'a [BlockQ8K]),
+}
+
 /// Round to nearest, ties to even (what `_mm256_round_ps` and GGML's `nearest_int` do).
 #[inline]
 pub fn round_even(x: f32) -> f32 {
@@ -287,18 +316,22 @@ pub fn round_even(x: f32) -> f32 {
 
 /// Quantizes 32 values to Q8_0 the way GGML's AVX2 path does (scale 127/amax, ties to even).
 pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
-    x.chunks_exact(QK)
-        .map(|c| {
-            let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let mut qs = [0i8; QK];
-            for (q, v) in qs.iter_mut().zip(c) {
-                *q = round_even(v * id) as i8;
-            }
-            BlockQ8_0 { d: f16_to_f32(f32_to_f16(d)), qs }
-        })
-        .collect()
+    let mut out = alloc::vec![BlockQ8_0 { d: 0.0, qs: [0; QK] }; x.len() / QK];
+    quantize_q8_0_into(x, &mut out);
+    out
+}
+
+/// [`quantize_q8_0`] into `out` (its first `x.len() / 32` blocks; the rest untouched).
+pub fn quantize_q8_0_into(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (c, b) in x.chunks_exact(QK).zip(out) {
+        let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, v) in b.qs.iter_mut().zip(c) {
+            *q = round_even(v * id) as i8;
+        }
+        b.d = f16_to_f32(f32_to_f16(d));
+    }
 }
 
 /// Quantizes to Q8_K as GGML's reference does (scale -127/max of the signed extreme).
@@ -314,34 +347,45 @@ pub fn quantize_q8_k_4x8(x: &[f32]) -> Vec<BlockQ8K> {
 }
 
 fn quantize_q8_k_with(x: &[f32], prefer_positive: bool) -> Vec<BlockQ8K> {
-    x.chunks_exact(QK_K)
-        .map(|c| {
-            let mut amax = 0.0f32;
-            let mut max = 0.0f32;
-            for &v in c {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
-            let mut b = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] };
-            if amax == 0.0 {
-                return b;
-            }
-            if prefer_positive && c.contains(&amax) {
-                max = amax;
-            }
-            let iscale = -127.0 / max;
-            for (q, &v) in b.qs.iter_mut().zip(c) {
-                *q = (round_even(iscale * v) as i32).min(127) as i8;
-            }
-            for j in 0..16 {
-                b.bsums[j] = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
-            }
-            b.d = 1.0 / iscale;
-            b
-        })
-        .collect()
+    let mut out = alloc::vec![BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] }; x.len() / QK_K];
+    quantize_q8_k_into(x, prefer_positive, &mut out);
+    out
+}
+
+/// [`quantize_q8_k`] (or, with `prefer_positive`, [`quantize_q8_k_4x8`]) into `out` (its
+/// first `x.len() / 256` blocks; the rest untouched).
+pub fn quantize_q8_k_into(x: &[f32], prefer_positive: bool, out: &mut [BlockQ8K]) {
+    for (c, o) in x.chunks_exact(QK_K).zip(out) {
+        *o = q8k_block(c, prefer_positive);
+    }
+}
+
+/// One Q8_K block of the 256 values `c`.
+fn q8k_block(c: &[f32], prefer_positive: bool) -> BlockQ8K {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in c {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let mut b = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] };
+    if amax == 0.0 {
+        return b;
+    }
+    if prefer_positive && c.contains(&amax) {
+        max = amax;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in b.qs.iter_mut().zip(c) {
+        *q = (round_even(iscale * v) as i32).min(127) as i8;
+    }
+    for j in 0..16 {
+        b.bsums[j] = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+    }
+    b.d = 1.0 / iscale;
+    b
 }
 
 /// f32 to bfloat16 with round-to-nearest-even (NaN kept quiet).
@@ -366,9 +410,9 @@ pub fn quantize_acts(fmt: ActFormat, x: &[f32]) -> Acts {
 
 /// Portable dot product of one weight row (`w`, type `ty`) with converted activations.
 /// Returns `None` when the activation format does not match the type or the lengths disagree.
-pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     match (ty, acts) {
-        (GgmlType::F32, Acts::F32(a)) => {
+        (GgmlType::F32, ActsRef::F32(a)) => {
             (w.len() == 4 * a.len()).then(|| {
                 w.chunks_exact(4)
                     .zip(a)
@@ -376,19 +420,19 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
                     .sum()
             })
         }
-        (GgmlType::F16, Acts::F16(a)) => (w.len() == 2 * a.len()).then(|| {
+        (GgmlType::F16, ActsRef::F16(a)) => (w.len() == 2 * a.len()).then(|| {
             w.chunks_exact(2)
                 .zip(a)
                 .map(|(c, &y)| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) * f16_to_f32(y))
                 .sum()
         }),
-        (GgmlType::BF16, Acts::BF16(a)) => (w.len() == 2 * a.len()).then(|| {
+        (GgmlType::BF16, ActsRef::BF16(a)) => (w.len() == 2 * a.len()).then(|| {
             w.chunks_exact(2)
                 .zip(a)
                 .map(|(c, &y)| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])) * bf16_to_f32(y))
                 .sum()
         }),
-        (GgmlType::Q8_0, Acts::Q8_0(a)) => (w.len() == 34 * a.len()).then(|| {
+        (GgmlType::Q8_0, ActsRef::Q8_0(a)) => (w.len() == 34 * a.len()).then(|| {
             let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(34).zip(a) {
                 let lanes = lane_sums(|e| (b[2 + e] as i8) as i32 * y.qs[e] as i32);
@@ -396,7 +440,7 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             }
             acc.hsum()
         }),
-        (GgmlType::Q4_0, Acts::Q8_0(a)) => (w.len() == 18 * a.len()).then(|| {
+        (GgmlType::Q4_0, ActsRef::Q8_0(a)) => (w.len() == 18 * a.len()).then(|| {
             let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(18).zip(a) {
                 let q = |e: usize| if e < 16 { (b[2 + e] & 0xf) as i32 } else { (b[2 + e - 16] >> 4) as i32 };
@@ -405,7 +449,7 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             }
             acc.hsum()
         }),
-        (GgmlType::Q5_0, Acts::Q8_0(a)) => (w.len() == 22 * a.len()).then(|| {
+        (GgmlType::Q5_0, ActsRef::Q8_0(a)) => (w.len() == 22 * a.len()).then(|| {
             let mut acc = Lanes::default();
             for (b, y) in w.chunks_exact(22).zip(a) {
                 let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -418,7 +462,7 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             }
             acc.hsum()
         }),
-        (GgmlType::Q4_K, Acts::Q8K(a)) => (w.len() == 144 * a.len()).then(|| {
+        (GgmlType::Q4_K, ActsRef::Q8K(a)) => (w.len() == 144 * a.len()).then(|| {
             // As GGML's repacked Q4_K x8 kernels (what llama.cpp runs on AVX2): per super-block,
             // the exact integer sums scaled by d·d8 and dmin·d8, accumulated with FMA.
             let (mut acc, mut accm) = (0.0f32, 0.0f32);
@@ -429,7 +473,7 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             }
             acc - accm
         }),
-        (GgmlType::Q5_K, Acts::Q8K(a)) => (w.len() == 176 * a.len()).then(|| {
+        (GgmlType::Q5_K, ActsRef::Q8K(a)) => (w.len() == 176 * a.len()).then(|| {
             let mut s = 0.0f32;
             for (b, y) in w.chunks_exact(176).zip(a) {
                 let (isum, msum) = q5k_block_isums(b, y);
@@ -438,7 +482,7 @@ pub fn dot_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
             }
             s
         }),
-        (GgmlType::Q6_K, Acts::Q8K(a)) => (w.len() == 210 * a.len()).then(|| {
+        (GgmlType::Q6_K, ActsRef::Q8K(a)) => (w.len() == 210 * a.len()).then(|| {
             // As GGML's AVX2 `ggml_vec_dot_q6_K_q8_K` (Q6_K is not repacked on x86): eight
             // exact integer lanes per super-block (`q6k_lane_sums`), `acc = fma(d8·d, lane,
             // acc)` per lane, `hsum` at the end.
@@ -466,9 +510,9 @@ pub fn has_tiled(ty: GgmlType) -> bool {
 /// Dot product as GGML's tiled K-quant matmul (`tiled_run_microtile_avx2`, Q6_K: SUBBLK 16,
 /// act-bias) computes it: per super-block the exact integer sum `I = Σ sc·(q−32)·y`, then
 /// `res = d·I` (f32 multiply) and `acc = fma(res, d8, acc)`. `None` for other types.
-pub fn dot_tiled_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot_tiled_scalar(ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     match (ty, acts) {
-        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+        (GgmlType::Q6_K, ActsRef::Q8K(a)) if w.len() == 210 * a.len() => {
             let mut acc = 0.0f32;
             for (b, y) in w.chunks_exact(210).zip(a) {
                 let res = f16_to_f32(le16(b, 208)) * q6k_block_isum(b, y) as f32;
@@ -484,9 +528,9 @@ pub fn dot_tiled_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
 /// groups of four): per 64-value sub-block pair `sb` the exact integer sums, `acc =
 /// fma(isum_sb, d·d8, acc)` and `accm = fma(msum_sb, dmin·d8, accm)`; result `acc − accm`.
 /// `None` for other types.
-pub fn dot_gemm4_scalar(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot_gemm4_scalar(ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     match (ty, acts) {
-        (GgmlType::Q4_K, Acts::Q8K(a)) if w.len() == 144 * a.len() => {
+        (GgmlType::Q4_K, ActsRef::Q8K(a)) if w.len() == 144 * a.len() => {
             let (mut acc, mut accm) = (0.0f32, 0.0f32);
             for (b, y) in w.chunks_exact(144).zip(a) {
                 let (dd, dm) = (f16_to_f32(le16(b, 0)) * y.d, f16_to_f32(le16(b, 2)) * y.d);

@@ -7,7 +7,7 @@ use crate::cpu::CpuFeatures;
 use crate::kernels;
 use crate::parallel::Parallel;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use crate::quant::{quantize_acts, ActFormat, Acts, GgmlType};
+use crate::quant::{ActFormat, Acts, ActsRef, GgmlType};
 use core::ops::Range;
 
 /// Where and how to compute.
@@ -51,7 +51,11 @@ impl<'a> Matrix<'a> {
     /// `range.len() * acts.len()` values). Groups of four tokens go through [`kernels::dot4`]
     /// (each weight block unpacked once for the four), the remaining tokens through
     /// [`kernels::gemv`] (four rows at a time); both give the bits of [`kernels::dot`].
-    fn rows_into(&self, cpu: CpuFeatures, acts: &[Acts], range: Range<usize>, tile: &mut [f32]) {
+    /// Through the kernel table where `cpu` has one (see [`kernels::table`]).
+    pub fn rows_into(&self, cpu: CpuFeatures, acts: &[ActsRef<'_>], range: Range<usize>, tile: &mut [f32]) {
+        if let Some(t) = cpu.table() {
+            return t.rows_into(self, acts, range, tile);
+        }
         let n = acts.len();
         let n4 = n / 4 * 4;
         const RB: usize = 16;
@@ -65,7 +69,7 @@ impl<'a> Matrix<'a> {
         if n == 1 && !tiled {
             let rb = self.row_bytes();
             let w = &self.data[range.start * rb..range.end * rb];
-            if kernels::gemv(cpu, self.ty, w, &acts[0], &mut tile[..range.len()]) {
+            if kernels::gemv(cpu, self.ty, w, acts[0], &mut tile[..range.len()]) {
                 return;
             }
         }
@@ -96,7 +100,7 @@ impl<'a> Matrix<'a> {
                     tile[at..at + 4].copy_from_slice(&v);
                 }
             }
-            for (t, a) in acts.iter().enumerate().skip(n4) {
+            for (t, &a) in acts.iter().enumerate().skip(n4) {
                 if tiled {
                     for r in r0..r1 {
                         tile[(r - range.start) * n + t] = kernels::dot_tiled(cpu, self.ty, self.row(r), a).unwrap_or(f32::NAN);
@@ -158,18 +162,15 @@ pub fn matmul_many(c: Compute<'_>, mats: &[Matrix<'_>], x: &[f32], n: usize, out
         fmts.iter().flat_map(|&f| (0..n).map(move |t| (f, t, None))).collect();
     crate::parallel::for_each_item(c.par, &mut slots, 8, &|_, (f, t, out)| {
         let r = &x[*t * cols..(*t + 1) * cols];
-        *out = Some(if gemm4 && *f == ActFormat::Q8_K && *t < n4 {
-            Acts::Q8K(crate::quant::quantize_q8_k_4x8(r))
-        } else {
-            quantize_acts(*f, r)
-        });
+        *out = Some(kernels::quantize_acts(c.cpu, *f, r, gemm4 && *t < n4));
     });
     let mut slots = slots.into_iter();
     let acts: Vec<Vec<Acts>> = fmts
         .iter()
-        .map(|_| slots.by_ref().take(n).map(|(f, _, a)| a.unwrap_or_else(|| quantize_acts(f, &[]))).collect())
+        .map(|_| slots.by_ref().take(n).map(|(f, _, a)| a.unwrap_or_else(|| crate::quant::quantize_acts(f, &[]))).collect())
         .collect();
-    let acts_of = |m: &Matrix<'_>| &acts[fmts.iter().position(|&f| f == m.ty.act_format()).unwrap_or(0)];
+    let views: Vec<Vec<ActsRef<'_>>> = acts.iter().map(|v| v.iter().map(Acts::view).collect()).collect();
+    let acts_of = |m: &Matrix<'_>| &views[fmts.iter().position(|&f| f == m.ty.act_format()).unwrap_or(0)][..];
     // Global row index space: the matrices one after another.
     let mut offsets = Vec::with_capacity(mats.len() + 1);
     let mut total = 0;

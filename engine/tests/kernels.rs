@@ -5,7 +5,11 @@
 use engine::cpu::CpuFeatures;
 use engine::half::{bf16_to_f32, f16_to_f32};
 use engine::kernels;
-use engine::quant::{dequantize_row, dot_scalar, quantize_acts, Acts, GgmlType, QK, QK_K};
+use engine::quant::{dequantize_row, dot_scalar, quantize_acts, Acts, ActsRef, GgmlType, QK, QK_K};
+
+fn views(a: &[Acts]) -> Vec<ActsRef<'_>> {
+    a.iter().map(Acts::view).collect()
+}
 use engine::sampler::Rng;
 
 const TYPES: [GgmlType; 9] = [
@@ -197,16 +201,17 @@ fn dot_kernels_match_reference() {
         for sc in scales {
             let row = random_row(&mut rng, ty, n, sc);
             let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 3.0).collect();
-            let acts = quantize_acts(ty.act_format(), &x);
+            let acts_owned = quantize_acts(ty.act_format(), &x);
+            let acts = acts_owned.view();
             let mut w = vec![0.0f32; n];
             dequantize_row(ty, &row, &mut w);
-            let a = dequant_acts(&acts);
+            let a = dequant_acts(&acts_owned);
             let want: f64 = w.iter().zip(&a).map(|(&p, &q)| p as f64 * q).sum();
             let mag: f64 = w.iter().zip(&a).map(|(&p, &q)| (p as f64 * q).abs()).sum();
             for (name, got) in [
-                ("scalar", dot_scalar(ty, &row, &acts).unwrap()),
-                ("dispatch", kernels::dot(simd, ty, &row, &acts).unwrap()),
-                ("portable", kernels::dot(CpuFeatures::portable(), ty, &row, &acts).unwrap()),
+                ("scalar", dot_scalar(ty, &row, acts).unwrap()),
+                ("dispatch", kernels::dot(simd, ty, &row, acts).unwrap()),
+                ("portable", kernels::dot(CpuFeatures::portable(), ty, &row, acts).unwrap()),
             ] {
                 let got = got as f64;
                 if !want.is_finite() || mag > f32::MAX as f64 / 4.0 {
@@ -220,7 +225,7 @@ fn dot_kernels_match_reference() {
             }
         }
     }
-    assert!(kernels::dot(simd, GgmlType::Q4_K, &[0u8; 144], &quantize_acts(engine::quant::ActFormat::Q8_0, &[0.0; 32])).is_none());
+    assert!(kernels::dot(simd, GgmlType::Q4_K, &[0u8; 144], quantize_acts(engine::quant::ActFormat::Q8_0, &[0.0; 32]).view()).is_none());
 }
 
 #[test]
@@ -251,9 +256,10 @@ fn portable_and_simd_kernels_are_bit_identical() {
         for _ in 0..8 {
             let row = random_row(&mut rng, ty, n, None);
             let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 7.0).collect();
-            let acts = quantize_acts(ty.act_format(), &x);
-            let a = kernels::dot(simd, ty, &row, &acts).unwrap();
-            let b = kernels::dot(CpuFeatures::portable(), ty, &row, &acts).unwrap();
+            let acts_owned = quantize_acts(ty.act_format(), &x);
+            let acts = acts_owned.view();
+            let a = kernels::dot(simd, ty, &row, acts).unwrap();
+            let b = kernels::dot(CpuFeatures::portable(), ty, &row, acts).unwrap();
             assert_eq!(a.to_bits(), b.to_bits(), "{ty:?}: {a} vs {b}");
         }
     }
@@ -290,15 +296,17 @@ fn multi_token_kernels_equal_single_dots() {
     for cpu in [CpuFeatures::detect(), CpuFeatures::portable()] {
         for ty in TYPES {
             let rows: Vec<Vec<u8>> = (0..4).map(|_| random_row(&mut rng, ty, n, None)).collect();
-            let acts: Vec<_> = (0..4)
+            let acts_owned: Vec<_> = (0..4)
                 .map(|_| {
                     let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 5.0).collect();
                     quantize_acts(ty.act_format(), &x)
                 })
                 .collect();
-            let got = kernels::dot4(cpu, ty, &rows[0], &acts).unwrap();
+            let acts_v = views(&acts_owned);
+            let acts = &acts_v[..];
+            let got = kernels::dot4(cpu, ty, &rows[0], acts).unwrap();
             for t in 0..4 {
-                let want = kernels::dot(cpu, ty, &rows[0], &acts[t]).unwrap();
+                let want = kernels::dot(cpu, ty, &rows[0], acts[t]).unwrap();
                 assert_eq!(got[t].to_bits(), want.to_bits(), "{ty:?} dot4 token {t}");
             }
         }
@@ -315,20 +323,21 @@ fn gemv_equals_single_dots() {
     let mut covered = 0;
     for ty in TYPES {
         let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 5.0).collect();
-        let acts = quantize_acts(ty.act_format(), &x);
+        let acts_owned = quantize_acts(ty.act_format(), &x);
+        let acts = acts_owned.view();
         for rows in 1..=9 {
             let data: Vec<Vec<u8>> = (0..rows).map(|_| random_row(&mut rng, ty, n, None)).collect();
             let w: Vec<u8> = data.concat();
             let mut out = vec![f32::NAN; rows];
-            if !kernels::gemv(cpu, ty, &w, &acts, &mut out) {
+            if !kernels::gemv(cpu, ty, &w, acts, &mut out) {
                 continue;
             }
             covered += 1;
             for (r, row) in data.iter().enumerate() {
-                let want = kernels::dot(cpu, ty, row, &acts).unwrap();
+                let want = kernels::dot(cpu, ty, row, acts).unwrap();
                 assert_eq!(out[r].to_bits(), want.to_bits(), "{ty:?} gemv of {rows} rows, row {r}");
             }
-            assert!(!kernels::gemv(cpu, ty, &w[1..], &acts, &mut out), "{ty:?}: a partial row is refused");
+            assert!(!kernels::gemv(cpu, ty, &w[1..], acts, &mut out), "{ty:?}: a partial row is refused");
         }
     }
     // Q8_0, Q4_0, Q5_0, Q4_K and Q6_K have the loop wherever AVX2+FMA exist.
@@ -349,28 +358,30 @@ fn tiled_and_gemm_kernels_are_bit_identical_across_paths() {
     for ty in [GgmlType::Q6_K, GgmlType::Q4_K] {
         for _ in 0..6 {
             let row = random_row(&mut rng, ty, n, None);
-            let acts: Vec<_> = (0..4)
+            let acts_owned: Vec<_> = (0..4)
                 .map(|_| {
                     let x: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 5.0).collect();
                     quantize_acts(ty.act_format(), &x)
                 })
                 .collect();
+            let acts_v = views(&acts_owned);
+            let acts = &acts_v[..];
             let (s4, p4) = if ty == GgmlType::Q6_K {
-                for a in &acts {
+                for &a in acts {
                     let (s, p) = (kernels::dot_tiled(simd, ty, &row, a).unwrap(), kernels::dot_tiled(port, ty, &row, a).unwrap());
                     assert_eq!(s.to_bits(), p.to_bits(), "{ty:?} dot_tiled: {s} vs {p}");
                 }
-                (kernels::dot4_tiled(simd, ty, &row, &acts).unwrap(), kernels::dot4_tiled(port, ty, &row, &acts).unwrap())
+                (kernels::dot4_tiled(simd, ty, &row, acts).unwrap(), kernels::dot4_tiled(port, ty, &row, acts).unwrap())
             } else {
-                assert!(kernels::dot_tiled(simd, ty, &row, &acts[0]).is_none());
-                (kernels::dot4_gemm(simd, ty, &row, &acts).unwrap(), kernels::dot4_gemm(port, ty, &row, &acts).unwrap())
+                assert!(kernels::dot_tiled(simd, ty, &row, acts[0]).is_none());
+                (kernels::dot4_gemm(simd, ty, &row, acts).unwrap(), kernels::dot4_gemm(port, ty, &row, acts).unwrap())
             };
             for t in 0..4 {
                 assert_eq!(s4[t].to_bits(), p4[t].to_bits(), "{ty:?} token {t}: {} vs {}", s4[t], p4[t]);
                 if ty == GgmlType::Q6_K {
-                    assert_eq!(s4[t].to_bits(), kernels::dot_tiled(port, ty, &row, &acts[t]).unwrap().to_bits());
+                    assert_eq!(s4[t].to_bits(), kernels::dot_tiled(port, ty, &row, acts[t]).unwrap().to_bits());
                 }
-                let one = kernels::dot(simd, ty, &row, &acts[t]).unwrap();
+                let one = kernels::dot(simd, ty, &row, acts[t]).unwrap();
                 assert!((one - s4[t]).abs() <= 1e-4 * (1.0 + one.abs()), "{ty:?}: {one} vs {}", s4[t]);
             }
         }
@@ -389,32 +400,36 @@ fn panel_gemm_equals_single_dots() {
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0] {
         let rows: Vec<Vec<u8>> = (0..5).map(|_| random_row(&mut rng, ty, n, None)).collect();
         let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
-        let acts: Vec<_> = (0..9)
+        let acts_owned: Vec<_> = (0..9)
             .map(|i| {
                 // Token 3 is all extremes (every activation quant ±127).
                 let x: Vec<f32> = (0..n).map(|j| if i == 3 { if j % 3 == 0 { -1.0 } else { 1.0 } } else { (rng.next_f32() - 0.5) * 5.0 }).collect();
                 quantize_acts(ty.act_format(), &x)
             })
             .collect();
+        let acts_v = views(&acts_owned);
+        let acts = &acts_v[..];
         let stride = 9;
         let mut out = vec![f32::NAN; 5 * stride];
-        assert!(!kernels::gemm_q0(CpuFeatures::portable(), ty, &refs, &acts, 8, &mut out, stride));
+        assert!(!kernels::gemm_q0(CpuFeatures::portable(), ty, &refs, acts, 8, &mut out, stride));
         assert!(out.iter().all(|v| v.is_nan()), "portable path wrote");
         if !simd.avx2_fma() {
             continue;
         }
-        assert!(kernels::gemm_q0(simd, ty, &refs, &acts, 8, &mut out, stride), "{ty:?}");
+        assert!(kernels::gemm_q0(simd, ty, &refs, acts, 8, &mut out, stride), "{ty:?}");
         for (r, row) in rows.iter().enumerate() {
             for t in 0..8 {
-                let want = kernels::dot(simd, ty, row, &acts[t]).unwrap();
+                let want = kernels::dot(simd, ty, row, acts[t]).unwrap();
                 assert_eq!(out[r * stride + t].to_bits(), want.to_bits(), "{ty:?} row {r} token {t}");
             }
             assert!(out[r * stride + 8].is_nan(), "token 8 is outside n4");
         }
     }
     let q6: Vec<u8> = random_row(&mut rng, GgmlType::Q6_K, 256, None);
-    let acts = vec![quantize_acts(GgmlType::Q6_K.act_format(), &[0.5; 256]); 4];
-    assert!(!kernels::gemm_q0(simd, GgmlType::Q6_K, &[&q6], &acts, 4, &mut [0.0; 4], 4));
+    let acts_owned = vec![quantize_acts(GgmlType::Q6_K.act_format(), &[0.5; 256]); 4];
+    let acts_v = views(&acts_owned);
+    let acts = &acts_v[..];
+    assert!(!kernels::gemm_q0(simd, GgmlType::Q6_K, &[&q6], acts, 4, &mut [0.0; 4], 4));
 }
 
 /// The Q4_K panel GEMM gives the bits of `dot4_gemm` (llama.cpp's repacked GEMM order) for
@@ -428,20 +443,22 @@ fn q4k_panel_gemm_equals_dot4_gemm() {
     let ty = GgmlType::Q4_K;
     let rows: Vec<Vec<u8>> = (0..5).map(|_| random_row(&mut rng, ty, n, None)).collect();
     let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
-    let acts: Vec<_> = (0..8)
+    let acts_owned: Vec<_> = (0..8)
         .map(|i| {
             let x: Vec<f32> = (0..n).map(|j| if i == 5 { if j % 5 == 0 { -2.0 } else { 2.0 } } else { (rng.next_f32() - 0.5) * 5.0 }).collect();
             quantize_acts(ty.act_format(), &x)
         })
         .collect();
+    let acts_v = views(&acts_owned);
+    let acts = &acts_v[..];
     let stride = 8;
     let mut out = vec![f32::NAN; 5 * stride];
-    assert!(!kernels::gemm_q4k(CpuFeatures::portable(), &refs, &acts, 8, &mut out, stride));
+    assert!(!kernels::gemm_q4k(CpuFeatures::portable(), &refs, acts, 8, &mut out, stride));
     assert!(out.iter().all(|v| v.is_nan()), "portable path wrote");
     if !simd.avx2_fma() {
         return;
     }
-    assert!(kernels::gemm_q4k(simd, &refs, &acts, 8, &mut out, stride));
+    assert!(kernels::gemm_q4k(simd, &refs, acts, 8, &mut out, stride));
     for (r, row) in rows.iter().enumerate() {
         for t in (0..8).step_by(4) {
             let want = kernels::dot4_gemm(simd, ty, row, &acts[t..t + 4]).unwrap();
@@ -451,7 +468,7 @@ fn q4k_panel_gemm_equals_dot4_gemm() {
         }
     }
     let q8 = vec![quantize_acts(GgmlType::Q8_0.act_format(), &vec![0.5; n]); 4];
-    assert!(!kernels::gemm_q4k(simd, &refs, &q8, 4, &mut out, stride));
+    assert!(!kernels::gemm_q4k(simd, &refs, &views(&q8), 4, &mut out, stride));
 }
 
 /// The bandwidth probe's sum is the plain wrapping sum of little-endian words (and the bytes of
@@ -496,20 +513,22 @@ fn q6k_panel_gemm_equals_dot4_tiled() {
     let ty = GgmlType::Q6_K;
     let rows: Vec<Vec<u8>> = (0..3).map(|_| random_row(&mut rng, ty, n, None)).collect();
     let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
-    let acts: Vec<_> = (0..8)
+    let acts_owned: Vec<_> = (0..8)
         .map(|i| {
             let x: Vec<f32> = (0..n).map(|j| if i == 2 { if j % 7 == 0 { -3.0 } else { 3.0 } } else { (rng.next_f32() - 0.5) * 5.0 }).collect();
             quantize_acts(ty.act_format(), &x)
         })
         .collect();
+    let acts_v = views(&acts_owned);
+    let acts = &acts_v[..];
     let stride = 8;
     let mut out = vec![f32::NAN; 3 * stride];
-    assert!(!kernels::gemm_q6k_tiled(CpuFeatures::portable(), &refs, &acts, 8, &mut out, stride));
+    assert!(!kernels::gemm_q6k_tiled(CpuFeatures::portable(), &refs, acts, 8, &mut out, stride));
     assert!(out.iter().all(|v| v.is_nan()), "portable path wrote");
     if !simd.avx2_fma() {
         return;
     }
-    assert!(kernels::gemm_q6k_tiled(simd, &refs, &acts, 8, &mut out, stride));
+    assert!(kernels::gemm_q6k_tiled(simd, &refs, acts, 8, &mut out, stride));
     for (r, row) in rows.iter().enumerate() {
         for t in (0..8).step_by(4) {
             let want = kernels::dot4_tiled(simd, ty, row, &acts[t..t + 4]).unwrap();

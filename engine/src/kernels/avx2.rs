@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use crate::half::f16_to_f32;
-use crate::quant::{scale_min_k4, Acts, BlockQ8K, BlockQ8_0, GgmlType};
+use crate::quant::{scale_min_k4, ActsRef, BlockQ8K, BlockQ8_0, GgmlType};
 
 #[inline]
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -16,26 +16,26 @@ fn le16(b: &[u8], at: usize) -> u16 {
 
 /// Dot product for the types with an AVX2 kernel; `None` for the others (and for mismatched
 /// formats or lengths), which then use the portable code.
-pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot(ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     match (ty, acts) {
-        (GgmlType::Q8_0, Acts::Q8_0(a)) if w.len() == 34 * a.len() => {
+        (GgmlType::Q8_0, ActsRef::Q8_0(a)) if w.len() == 34 * a.len() => {
             // SAFETY: AVX2/FMA availability is guaranteed by the caller (module docs); the
             // kernel reads only within `w` (34 bytes per block of `a`, checked) and `a`.
             Some(unsafe { dot_q8_0(w, a) })
         }
-        (GgmlType::Q4_0, Acts::Q8_0(a)) if w.len() == 18 * a.len() => {
+        (GgmlType::Q4_0, ActsRef::Q8_0(a)) if w.len() == 18 * a.len() => {
             // SAFETY: as above; 18 bytes per block checked.
             Some(unsafe { dot_q4_0(w, a) })
         }
-        (GgmlType::Q5_0, Acts::Q8_0(a)) if w.len() == 22 * a.len() => {
+        (GgmlType::Q5_0, ActsRef::Q8_0(a)) if w.len() == 22 * a.len() => {
             // SAFETY: as above; 22 bytes per block checked.
             Some(unsafe { dot_q5_0(w, a) })
         }
-        (GgmlType::Q4_K, Acts::Q8K(a)) if w.len() == 144 * a.len() => {
+        (GgmlType::Q4_K, ActsRef::Q8K(a)) if w.len() == 144 * a.len() => {
             // SAFETY: as above; 144 bytes per block checked.
             Some(unsafe { dot_q4_k(w, a) })
         }
-        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+        (GgmlType::Q6_K, ActsRef::Q8K(a)) if w.len() == 210 * a.len() => {
             // SAFETY: as above; 210 bytes per block checked.
             Some(unsafe { dot_q6_k(w, a) })
         }
@@ -44,13 +44,13 @@ pub fn dot(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
 }
 
 /// The activation blocks of four rows when all have format `F` and `blocks` blocks.
-fn four<'a, T>(acts: &'a [Acts], blocks: usize, get: impl Fn(&'a Acts) -> Option<&'a [T]>) -> Option<[&'a [T]; 4]> {
+fn four<'a, T>(acts: &[ActsRef<'a>], blocks: usize, get: impl Fn(ActsRef<'a>) -> Option<&'a [T]>) -> Option<[&'a [T]; 4]> {
     if acts.len() != 4 {
         return None;
     }
     let mut out: [&[T]; 4] = [&[]; 4];
     for (o, a) in out.iter_mut().zip(acts) {
-        let s = get(a)?;
+        let s = get(*a)?;
         if s.len() != blocks {
             return None;
         }
@@ -59,16 +59,16 @@ fn four<'a, T>(acts: &'a [Acts], blocks: usize, get: impl Fn(&'a Acts) -> Option
     Some(out)
 }
 
-fn q8_0_of(a: &Acts) -> Option<&[BlockQ8_0]> {
+fn q8_0_of(a: ActsRef<'_>) -> Option<&[BlockQ8_0]> {
     match a {
-        Acts::Q8_0(v) => Some(v),
+        ActsRef::Q8_0(v) => Some(v),
         _ => None,
     }
 }
 
-fn q8k_of(a: &Acts) -> Option<&[BlockQ8K]> {
+fn q8k_of(a: ActsRef<'_>) -> Option<&[BlockQ8K]> {
     match a {
-        Acts::Q8K(v) => Some(v),
+        ActsRef::Q8K(v) => Some(v),
         _ => None,
     }
 }
@@ -77,7 +77,7 @@ fn q8k_of(a: &Acts) -> Option<&[BlockQ8K]> {
 /// to [`dot`] on that row: every weight block is unpacked once and used for the four tokens,
 /// whose accumulators see exactly the operations of the one-token kernels, in the same order.
 /// `None` for the types without such a kernel (and mismatched formats or lengths).
-pub fn dot4(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+pub fn dot4(ty: GgmlType, w: &[u8], acts: &[ActsRef<'_>]) -> Option<[f32; 4]> {
     let bb = ty.block_bytes();
     if bb == 0 || !w.len().is_multiple_of(bb) {
         return None;
@@ -116,8 +116,8 @@ pub fn dot4(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
 /// product pays no per-row call, slicing or dispatch; the last `len % 4` rows go one by one.
 /// `false` (nothing written) unless `ty` is Q8_0, Q4_0 or Q5_0 with Q8_0 activations and `w`
 /// holds exactly `out.len()` rows of whole blocks.
-pub fn gemv(ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
-    if let Acts::Q8K(a) = acts {
+pub fn gemv(ty: GgmlType, w: &[u8], acts: ActsRef<'_>, out: &mut [f32]) -> bool {
+    if let ActsRef::Q8K(a) = acts {
         let bb = match ty {
             GgmlType::Q4_K => 144,
             GgmlType::Q6_K => 210,
@@ -137,7 +137,7 @@ pub fn gemv(ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
         }
         return true;
     }
-    let Acts::Q8_0(a) = acts else { return false };
+    let ActsRef::Q8_0(a) = acts else { return false };
     let bb = match ty {
         GgmlType::Q8_0 => 34,
         GgmlType::Q4_0 => 18,
@@ -309,12 +309,12 @@ unsafe fn dot4_q0<const K: u8>(w: &[u8], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
 /// blocks each. `Some((nb, those rows))` when all hold.
 fn panel_shape<'a, T>(
     rows: &[&[u8]],
-    acts: &'a [Acts],
+    acts: &[ActsRef<'a>],
     n4: usize,
     out_len: usize,
     stride: usize,
     bb: usize,
-    get: fn(&Acts) -> Option<&[T]>,
+    get: fn(ActsRef<'a>) -> Option<&'a [T]>,
 ) -> Option<(usize, Vec<&'a [T]>)> {
     let first = rows.first()?;
     if rows.len() > 16 || !n4.is_multiple_of(4) || n4 > acts.len() || n4 > stride || first.len() % bb != 0 {
@@ -324,7 +324,7 @@ fn panel_shape<'a, T>(
     if rows.iter().any(|r| r.len() != nb * bb) || out_len < (rows.len() - 1) * stride + n4 {
         return None;
     }
-    let ys = acts[..n4].iter().map(|a| get(a).filter(|v| v.len() == nb)).collect::<Option<Vec<_>>>()?;
+    let ys = acts[..n4].iter().map(|a| get(*a).filter(|v| v.len() == nb)).collect::<Option<Vec<_>>>()?;
     Some((nb, ys))
 }
 
@@ -338,7 +338,7 @@ fn panel_shape<'a, T>(
 /// lane holds the same integer as in the one-row kernel and every accumulator sees the same
 /// FMAs in the same order (GGML's one-accumulator Q8_0-family dot), so the bits are equal.
 /// `false` (nothing written) for other types, formats or shapes.
-pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+pub fn gemm_q0(ty: GgmlType, rows: &[&[u8]], acts: &[ActsRef<'_>], n4: usize, out: &mut [f32], stride: usize) -> bool {
     let (bb, off) = match ty {
         GgmlType::Q8_0 => (34, 0u8),
         GgmlType::Q4_0 => (18, 8),
@@ -444,7 +444,7 @@ struct Q4kPanel {
 /// for all tokens; two rows by four tokens form the eight lanes of one vector, so the exact
 /// integer sums of eight outputs are reduced together (integer adds: any order is exact) and
 /// their FMAs run lane-wise (each lane keeps its own order).
-pub fn gemm_q4k(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+pub fn gemm_q4k(rows: &[&[u8]], acts: &[ActsRef<'_>], n4: usize, out: &mut [f32], stride: usize) -> bool {
     if rows.is_empty() {
         return true;
     }
@@ -516,7 +516,7 @@ struct Q6kPanel {
 /// sum `I`, `res = d·I`, `acc = fma(res, d8, acc)`. Each row's blocks are unpacked once for
 /// all tokens; two rows by four tokens make the eight lanes of one vector (integer sums
 /// reduced together, the multiply and FMA lane-wise, each lane in its own output's order).
-pub fn gemm_q6k_tiled(rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+pub fn gemm_q6k_tiled(rows: &[&[u8]], acts: &[ActsRef<'_>], n4: usize, out: &mut [f32], stride: usize) -> bool {
     if rows.is_empty() {
         return true;
     }
@@ -868,18 +868,18 @@ unsafe fn dot4_q6_k(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
 }
 
 /// GGML's tiled Q6_K matmul order (see `quant::dot_tiled_scalar`); `None` for other types.
-pub fn dot_tiled(ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot_tiled(ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     match (ty, acts) {
-        (GgmlType::Q6_K, Acts::Q8K(a)) if w.len() == 210 * a.len() => {
+        (GgmlType::Q6_K, ActsRef::Q8K(a)) if w.len() == 210 * a.len() => {
             // SAFETY: AVX2/FMA guaranteed by the caller (module docs); 210 bytes per block checked.
-            Some(unsafe { dot4_q6_k_tiled_n::<1>(w, [&a[..]; 4]) }[0])
+            Some(unsafe { dot4_q6_k_tiled_n::<1>(w, [a; 4]) }[0])
         }
         _ => None,
     }
 }
 
 /// [`dot_tiled`] for four activation rows.
-pub fn dot4_tiled(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+pub fn dot4_tiled(ty: GgmlType, w: &[u8], acts: &[ActsRef<'_>]) -> Option<[f32; 4]> {
     if ty != GgmlType::Q6_K || !w.len().is_multiple_of(210) {
         return None;
     }
@@ -911,7 +911,7 @@ unsafe fn dot4_q6_k_tiled_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f
 }
 
 /// GGML's repacked Q4_K GEMM order for four tokens (see `quant::dot_gemm4_scalar`).
-pub fn dot4_gemm(ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+pub fn dot4_gemm(ty: GgmlType, w: &[u8], acts: &[ActsRef<'_>]) -> Option<[f32; 4]> {
     if ty != GgmlType::Q4_K || !w.len().is_multiple_of(144) {
         return None;
     }

@@ -7,14 +7,15 @@
 // soft-float, so there (unless the build enables SSE) only the portable kernels exist.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod avx2;
+pub mod table;
 
 use crate::cpu::CpuFeatures;
-use crate::quant::{dot_scalar, Acts, GgmlType};
+use crate::quant::{dot_scalar, ActFormat, Acts, ActsRef, GgmlType};
 
 /// Dot product of a weight row of type `ty` with converted activations, using the fastest kernel
 /// `cpu` allows. `None` if the activation format does not fit the weight type.
 #[inline]
-pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         if let Some(v) = avx2::dot(ty, w, acts) {
@@ -26,10 +27,10 @@ pub fn dot(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32>
 }
 
 /// Dots of one weight row with four activation rows (`acts.len() == 4`): `out[t]` equals
-/// `dot(cpu, ty, w, &acts[t])` bit for bit (the SIMD kernels unpack each weight block once for
+/// `dot(cpu, ty, w, acts[t])` bit for bit (the SIMD kernels unpack each weight block once for
 /// the four tokens but keep every token's own accumulation order). `None` as [`dot`].
 #[inline]
-pub fn dot4(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+pub fn dot4(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[ActsRef<'_>]) -> Option<[f32; 4]> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         if let Some(v) = avx2::dot4(ty, w, acts) {
@@ -40,10 +41,10 @@ pub fn dot4(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[
         return None;
     }
     Some([
-        dot(cpu, ty, w, &acts[0])?,
-        dot(cpu, ty, w, &acts[1])?,
-        dot(cpu, ty, w, &acts[2])?,
-        dot(cpu, ty, w, &acts[3])?,
+        dot(cpu, ty, w, acts[0])?,
+        dot(cpu, ty, w, acts[1])?,
+        dot(cpu, ty, w, acts[2])?,
+        dot(cpu, ty, w, acts[3])?,
     ])
 }
 
@@ -51,7 +52,7 @@ pub fn dot4(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[
 /// to [`dot`] bit for bit, in one call (a decode's matrix-vector products). `false` (nothing
 /// written) where no such loop exists: the caller then goes row by row.
 #[inline]
-pub fn gemv(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f32]) -> bool {
+pub fn gemv(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: ActsRef<'_>, out: &mut [f32]) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::gemv(ty, w, acts, out);
@@ -65,7 +66,7 @@ pub fn gemv(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts, out: &mut [f3
 /// weight blocks unpacked once for all tokens. `false` (nothing written) where no such kernel
 /// exists (the portable path, other types): the caller then uses [`dot4`].
 #[inline]
-pub fn gemm_q0(cpu: CpuFeatures, ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+pub fn gemm_q0(cpu: CpuFeatures, ty: GgmlType, rows: &[&[u8]], acts: &[ActsRef<'_>], n4: usize, out: &mut [f32], stride: usize) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::gemm_q0(ty, rows, acts, n4, out, stride);
@@ -79,7 +80,7 @@ pub fn gemm_q0(cpu: CpuFeatures, ty: GgmlType, rows: &[&[u8]], acts: &[Acts], n4
 /// GEMM order) bit for bit, with the weight blocks unpacked once for all tokens. `false`
 /// (nothing written) where no such kernel exists: the caller then uses [`dot4_gemm`].
 #[inline]
-pub fn gemm_q4k(cpu: CpuFeatures, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+pub fn gemm_q4k(cpu: CpuFeatures, rows: &[&[u8]], acts: &[ActsRef<'_>], n4: usize, out: &mut [f32], stride: usize) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::gemm_q4k(rows, acts, n4, out, stride);
@@ -93,7 +94,7 @@ pub fn gemm_q4k(cpu: CpuFeatures, rows: &[&[u8]], acts: &[Acts], n4: usize, out:
 /// bit for bit, with the weight blocks unpacked once for all tokens. `false` (nothing
 /// written) where no such kernel exists: the caller then uses [`dot4_tiled`].
 #[inline]
-pub fn gemm_q6k_tiled(cpu: CpuFeatures, rows: &[&[u8]], acts: &[Acts], n4: usize, out: &mut [f32], stride: usize) -> bool {
+pub fn gemm_q6k_tiled(cpu: CpuFeatures, rows: &[&[u8]], acts: &[ActsRef<'_>], n4: usize, out: &mut [f32], stride: usize) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::gemm_q6k_tiled(rows, acts, n4, out, stride);
@@ -106,7 +107,7 @@ pub fn gemm_q6k_tiled(cpu: CpuFeatures, rows: &[&[u8]], acts: &[Acts], n4: usize
 /// [`crate::quant::dot_tiled_scalar`]), bit-identical on every path. `None` for the types
 /// without a tiled form.
 #[inline]
-pub fn dot_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Option<f32> {
+pub fn dot_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: ActsRef<'_>) -> Option<f32> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         if let Some(v) = avx2::dot_tiled(ty, w, acts) {
@@ -119,7 +120,7 @@ pub fn dot_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &Acts) -> Optio
 
 /// [`dot_tiled`] of one weight row with four activation rows, bit for bit.
 #[inline]
-pub fn dot4_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+pub fn dot4_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[ActsRef<'_>]) -> Option<[f32; 4]> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         if let Some(v) = avx2::dot4_tiled(ty, w, acts) {
@@ -130,10 +131,10 @@ pub fn dot4_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Op
         return None;
     }
     Some([
-        dot_tiled(cpu, ty, w, &acts[0])?,
-        dot_tiled(cpu, ty, w, &acts[1])?,
-        dot_tiled(cpu, ty, w, &acts[2])?,
-        dot_tiled(cpu, ty, w, &acts[3])?,
+        dot_tiled(cpu, ty, w, acts[0])?,
+        dot_tiled(cpu, ty, w, acts[1])?,
+        dot_tiled(cpu, ty, w, acts[2])?,
+        dot_tiled(cpu, ty, w, acts[3])?,
     ])
 }
 
@@ -141,7 +142,7 @@ pub fn dot4_tiled(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Op
 /// GEMM (see [`crate::quant::dot_gemm4_scalar`]), bit-identical on every path. `None` for
 /// the types without that form (only Q4_K has one).
 #[inline]
-pub fn dot4_gemm(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Option<[f32; 4]> {
+pub fn dot4_gemm(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[ActsRef<'_>]) -> Option<[f32; 4]> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         if let Some(v) = avx2::dot4_gemm(ty, w, acts) {
@@ -152,7 +153,7 @@ pub fn dot4_gemm(cpu: CpuFeatures, ty: GgmlType, w: &[u8], acts: &[Acts]) -> Opt
     if acts.len() != 4 {
         return None;
     }
-    let d = |t: usize| crate::quant::dot_gemm4_scalar(ty, w, &acts[t]);
+    let d = |t: usize| crate::quant::dot_gemm4_scalar(ty, w, acts[t]);
     Some([d(0)?, d(1)?, d(2)?, d(3)?])
 }
 
@@ -167,6 +168,9 @@ pub fn detect() -> (bool, bool) {
 /// f32 dot product (attention scores, small vectors).
 #[inline]
 pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
+    if let Some(t) = cpu.table() {
+        return t.dot_f32(a, b, false);
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::dot_f32(a, b);
@@ -179,6 +183,9 @@ pub fn dot_f32(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
 /// calls, run side by side where SIMD allows. `None` if a length differs.
 #[inline]
 pub fn dot_f32_x4(cpu: CpuFeatures, a: &[f32], b: [&[f32]; 4]) -> Option<[f32; 4]> {
+    if let Some(t) = cpu.table() {
+        return t.dot_f32_x4(a, b);
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::dot_f32_x4(a, b);
@@ -194,6 +201,9 @@ pub fn dot_f32_x4(cpu: CpuFeatures, a: &[f32], b: [&[f32]; 4]) -> Option<[f32; 4
 /// [`crate::quant::dot_f32_vecdot_lanes`]), bit-identical on every path.
 #[inline]
 pub fn dot_f32_vecdot(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
+    if let Some(t) = cpu.table() {
+        return t.dot_f32(a, b, true);
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::dot_f32_vecdot(a, b);
@@ -207,6 +217,9 @@ pub fn dot_f32_vecdot(cpu: CpuFeatures, a: &[f32], b: &[f32]) -> f32 {
 /// groups), bit-identical on every path (see [`crate::quant::softmax_exp_lanes`]).
 #[inline]
 pub fn softmax_exp(cpu: CpuFeatures, x: &mut [f32], max: f32) -> f64 {
+    if let Some(t) = cpu.table() {
+        return t.softmax_exp(x, max);
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::softmax_exp(x, max);
@@ -218,6 +231,9 @@ pub fn softmax_exp(cpu: CpuFeatures, x: &mut [f32], max: f32) -> f64 {
 /// `y += a * x` over f32 slices.
 #[inline]
 pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
+    if let Some(t) = cpu.table() {
+        return t.axpy(a, x, y);
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if cpu.avx2_fma() {
         return avx2::axpy(a, x, y);
@@ -225,6 +241,27 @@ pub fn axpy(cpu: CpuFeatures, a: f32, x: &[f32], y: &mut [f32]) {
     let _ = cpu;
     for (yv, xv) in y.iter_mut().zip(x) {
         *yv += a * xv;
+    }
+}
+
+/// RMSNorm in place ([`crate::model::rms_norm`]), through the kernel table where there is one.
+#[inline]
+pub fn rms_norm(cpu: CpuFeatures, x: &mut [f32], w: &[f32], eps: f32) {
+    match cpu.table() {
+        Some(t) => t.rms_norm(x, w, eps),
+        None => crate::model::rms_norm(x, w, eps),
+    }
+}
+
+/// Converts an activation row into the format `fmt` ([`crate::quant::quantize_acts`]; with
+/// `gemm4`, Q8_K rows as [`crate::quant::quantize_q8_k_4x8`] makes them), the quantizing
+/// formats through the kernel table where there is one.
+pub fn quantize_acts(cpu: CpuFeatures, fmt: ActFormat, x: &[f32], gemm4: bool) -> Acts {
+    match (cpu.table(), fmt) {
+        (Some(t), ActFormat::Q8_0) => Acts::Q8_0(t.quantize_q8_0(x)),
+        (Some(t), ActFormat::Q8_K) => Acts::Q8K(t.quantize_q8_k(x, gemm4)),
+        (_, ActFormat::Q8_K) if gemm4 => Acts::Q8K(crate::quant::quantize_q8_k_4x8(x)),
+        _ => crate::quant::quantize_acts(fmt, x),
     }
 }
 
