@@ -138,3 +138,51 @@ pub fn json_ids(json: &str, key: &str) -> Vec<u32> {
     let end = start + json[start..].find(']').unwrap_or(0);
     json[start..end].split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
 }
+
+/// The kernels the hypervisor's engine ran, from its `engine kernels: ...` line (see
+/// `hypervisor/src/kernel/simd.rs`): the hard-float object's AVX2+FMA kernels where the
+/// emulated CPU has them, its portable kernels otherwise. Host references must use the same,
+/// because the two sum in different orders for some types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvKernels {
+    Avx2,
+    Portable,
+}
+
+impl HvKernels {
+    /// Read from a serial log; panics (showing the log's start) when the line is missing, or
+    /// when the kernels did not come from the hard-float object that xtask links.
+    pub fn of(serial: &str) -> Self {
+        let line = serial
+            .lines()
+            .find(|l| l.contains("engine kernels: "))
+            .unwrap_or_else(|| panic!("no \"engine kernels:\" line in the log:\n{}", &serial[..serial.len().min(4000)]));
+        assert!(line.contains("from the hard-float kernel object"), "the hypervisor did not use the kernel object: {line}");
+        if line.contains("AVX2+FMA kernels") {
+            Self::Avx2
+        } else {
+            Self::Portable
+        }
+    }
+
+    /// The host engine's features for the same kernels (AVX2 ones need an AVX2 host).
+    pub fn cpu(self) -> engine::cpu::CpuFeatures {
+        match self {
+            Self::Portable => engine::cpu::CpuFeatures::portable(),
+            Self::Avx2 => {
+                let c = engine::cpu::CpuFeatures::detect();
+                assert!(c.avx2_fma(), "the hypervisor ran AVX2+FMA kernels; this host has none to reproduce its results");
+                c
+            }
+        }
+    }
+
+    /// The `tvgen` flags that select the same kernels.
+    pub fn tvgen_flags(self) -> &'static [&'static str] {
+        self.cpu();
+        match self {
+            Self::Portable => &["--portable"],
+            Self::Avx2 => &[],
+        }
+    }
+}

@@ -1,9 +1,10 @@
 //! Inference inside the hypervisor (no guest): the tiny Gemma 3 model and a prompt delivered as
-//! boot modules; the tokens generated in QEMU TCG must equal the host CLI's (`tvgen --portable`,
-//! the kernels the soft-float hypervisor runs) for the same model, prompt and sampling.
+//! boot modules; the tokens generated in QEMU TCG must equal the host CLI's for the same model,
+//! prompt, sampling and kernels: the hypervisor runs the engine's hard-float kernel object, with
+//! its AVX2 kernels where the emulated CPU has AVX2 (QEMU's `max` CPU does).
 
 use std::path::PathBuf;
-use tests::{engine_cli, json_ids, Boot};
+use tests::{engine_cli, json_ids, Boot, HvKernels};
 use xtask::emulator::Verdict;
 use xtask::image::Firmware;
 
@@ -48,19 +49,20 @@ fn four_hypervisor_cpus_split_the_work_and_generate_the_same_tokens() {
 fn generation_matches_host(cpus: u32, file: &str, name: &str) {
     let model = tiny_model(file);
     let prompt = "Once upon a time";
-    let host = engine_cli(
-        "tvgen",
-        &["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "16", "--temp", "0.9", "--seed", "42",
-          "--threads", "1", "--portable", "--json"],
-    );
+    let cfg = boot_cfg(&format!("{name}.cfg"), &format!("prompt={prompt}\nmax_tokens=16\ntemperature=0.9\nseed=42\n"));
+    let run = Boot::qemu(name, Firmware::Bios).cpus(cpus).module(&model, "model:tiny.gguf").module(cfg, "boot.cfg").run();
+    // The emulated CPU has AVX2+FMA (its "cpu:" line says so), so the object's AVX2 kernels ran.
+    run.assert_line(&["cpu: VMX no", "AVX2 yes"]);
+    let kernels = HvKernels::of(run.serial());
+    assert_eq!(kernels, HvKernels::Avx2, "QEMU's CPU has AVX2: the object's AVX2 kernels should have run");
+    let gen_args = ["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "16", "--temp", "0.9", "--seed", "42",
+        "--threads", "1", "--json"];
+    let host = engine_cli("tvgen", &[&gen_args[..], kernels.tvgen_flags()].concat());
     let want_prompt = json_ids(&host, "prompt_tokens");
     let want = json_ids(&host, "tokens");
     assert_eq!(want.len(), 16, "host generated 16 tokens: {host}");
     let distinct: std::collections::HashSet<_> = want.iter().collect();
     assert!(distinct.len() >= 4, "the comparison needs varied tokens, got {want:?}");
-
-    let cfg = boot_cfg(&format!("{name}.cfg"), &format!("prompt={prompt}\nmax_tokens=16\ntemperature=0.9\nseed=42\n"));
-    let run = Boot::qemu(name, Firmware::Bios).cpus(cpus).module(&model, "model:tiny.gguf").module(cfg, "boot.cfg").run();
     run.assert_line(&[&format!("engine workers: {cpus} CPUs")]);
     run.assert_verdict(Verdict::Success)
         .assert_line(&["loading model tiny.gguf"])

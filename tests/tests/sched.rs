@@ -6,20 +6,20 @@
 //! units of the two interleaved.
 
 use std::time::Duration;
-use tests::Boot;
+use tests::{Boot, HvKernels};
 use xtask::emulator::Verdict;
 use xtask::image::guest_elf;
 
-/// Tokens the engine samples for `prompt` on the tiny model (portable kernels, one CPU, no stop
-/// at the end token, as the hypervisor's sessions do).
-fn engine_tokens(prompt: &[u32], n: usize, temperature: f32, seed: u64) -> Vec<u32> {
+/// Tokens the engine samples for `prompt` on the tiny model (the hypervisor's kernels, one CPU,
+/// no stop at the end token, as the hypervisor's sessions do).
+fn engine_tokens(prompt: &[u32], n: usize, temperature: f32, seed: u64, cpu: engine::cpu::CpuFeatures) -> Vec<u32> {
     let bytes = engine::tiny::tiny_gemma3(1);
     let g = engine::gguf::Gguf::parse(&bytes).unwrap();
     let model = engine::model::Model::from_gguf(&g).unwrap();
     let tok = engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     let mut s = engine::model::Session::new(&model, 128);
     let mut sampler = engine::sampler::Sampler::new(engine::sampler::SamplerConfig { temperature, seed, ..Default::default() });
-    let comp = engine::tensor::Compute { cpu: engine::cpu::CpuFeatures::portable(), par: &engine::parallel::Serial };
+    let comp = engine::tensor::Compute { cpu, par: &engine::parallel::Serial };
     engine::generate::generate(&mut s, comp, &tok, &mut sampler, prompt, n, false, &|| 0, &mut |_| {}).unwrap().tokens
 }
 
@@ -54,7 +54,7 @@ fn a_flooding_guest_cannot_starve_an_honest_one() {
         .module(guest_elf("infer").unwrap(), &format!("guest:infer prompt=2,100 max_tokens={honest_tokens} temp=0.8 seed=11 weight=1"));
     boot.timeout = Duration::from_secs(600);
     let run = boot.run();
-    let want = engine_tokens(&[2, 100], honest_tokens, 0.8, 11);
+    let want = engine_tokens(&[2, 100], honest_tokens, 0.8, 11, HvKernels::of(run.serial()).cpu());
     let want = want.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
     run.assert_verdict(Verdict::Success)
         .assert_line(&["engine scheduler: deficit round robin over 2 tenant(s)"])

@@ -5,22 +5,22 @@
 //! the engine's. A corrupted manifest is refused and the hypervisor carries on.
 
 use std::time::Duration;
-use tests::Boot;
+use tests::{Boot, HvKernels};
 use xtask::emulator::Verdict;
 use xtask::image::guest_elf;
 
 
 
-/// Tokens the engine samples for `prompt` (ids) on the tiny model: portable kernels, one CPU,
-/// no stop at the end token, as the hypervisor's sessions do.
-fn engine_tokens(prompt: &[u32], n: usize, temperature: f32, seed: u64) -> Vec<u32> {
+/// Tokens the engine samples for `prompt` (ids) on the tiny model: the hypervisor's kernels
+/// (`cpu`), one CPU, no stop at the end token, as the hypervisor's sessions do.
+fn engine_tokens(prompt: &[u32], n: usize, temperature: f32, seed: u64, cpu: engine::cpu::CpuFeatures) -> Vec<u32> {
     let bytes = engine::tiny::tiny_gemma3(1);
     let g = engine::gguf::Gguf::parse(&bytes).unwrap();
     let model = engine::model::Model::from_gguf(&g).unwrap();
     let tok = engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     let mut s = engine::model::Session::new(&model, 128);
     let mut sampler = engine::sampler::Sampler::new(engine::sampler::SamplerConfig { temperature, seed, ..Default::default() });
-    let comp = engine::tensor::Compute { cpu: engine::cpu::CpuFeatures::portable(), par: &engine::parallel::Serial };
+    let comp = engine::tensor::Compute { cpu, par: &engine::parallel::Serial };
     engine::generate::generate(&mut s, comp, &tok, &mut sampler, prompt, n, false, &|| 0, &mut |_| {}).unwrap().tokens
 }
 
@@ -45,10 +45,10 @@ fn the_attack_configuration_boots_from_its_manifest() {
     std::fs::write(&manifest, &compiled.bytes).unwrap();
     let model = dir.join("tiny.gguf");
     std::fs::write(&model, engine::tiny::tiny_gemma3(1)).unwrap();
-    let want = |name: &str| {
+    let want = |name: &str, cpu| {
         let args = args_of(&compiled.manifest, name);
         let prompt: Vec<u32> = arg(&args, "prompt").split(',').map(|t| t.parse().unwrap()).collect();
-        let tokens = engine_tokens(&prompt, arg(&args, "max_tokens").parse().unwrap(), arg(&args, "temp").parse().unwrap(), arg(&args, "seed").parse().unwrap());
+        let tokens = engine_tokens(&prompt, arg(&args, "max_tokens").parse().unwrap(), arg(&args, "temp").parse().unwrap(), arg(&args, "seed").parse().unwrap(), cpu);
         tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
     };
     let mut boot = Boot::bochs("tenants-attack-config")
@@ -58,14 +58,15 @@ fn the_attack_configuration_boots_from_its_manifest() {
         .module(guest_elf("hostile").unwrap(), "guest:hostile");
     boot.timeout = Duration::from_secs(400);
     let run = boot.run();
+    let cpu = HvKernels::of(run.serial()).cpu();
     run.assert_verdict(Verdict::Success)
         .assert_line(&["manifest: 3 tenant(s) admitted, 0 refused"])
         .assert_line(&["guest mallory: loaded:", "CPU budget 100 ms"])
         .assert_line(&["tenant alice: model access: tiny.gguf"])
         .assert_line(&["tenant mallory: model access: no model"])
         .assert_no_line("which is not loaded")
-        .assert_line(&["[alice] infer: tokens [", &format!("[{}]", want("alice"))])
-        .assert_line(&["[bob] infer: tokens [", &format!("[{}]", want("bob"))])
+        .assert_line(&["[alice] infer: tokens [", &format!("[{}]", want("alice", cpu))])
+        .assert_line(&["[bob] infer: tokens [", &format!("[{}]", want("bob", cpu))])
         .assert_line(&["guest alice: exited with status 0"])
         .assert_line(&["guest bob: exited with status 0"])
         .assert_line(&["[mallory] hostile: register more than the quota: Err(QuotaExceeded)"])

@@ -1,6 +1,6 @@
 //! Building the hypervisor and bootable GRUB images (BIOS and UEFI) with its modules.
 
-use crate::setup::BARE_TARGET;
+use crate::setup::{BARE_TARGET, HARD_FLOAT_TARGET};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,11 +101,37 @@ pub fn build_hypervisor() -> Result<PathBuf, String> {
 
 fn build_hypervisor_now() -> Result<PathBuf, String> {
     let root = crate::root();
+    let kernels = build_kernel_object()?;
     run(Command::new(env!("CARGO"))
         .args(["build", "--release", "--package", "hypervisor", "--bin", "hypervisor", "--target", BARE_TARGET])
+        .env("TV_KERNEL_OBJECT", &kernels)
         .current_dir(&root))?;
     let elf = root.join("target").join(BARE_TARGET).join("release").join("hypervisor");
     if elf.exists() { Ok(elf) } else { Err(format!("build produced no {}", elf.display())) }
+}
+
+/// Builds the engine's kernels hard-float for the soft-float hypervisor (crate `engine-simd`, see
+/// `hypervisor/src/kernel/simd.rs`) and returns the object's path. The crate is compiled for
+/// the host's x86_64 Linux target (SSE2 floats, AVX2 chosen at run time) as a static library,
+/// with `panic = "abort"` (profile `kernel-object`) and no red zone; `ld -r` links what
+/// `tvk_init` needs into one relocatable object, and `objcopy` makes every other symbol local,
+/// so its copies of `core` and `alloc` cannot clash with the hypervisor's. Its undefined
+/// symbols are `memcpy` and the like, which the hypervisor's `compiler_builtins` defines.
+pub fn build_kernel_object() -> Result<PathBuf, String> {
+    let root = crate::root();
+    let dir = root.join("target").join("kernel-object");
+    run(Command::new(env!("CARGO"))
+        .args(["rustc", "--package", "engine-simd", "--features", "object", "--profile", "kernel-object"])
+        .args(["--target", HARD_FLOAT_TARGET, "--crate-type", "staticlib", "--target-dir"])
+        .arg(&dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cno-redzone=yes")
+        .current_dir(&root))?;
+    let lib = dir.join(HARD_FLOAT_TARGET).join("kernel-object").join("libengine_simd.a");
+    let part = dir.join("engine-simd-partial.o");
+    let obj = dir.join("engine-simd.o");
+    run(Command::new("ld").args(["-r", "-u", "tvk_init", "-o"]).arg(&part).arg(&lib))?;
+    run(Command::new("objcopy").arg("--keep-global-symbol=tvk_init").arg(&part).arg(&obj))?;
+    Ok(obj)
 }
 
 /// Builds the guests (their own workspace under `guests/`, once per process) and returns the

@@ -302,7 +302,7 @@ fn run_model(which: &str) -> Result<(std::path::PathBuf, String), String> {
             Ok((path, name))
         }
         "gemma" => {
-            eprintln!("xtask: Gemma 3 270M runs on the portable kernels inside the hypervisor: slow under emulation");
+            eprintln!("xtask: Gemma 3 270M inside the hypervisor: minutes of emulated AVX2 per token under emulation");
             Ok((xtask::model::ensure()?, name))
         }
         path => {

@@ -24,10 +24,15 @@ const NEEDS: &[Need] = &[
     Need { what: "GRUB for UEFI", proof: "/usr/lib/grub/x86_64-efi/multiboot2.mod", package: "grub-efi-amd64-bin" },
     Need { what: "xorriso (ISO images)", proof: "/usr/bin/xorriso", package: "xorriso" },
     Need { what: "mtools (EFI system partition)", proof: "/usr/bin/mformat", package: "mtools" },
+    Need { what: "binutils (linking the engine's hard-float kernel object)", proof: "/usr/bin/objcopy", package: "binutils" },
 ];
 
 /// The bare-metal target the hypervisor and the guests build for.
 pub const BARE_TARGET: &str = "x86_64-unknown-none";
+
+/// The hard-float target the engine's kernel object for the hypervisor is compiled for (the
+/// host's own, always installed): see `build_kernel_object` in `image.rs`.
+pub const HARD_FLOAT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)

@@ -25,6 +25,8 @@ const XCR0_X87: u64 = 1;
 const XCR0_SSE: u64 = 1 << 1;
 const XCR0_AVX: u64 = 1 << 2;
 const XCR0_AVX512: u64 = 0b111 << 5;
+/// MXCSR after reset: round to nearest, no flush-to-zero or denormals-are-zero, all masked.
+const HOST_MXCSR: u32 = 0x1f80;
 
 /// Enables SSE, and AVX/AVX-512 state where the CPU supports it; returns XCR0 (0 without XSAVE).
 pub fn enable() -> u64 {
@@ -98,7 +100,7 @@ impl GuestFpu {
     pub fn describe(&self) -> alloc::string::String {
         match self.layout.form {
             SaveForm::Xsave { .. } => alloc::format!("XSAVE/XRSTOR, {} bytes, switched at every VM exit and entry", self.layout.size),
-            SaveForm::Fxsave => alloc::format!("FXSAVE/FXRSTOR, 512 bytes, switched at every VM exit and entry"),
+            SaveForm::Fxsave => alloc::string::String::from("FXSAVE/FXRSTOR, 512 bytes, switched at every VM exit and entry"),
         }
     }
 
@@ -120,7 +122,10 @@ impl GuestFpu {
     }
 
     /// Stores this CPU's registers as the vCPU's state (just after VM exit, before anything
-    /// else can use them).
+    /// else can use them), then gives the hypervisor its own SSE control: MXCSR 1F80H (round
+    /// to nearest, no flush-to-zero, every exception masked) and, with AVX, clean upper halves.
+    /// The engine's kernels run next on this CPU; a guest's rounding mode, denormal flags or
+    /// unmasked exceptions would otherwise change their results or fault in the hypervisor.
     pub fn save(&mut self) {
         let p = self.area.0.as_mut_ptr();
         match self.layout.form {
@@ -131,6 +136,17 @@ impl GuestFpu {
             },
             // SAFETY: the area is ours, 16-byte aligned and at least 512 bytes.
             SaveForm::Fxsave => unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p, options(nostack)) },
+        }
+        let mxcsr: u32 = HOST_MXCSR;
+        // SAFETY: LDMXCSR of the reset value (reserved bits clear) cannot fault; CR4.OSFXSR is
+        // set by `enable`. The guest's MXCSR is in the area just saved.
+        unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &mxcsr, options(nostack, readonly)) };
+        if let SaveForm::Xsave { xcr0 } = self.layout.form {
+            if xcr0 & XCR0_AVX != 0 {
+                // SAFETY: AVX state is enabled in XCR0 (so VZEROUPPER does not fault); the
+                // guest's upper halves are in the area just saved.
+                unsafe { core::arch::asm!("vzeroupper", options(nomem, nostack)) };
+            }
         }
     }
 }

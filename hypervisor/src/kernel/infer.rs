@@ -1,12 +1,12 @@
 //! Inference inside the hypervisor, without any guest: a GGUF model delivered as a boot module
 //! (`model:NAME`) and a boot configuration module (`boot.cfg`, lines of `key=value`: `prompt`,
 //! `max_tokens`, and optionally `temperature`, `top_k`, `top_p`, `seed`) produce a continuation
-//! that is printed on the log, token ids and text. The kernel is soft-float, so the engine runs
-//! its portable kernels here: the result equals the host CLI's `tvgen --portable`.
+//! that is printed on the log, token ids and text. The kernels are the hard-float object's (see
+//! [`super::simd`]): the result equals the host CLI's with the same kernels (AVX2, or
+//! `tvgen --portable`).
 
 use super::tsc;
 use alloc::string::String;
-use engine::cpu::CpuFeatures;
 use engine::generate::generate;
 use engine::gguf::Gguf;
 use engine::model::{Model, Session};
@@ -36,7 +36,7 @@ fn ids(v: &[u32]) -> String {
 /// engine host all tenants share. A model that cannot be loaded is logged and left out; returns
 /// false if that happened.
 pub fn load_models(modules: &[(Module<'_>, &'static [u8])]) -> (EngineHost, bool) {
-    let cpu = CpuFeatures::detect();
+    let cpu = super::simd::features();
     let mut host = EngineHost::with_workers(cpu, &super::smp::CpuPool);
     let mut ok = true;
     let mut sources: alloc::vec::Vec<(String, &'static [u8], &str)> = modules
@@ -101,7 +101,7 @@ pub fn run(host: &EngineHost, modules: &[(Module<'_>, &'static [u8])]) -> bool {
         return false;
     };
     let max_tokens: usize = config_value(cfg, "max_tokens").and_then(|v| v.parse().ok()).unwrap_or(16);
-    let comp = Compute { cpu: CpuFeatures::detect(), par: &super::smp::CpuPool };
+    let comp = Compute { cpu: super::simd::features(), par: &super::smp::CpuPool };
     log::info!("engine workers: {} CPUs", engine::parallel::Parallel::threads(&super::smp::CpuPool));
     let prompt_ids = tok.encode(prompt, true, false);
     log::info!("prompt \"{prompt}\" = tokens [{}]", ids(&prompt_ids));

@@ -15,6 +15,7 @@ pub mod logger;
 pub mod memory;
 pub mod port;
 pub mod serial;
+pub mod simd;
 pub mod smp;
 pub mod tsc;
 pub mod vmm;
