@@ -186,6 +186,35 @@ pub fn vector_pattern(tag: u32, ymm: bool) -> Vectors {
     v
 }
 
+/// MXCSR as the `hostile` guest sets it: round toward zero (RC = 11), flush-to-zero, and every
+/// SSE exception unmasked (bits 7-12 clear). Float code of the hypervisor's that ran under it
+/// would compute other bits, or take #XM at its first inexact result.
+pub const MXCSR_HOSTILE: u32 = 0xe000;
+
+/// Loads MXCSR.
+///
+/// # Safety
+/// After [`enable_vectors`]; `v` has no reserved bit set (bits 16-31, and DAZ (6) only where the
+/// CPU supports it). With exceptions unmasked, the caller's own SSE arithmetic may fault (the
+/// Rust guests are soft-float and do none).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn set_mxcsr(v: u32) {
+    // SAFETY: SSE is on and `v` is a valid MXCSR value (the caller's contract).
+    unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack, readonly)) }
+}
+
+/// Reads MXCSR.
+///
+/// # Safety
+/// After [`enable_vectors`].
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn mxcsr() -> u32 {
+    let mut v = 0u32;
+    // SAFETY: SSE is on (the caller's contract); STMXCSR writes the 4 bytes of `v`.
+    unsafe { core::arch::asm!("stmxcsr [{}]", in(reg) &mut v, options(nostack)) };
+    v
+}
+
 /// The tags the demonstration guests write: `hostile` ("MALL") and `infer` ("INFR").
 pub const TAG_HOSTILE: u32 = 0x4d41_4c4c;
 pub const TAG_INFER: u32 = 0x494e_4652;

@@ -32,9 +32,11 @@ impl Checks {
     }
 }
 
-/// Its own pattern in XMM0-15 (YMM0-15 with AVX), loaded once and checked after every call and
-/// while it spins: the hypervisor, the engine and the tenants that share its CPU must leave
-/// them alone.
+/// Its own pattern in XMM0-15 (YMM0-15 with AVX) and a hostile MXCSR (round toward zero,
+/// flush-to-zero, every exception unmasked: `arch::MXCSR_HOSTILE`), loaded once and checked
+/// after every call and while it spins: the hypervisor, the engine and the tenants that share
+/// its CPU must leave them alone, and the engine's float kernels that run between its slices
+/// must not inherit its MXCSR (the other tenants' generations stay exact, and nothing faults).
 struct VectorWatch {
     want: arch::Vectors,
     ymm: bool,
@@ -58,17 +60,25 @@ impl VectorWatch {
         let want = arch::vector_pattern(arch::TAG_HOSTILE, ymm);
         // SAFETY: enabled just above (YMM only where it said so).
         unsafe { arch::load_vectors(&want, ymm) };
+        // SAFETY: SSE enabled just above; the value has no reserved bit; this guest does no
+        // SSE arithmetic that could fault under it.
+        unsafe { arch::set_mxcsr(arch::MXCSR_HOSTILE) };
         Self { want, ymm, checks: 0, changed: 0, after_gaps: 0 }
     }
 
     fn check(&mut self) {
         // SAFETY: enabled in `start`.
         let got = unsafe { arch::read_vectors(self.ymm) };
+        // SAFETY: as above. The low six bits are exception flags, which nothing here raises.
+        let control = unsafe { arch::mxcsr() } & !0x3f;
         self.checks += 1;
-        if got != self.want {
+        if got != self.want || control != arch::MXCSR_HOSTILE {
             self.changed += 1;
             // SAFETY: as above; put the pattern back to see whether it changes again.
-            unsafe { arch::load_vectors(&self.want, self.ymm) };
+            unsafe {
+                arch::load_vectors(&self.want, self.ymm);
+                arch::set_mxcsr(arch::MXCSR_HOSTILE);
+            }
         }
     }
 
@@ -242,9 +252,9 @@ fn run(boot: &GuestBootInfo) -> Result<u32, HcallError> {
     let v = &mut c.vectors;
     v.spin(3);
     if v.changed == 0 {
-        println!("hostile: vector registers ({}): own pattern intact at {} checks, {} after being off the CPU", if v.ymm { "YMM0-15" } else { "XMM0-15" }, v.checks, v.after_gaps);
+        println!("hostile: vector registers ({}) and MXCSR {:#x}: own pattern intact at {} checks, {} after being off the CPU", if v.ymm { "YMM0-15" } else { "XMM0-15" }, arch::MXCSR_HOSTILE, v.checks, v.after_gaps);
     } else {
-        println!("hostile: vector registers ({}): changed under it at {} of {} checks -> WRONG", if v.ymm { "YMM0-15" } else { "XMM0-15" }, v.changed, v.checks);
+        println!("hostile: vector registers ({}) and MXCSR {:#x}: changed under it at {} of {} checks -> WRONG", if v.ymm { "YMM0-15" } else { "XMM0-15" }, arch::MXCSR_HOSTILE, v.changed, v.checks);
     }
     Ok(c.failures + u32::from(v.changed != 0))
 }
