@@ -4,6 +4,7 @@
 
 pub mod bench_abi;
 pub mod bench_engine;
+pub mod bench_hvengine;
 pub mod bench_hypercall;
 pub mod bench_tenants;
 pub mod disk;

@@ -32,6 +32,7 @@ cargo xtask <command>
       --count N               round trips (default 200000)
   bench abi             64 tensor ops batched vs one doorbell each, in Bochs: exits, instructions, bytes copied
   bench engine          engine vs llama.cpp, prefill and decode tok/s, 1 and 2 threads, as JSON
+  bench hvengine        the hypervisor's engine natively: soft-float portable vs the hard-float kernel object, as JSON
   bench tenants [--no-boot]  engine shares on the real request path, a flood case, and memory for 1, 2, 4 tenants measured in Bochs, as JSON
   config check|compile [FILE] [OUT]  validate config/tenants.toml (or FILE); compile it to the binary manifest
   fuzz hcall --cases N  randomized adversarial hypercalls against the real dispatcher
@@ -60,8 +61,9 @@ fn main() -> ExitCode {
             Some("hypercall") => xtask::bench_hypercall::run(&rest[1..]),
             Some("abi") => xtask::bench_abi::run(&rest[1..]),
             Some("engine") => xtask::bench_engine::run(&rest[1..]),
+            Some("hvengine") => xtask::bench_hvengine::run(&rest[1..]),
             Some("tenants") => xtask::bench_tenants::run(&rest[1..]),
-            _ => Err(format!("bench what? `cargo xtask bench hypercall|abi|engine|tenants`\n\n{HELP}")),
+            _ => Err(format!("bench what? `cargo xtask bench hypercall|abi|engine|hvengine|tenants`\n\n{HELP}")),
         },
         "help" | "--help" | "-h" => {
             print!("{HELP}");
