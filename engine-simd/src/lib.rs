@@ -66,6 +66,8 @@ pub fn table() -> &'static KernelTable {
         softmax_exp,
         axpy,
         rms_norm,
+        qk_head,
+        geglu_rows,
     })
 }
 
@@ -200,6 +202,32 @@ unsafe extern "C" fn rms_norm(x: *mut f32, w: *const f32, n: usize, eps: u32) ->
     // SAFETY: `n` floats at `x` lent mutably and `n` at `w` (the contract).
     let (x, w) = unsafe { (core::slice::from_raw_parts_mut(x, n), core::slice::from_raw_parts(w, n)) };
     engine::model::rms_norm(x, w, f32::from_bits(eps));
+    CALL_OK
+}
+
+/// # Safety
+/// As [`KernelTable::qk_head`] documents.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn qk_head(x: *mut f32, w: *const f32, n: usize, eps: u32, tab: *const [f32; 2], tab_len: usize, has_scale: u32, scale: u32) -> u32 {
+    if !usable(x) || !usable(w) || !usable(tab) || tab_len < n / 2 || has_scale > 1 {
+        return CALL_BAD_ARGS;
+    }
+    // SAFETY: `n` floats at `x` lent mutably, `n` at `w`, `tab_len` pairs at `tab` (the contract).
+    let (x, w, tab) = unsafe { (core::slice::from_raw_parts_mut(x, n), core::slice::from_raw_parts(w, n), core::slice::from_raw_parts(tab, tab_len)) };
+    engine::model::qk_head(x, w, f32::from_bits(eps), tab, (has_scale == 1).then(|| f32::from_bits(scale)));
+    CALL_OK
+}
+
+/// # Safety
+/// As [`KernelTable::geglu_rows`] documents.
+unsafe extern "C" fn geglu_rows(g: *mut f32, u: *const f32, n: usize, table: *const f32, table_len: usize) -> u32 {
+    // One entry per f16 bit pattern: the lookup indexes it by any of them.
+    if !usable(g) || !usable(u) || !usable(table) || table_len != 1 << 16 {
+        return CALL_BAD_ARGS;
+    }
+    // SAFETY: `n` floats at `g` lent mutably and at `u`, `table_len` at `table` (the contract).
+    let (g, u, table) = unsafe { (core::slice::from_raw_parts_mut(g, n), core::slice::from_raw_parts(u, n), core::slice::from_raw_parts(table, table_len)) };
+    engine::model::geglu_rows(table, g, u);
     CALL_OK
 }
 

@@ -21,8 +21,8 @@ fn external() -> CpuFeatures {
 }
 
 /// Calls through [`counting`]'s table: rows_into, quantize, dot_f32, dot_f32_x4, softmax_exp,
-/// rms_norm, axpy.
-static CALLS: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
+/// rms_norm, axpy, qk_head, geglu_rows.
+static CALLS: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
 
 macro_rules! counted {
     ($name:ident, $k:expr, ($($a:ident: $t:ty),*)) => {
@@ -40,6 +40,8 @@ counted!(dot_f32_x4, 3, (a: *const f32, n: usize, b: *const *const f32, out: *mu
 counted!(softmax_exp, 4, (x: *mut f32, n: usize, max: u32, out: *mut u64));
 counted!(rms_norm, 5, (x: *mut f32, w: *const f32, n: usize, eps: u32));
 counted!(axpy, 6, (a: u32, x: *const f32, y: *mut f32, n: usize));
+counted!(qk_head, 7, (x: *mut f32, w: *const f32, n: usize, eps: u32, tab: *const [f32; 2], tl: usize, has: u32, s: u32));
+counted!(geglu_rows, 8, (g: *mut f32, u: *const f32, n: usize, table: *const f32, tl: usize));
 
 /// This crate's table behind counting wrappers.
 fn counting() -> CpuFeatures {
@@ -53,6 +55,8 @@ fn counting() -> CpuFeatures {
         softmax_exp,
         axpy,
         rms_norm,
+        qk_head,
+        geglu_rows,
     }));
     // SAFETY: the wrappers forward to this crate's table unchanged.
     unsafe { CpuFeatures::external(t) }.unwrap()
@@ -83,7 +87,8 @@ fn every_route_through_the_table_gives_the_bits_of_the_local_kernels() {
     let local = logits(&m, CpuFeatures::detect(), &Serial, &prompt, &steps);
     assert!(counted.concat().iter().zip(&local.concat()).all(|(x, y)| x.to_bits() == y.to_bits()));
     let calls: Vec<usize> = CALLS.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    for (name, n) in ["rows_into", "quantize", "dot_f32", "dot_f32_x4", "softmax_exp", "rms_norm"].iter().zip(&calls) {
+    let names = ["rows_into", "quantize", "dot_f32", "dot_f32_x4", "softmax_exp", "rms_norm", "axpy", "qk_head", "geglu_rows"];
+    for (name, n) in names.iter().zip(&calls).filter(|(name, _)| **name != "axpy") {
         assert!(*n > 0, "the model never called {name} through the table: {calls:?}");
     }
     let pool = ThreadPool::new(2);
@@ -185,6 +190,18 @@ fn the_small_routes_agree_with_the_local_kernels() {
     let (mut x, mut y) = (a.clone(), a.clone());
     engine::kernels::rms_norm(ext, &mut x, &b, 1e-6);
     engine::kernels::rms_norm(local, &mut y, &b, 1e-6);
+    assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
+    let tab: Vec<[f32; 2]> = (0..100).map(|i| [((i * 13) % 7) as f32 / 7.0 - 0.5, ((i * 5) % 11) as f32 / 11.0]).collect();
+    for scale in [None, Some(0.125f32)] {
+        let (mut x, mut y) = (a.clone(), a.clone());
+        engine::kernels::qk_head(ext, &mut x, &b, 1e-6, &tab, scale);
+        engine::kernels::qk_head(local, &mut y, &b, 1e-6, &tab, scale);
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "qk_head {scale:?}");
+    }
+    let gelu: Vec<f32> = (0..=u16::MAX).map(|h| f32::from(h % 97) / 50.0 - 1.0).collect();
+    let (mut x, mut y) = (a.clone(), a.clone());
+    engine::kernels::geglu_rows(ext, &gelu, &mut x, &b);
+    engine::kernels::geglu_rows(local, &gelu, &mut y, &b);
     assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
     let xs: Vec<f32> = (0..512).map(|i| ((i * 31) % 97) as f32 - 48.0).collect();
     for (fmt, gemm4) in [(ActFormat::Q8_0, false), (ActFormat::Q8_K, false), (ActFormat::Q8_K, true)] {

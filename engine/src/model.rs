@@ -289,24 +289,45 @@ fn geglu_table(table: &[f32], g: f32, u: f32) -> f32 {
 /// NeoX-style RoPE on one head vector.
 /// `(sin, cos)` of every rotation angle of a `dim`-wide head at `pos`, with GGML's angle
 /// recurrence (`theta *= base^(-2/dim)`). The same for every head of a token, so computed once.
-fn rope_table(tab: &mut [(f32, f32)], dim: usize, pos: usize, base: f32, freq_scale: f32) {
+fn rope_table(tab: &mut [[f32; 2]], dim: usize, pos: usize, base: f32, freq_scale: f32) {
     let theta_scale = libm::powf(base, -2.0 / dim as f32);
     let mut theta = pos as f32;
     for sc in tab.iter_mut() {
         let t = freq_scale * theta;
-        *sc = (libm::sinf(t), libm::cosf(t));
+        *sc = [libm::sinf(t), libm::cosf(t)];
         theta *= theta_scale;
     }
 }
 
 /// Rotates the two halves of one head by the angles of [`rope_table`] (NeoX order).
-fn rope_apply(x: &mut [f32], tab: &[(f32, f32)]) {
+fn rope_apply(x: &mut [f32], tab: &[[f32; 2]]) {
     let half = x.len() / 2;
-    for (i, &(s, c)) in tab.iter().enumerate().take(half) {
+    for (i, &[s, c]) in tab.iter().enumerate().take(half) {
         let (x0, x1) = (x[i], x[i + half]);
         // GCC contracts GGML's `x0*cos - x1*sin` / `x0*sin + x1*cos` (rope_yarn, -ffp-contract=fast).
         x[i] = libm::fmaf(x0, c, -(x1 * s));
         x[i + half] = libm::fmaf(x0, s, x1 * c);
+    }
+}
+
+/// One query or key head after its projection: QK-norm (RMSNorm with `w`), RoPE by the
+/// `(sin, cos)` pairs of [`rope_table`] (at least `x.len() / 2` of them), then, for a query,
+/// the attention scale.
+pub fn qk_head(x: &mut [f32], w: &[f32], eps: f32, tab: &[[f32; 2]], scale: Option<f32>) {
+    rms_norm(x, w, eps);
+    rope_apply(x, tab);
+    if let Some(s) = scale {
+        for e in x.iter_mut() {
+            *e *= s;
+        }
+    }
+}
+
+/// GeGLU over a row: `g[i] = gelu(g[i]) · u[i]` with GGML's f16 GELU table (`table`, one
+/// entry per f16 bit pattern: see [`geglu`]).
+pub fn geglu_rows(table: &[f32], g: &mut [f32], u: &[f32]) {
+    for (gv, &uv) in g.iter_mut().zip(u) {
+        *gv = geglu_table(table, *gv, uv);
     }
 }
 
@@ -578,8 +599,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut g = vec![0.0f32; n * c.n_ff];
         let mut u = vec![0.0f32; n * c.n_ff];
         // RoPE angles per token, for the local and the global layers.
-        let mut rope_local = vec![(0.0f32, 0.0f32); n * (hd / 2)];
-        let mut rope_global = vec![(0.0f32, 0.0f32); n * (hd / 2)];
+        let mut rope_local = vec![[0.0f32; 2]; n * (hd / 2)];
+        let mut rope_global = vec![[0.0f32; 2]; n * (hd / 2)];
         for t in 0..n {
             let span = t * (hd / 2)..(t + 1) * (hd / 2);
             rope_table(&mut rope_local[span.clone()], hd, start + t, c.rope_base_local, 1.0);
@@ -599,15 +620,10 @@ impl<'m, 'a> Session<'m, 'a> {
             for_each_item(comp.par, &mut qk, PAR_MIN_TOKENS, &|t, (qr, kr)| {
                 let tab = &tabs[t * (hd / 2)..(t + 1) * (hd / 2)];
                 for h in qr.chunks_exact_mut(hd) {
-                    kernels::rms_norm(comp.cpu, h, &l.q_norm, c.rms_eps);
-                    rope_apply(h, tab);
-                    for e in h.iter_mut() {
-                        *e *= c.attn_scale;
-                    }
+                    kernels::qk_head(comp.cpu, h, &l.q_norm, c.rms_eps, tab, Some(c.attn_scale));
                 }
                 for h in kr.chunks_exact_mut(hd) {
-                    kernels::rms_norm(comp.cpu, h, &l.k_norm, c.rms_eps);
-                    rope_apply(h, tab);
+                    kernels::qk_head(comp.cpu, h, &l.k_norm, c.rms_eps, tab, None);
                 }
             });
             drop(qk);
@@ -654,11 +670,7 @@ impl<'m, 'a> Session<'m, 'a> {
             trace("ffn_gate", il, &g);
             trace("ffn_up", il, &u);
             let mut gu: Vec<(&mut [f32], &[f32])> = g.chunks_exact_mut(c.n_ff).zip(u.chunks_exact(c.n_ff)).collect();
-            for_each_item(comp.par, &mut gu, PAR_MIN_TOKENS, &|_, (gr, ur)| {
-                for (gv, &uv) in gr.iter_mut().zip(ur.iter()) {
-                    *gv = geglu_table(&m.gelu_f16, *gv, uv);
-                }
-            });
+            for_each_item(comp.par, &mut gu, PAR_MIN_TOKENS, &|_, (gr, ur)| kernels::geglu_rows(comp.cpu, &m.gelu_f16, gr, ur));
             drop(gu);
             trace("ffn_geglu", il, &g);
             l.down.matmul(comp, &g, n, &mut o);

@@ -253,6 +253,25 @@ pub fn rms_norm(cpu: CpuFeatures, x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// A query or key head's QK-norm, RoPE and scale ([`crate::model::qk_head`]), through the
+/// kernel table where there is one.
+#[inline]
+pub fn qk_head(cpu: CpuFeatures, x: &mut [f32], w: &[f32], eps: f32, tab: &[[f32; 2]], scale: Option<f32>) {
+    match cpu.table() {
+        Some(t) => t.qk_head(x, w, eps, tab, scale),
+        None => crate::model::qk_head(x, w, eps, tab, scale),
+    }
+}
+
+/// GeGLU over a row ([`crate::model::geglu_rows`]), through the kernel table where there is one.
+#[inline]
+pub fn geglu_rows(cpu: CpuFeatures, table: &[f32], g: &mut [f32], u: &[f32]) {
+    match cpu.table() {
+        Some(t) => t.geglu_rows(table, g, u),
+        None => crate::model::geglu_rows(table, g, u),
+    }
+}
+
 /// Converts an activation row into the format `fmt` ([`crate::quant::quantize_acts`]; with
 /// `gemm4`, Q8_K rows as [`crate::quant::quantize_q8_k_4x8`] makes them), the quantizing
 /// formats through the kernel table where there is one.

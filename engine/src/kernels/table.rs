@@ -10,15 +10,15 @@
 //! functions behind it run the same code as the local kernels, so they return the same bits.
 //!
 //! What the table covers is what dominates a token outside the matrix products too: the
-//! products (by row range), activation quantization, the attention's f32 dots and softmax, and
-//! RMSNorm.
+//! products (by row range), activation quantization, the attention's f32 dots and softmax,
+//! RMSNorm, the query/key heads' norm and RoPE, and GeGLU.
 
 use crate::quant::{ActsRef, BlockQ8K, BlockQ8_0, GgmlType};
 use alloc::vec::Vec;
 use core::ops::Range;
 
 /// The layout of [`KernelTable`] and [`Hooks`]; a table of another version is refused.
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
 
 /// [`KernelTable::features`]: AVX2, FMA and F16C are used.
 pub const FEATURE_AVX2_FMA: u32 = 1;
@@ -182,6 +182,13 @@ pub struct KernelTable {
     pub axpy: unsafe extern "C" fn(a: u32, x: *const f32, y: *mut f32, n: usize) -> u32,
     /// [`crate::model::rms_norm`] of the `n` floats at `x` with the weights at `w` (`n`).
     pub rms_norm: unsafe extern "C" fn(x: *mut f32, w: *const f32, n: usize, eps: u32) -> u32,
+    /// [`crate::model::qk_head`] of the `n` floats at `x`: norm weights at `w` (`n`), the
+    /// `tab_len` (sin, cos) pairs at `tab` (at least `n / 2`), the scale `scale` when
+    /// `has_scale` is 1.
+    pub qk_head: unsafe extern "C" fn(x: *mut f32, w: *const f32, n: usize, eps: u32, tab: *const [f32; 2], tab_len: usize, has_scale: u32, scale: u32) -> u32,
+    /// [`crate::model::geglu_rows`] over the `n` floats at `g` and `u` with the `table_len`
+    /// (65,536) floats of the GELU table at `table`.
+    pub geglu_rows: unsafe extern "C" fn(g: *mut f32, u: *const f32, n: usize, table: *const f32, table_len: usize) -> u32,
 }
 
 /// What a kernel unit built as a standalone object needs from its host: memory and a way to
@@ -341,6 +348,31 @@ impl KernelTable {
         let st = unsafe { (self.axpy)(a.to_bits(), x.as_ptr(), y.as_mut_ptr(), n) };
         if st != CALL_OK {
             refused("axpy");
+        }
+    }
+
+    /// [`crate::model::qk_head`] (`w` at least as long as `x`, `tab` at least half).
+    pub fn qk_head(&self, x: &mut [f32], w: &[f32], eps: f32, tab: &[[f32; 2]], scale: Option<f32>) {
+        assert!(w.len() >= x.len() && tab.len() >= x.len() / 2, "qk_head: short weights or angles");
+        let (has, s) = match scale {
+            Some(s) => (1, s.to_bits()),
+            None => (0, 0),
+        };
+        // SAFETY: `x` is borrowed mutably for the call; `w` and `tab` are live slices of the
+        // lengths passed.
+        let st = unsafe { (self.qk_head)(x.as_mut_ptr(), w.as_ptr(), x.len(), eps.to_bits(), tab.as_ptr(), tab.len(), has, s) };
+        if st != CALL_OK {
+            refused("qk_head");
+        }
+    }
+
+    /// [`crate::model::geglu_rows`] over the common length of `g` and `u`.
+    pub fn geglu_rows(&self, table: &[f32], g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len());
+        // SAFETY: `g` is borrowed mutably for the call, `u` and `table` are live slices.
+        let st = unsafe { (self.geglu_rows)(g.as_mut_ptr(), u.as_ptr(), n, table.as_ptr(), table.len()) };
+        if st != CALL_OK {
+            refused("geglu_rows");
         }
     }
 
