@@ -91,37 +91,95 @@ impl Sampler {
         }
         let mut cand: Vec<(u32, f32)> =
             logits.iter().enumerate().map(|(i, &l)| (i as u32, l / c.temperature)).collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if c.top_k > 0 && c.top_k < cand.len() {
-            cand.truncate(c.top_k);
+        // Candidates in order: scaled logit descending, then token id (a strict total order).
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let n = if c.top_k > 0 && c.top_k < cand.len() { c.top_k } else { cand.len() };
+        // The result is defined on all `n` candidates in order, but with a large vocabulary
+        // almost all of them are too improbable to change a single f32 sum: sort only the
+        // best `m` (a partial selection, then a sort of those), and widen `m` only when what
+        // was left out could have mattered (see `pick`). The tokens are the full sort's.
+        let mut m = FIRST_PREFIX.min(n);
+        loop {
+            if m < cand.len() {
+                cand.select_nth_unstable_by(m, order);
+            }
+            cand[..m].sort_unstable_by(order);
+            let rng = self.rng.clone();
+            let next = (m < n).then(|| cand[m].1);
+            if let Some(t) = self.pick(&cand[..m], next) {
+                return t;
+            }
+            self.rng = rng;
+            m = (m * 8).min(n);
         }
+    }
+
+    /// The sampling rule on the best candidates in order (`cand`, non-empty): softmax, top-p,
+    /// then a draw. `left_out`: the scaled logit of the best candidate not in `cand` (every
+    /// other left-out one is at most it), `None` when none was left out. Returns `None` (the
+    /// generator untouched) when the left-out candidates could change the result: a sum they
+    /// could move by rounding, a top-p mass not reached without them, or a draw that falls
+    /// past `cand`; with nothing left out it always picks.
+    fn pick(&mut self, cand: &[(u32, f32)], left_out: Option<f32>) -> Option<u32> {
+        let c = &self.config;
         let max = cand[0].1;
         let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| libm::expf(l - max)).collect();
         let sum: f32 = probs.iter().sum();
+        // Each left-out term is at most `p_next` (expf is monotone): below half an ulp of the
+        // running sum, none of them changes it, nor the sum of normalized terms below.
+        let p_next = left_out.map(|v| libm::expf(v - max));
+        if p_next.is_some_and(|p| !below_half_ulp(p, sum)) {
+            return None;
+        }
         for p in probs.iter_mut() {
             *p /= sum;
         }
+        let q_next = p_next.map(|p| p / sum);
+        let mut keep = probs.len();
+        let mut truncated = false;
         if c.top_p < 1.0 {
             let mut cum = 0.0;
-            let mut keep = probs.len();
             for (i, &p) in probs.iter().enumerate() {
                 cum += p;
                 if cum >= c.top_p {
                     keep = i + 1;
+                    truncated = true;
                     break;
                 }
             }
-            probs.truncate(keep);
-            cand.truncate(keep);
+            if !truncated && q_next.is_some() {
+                return None;
+            }
         }
+        let probs = &probs[..keep];
         let total: f32 = probs.iter().sum();
+        if !truncated && q_next.is_some_and(|q| !below_half_ulp(q, total)) {
+            return None;
+        }
         let mut r = self.rng.next_f32() * total;
         for (i, &p) in probs.iter().enumerate() {
             if r < p {
-                return cand[i].0;
+                return Some(cand[i].0);
             }
             r -= p;
         }
-        cand[cand.len() - 1].0
+        if !truncated && left_out.is_some() {
+            return None;
+        }
+        Some(cand[keep - 1].0)
     }
+}
+
+/// How many candidates [`Sampler::sample`] sorts first (then 8×, 64×, ... as needed).
+const FIRST_PREFIX: usize = 1024;
+
+/// `p` (≥ 0) is below half an ulp of the positive, finite `s`, so `s + p` rounds to `s` (and so
+/// does adding any smaller non-negative value, again and again). False for anything else,
+/// NaN included.
+fn below_half_ulp(p: f32, s: f32) -> bool {
+    if !(s.is_finite() && s > 0.0 && p >= 0.0) {
+        return false;
+    }
+    let ulp = f32::from_bits(s.to_bits() + 1) - s;
+    p < ulp * 0.5
 }
