@@ -68,6 +68,8 @@ pub fn table() -> &'static KernelTable {
         rms_norm,
         qk_head,
         geglu_rows,
+        seq_matvec,
+        seq_row,
     })
 }
 
@@ -228,6 +230,34 @@ unsafe extern "C" fn geglu_rows(g: *mut f32, u: *const f32, n: usize, table: *co
     // SAFETY: `n` floats at `g` lent mutably and at `u`, `table_len` at `table` (the contract).
     let (g, u, table) = unsafe { (core::slice::from_raw_parts_mut(g, n), core::slice::from_raw_parts(u, n), core::slice::from_raw_parts(table, table_len)) };
     engine::model::geglu_rows(table, g, u);
+    CALL_OK
+}
+
+/// # Safety
+/// As [`KernelTable::seq_matvec`] documents.
+unsafe extern "C" fn seq_matvec(a: *const f32, k: usize, b: *const f32, n: usize, out: *mut f32) -> u32 {
+    let Some(b_len) = k.checked_mul(n) else { return CALL_BAD_ARGS };
+    if !usable(a) || !usable(b) || !usable(out) {
+        return CALL_BAD_ARGS;
+    }
+    // SAFETY: `k` floats at `a`, `n` rows of `k` at `b`, `n` at `out` lent mutably (the contract).
+    let (a, b, out) = unsafe { (core::slice::from_raw_parts(a, k), core::slice::from_raw_parts(b, b_len), core::slice::from_raw_parts_mut(out, n)) };
+    engine::seqops::matvec(a, b, out);
+    CALL_OK
+}
+
+/// # Safety
+/// As [`KernelTable::seq_row`] documents.
+unsafe extern "C" fn seq_row(op: u32, x: *mut f32, n: usize, y: *const f32, y_len: usize, a: u32, b: u32) -> u32 {
+    use engine::seqops::SeqOp;
+    let Some(op) = SeqOp::from_u32(op) else { return CALL_BAD_ARGS };
+    let reads_y = matches!(op, SeqOp::Add | SeqOp::Mul | SeqOp::RmsNorm);
+    if !usable(x) || !usable(y) || (reads_y && y_len < n) {
+        return CALL_BAD_ARGS;
+    }
+    // SAFETY: `n` floats at `x` lent mutably and `y_len` at `y` (the contract).
+    let (x, y) = unsafe { (core::slice::from_raw_parts_mut(x, n), core::slice::from_raw_parts(y, y_len)) };
+    engine::seqops::row(op, x, y, f32::from_bits(a), f32::from_bits(b));
     CALL_OK
 }
 

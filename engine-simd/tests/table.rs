@@ -21,8 +21,8 @@ fn external() -> CpuFeatures {
 }
 
 /// Calls through [`counting`]'s table: rows_into, quantize, dot_f32, dot_f32_x4, softmax_exp,
-/// rms_norm, axpy, qk_head, geglu_rows.
-static CALLS: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
+/// rms_norm, axpy, qk_head, geglu_rows, seq_matvec, seq_row.
+static CALLS: [AtomicUsize; 11] = [const { AtomicUsize::new(0) }; 11];
 
 macro_rules! counted {
     ($name:ident, $k:expr, ($($a:ident: $t:ty),*)) => {
@@ -42,6 +42,8 @@ counted!(rms_norm, 5, (x: *mut f32, w: *const f32, n: usize, eps: u32));
 counted!(axpy, 6, (a: u32, x: *const f32, y: *mut f32, n: usize));
 counted!(qk_head, 7, (x: *mut f32, w: *const f32, n: usize, eps: u32, tab: *const [f32; 2], tl: usize, has: u32, s: u32));
 counted!(geglu_rows, 8, (g: *mut f32, u: *const f32, n: usize, table: *const f32, tl: usize));
+counted!(seq_matvec, 9, (a: *const f32, k: usize, b: *const f32, n: usize, out: *mut f32));
+counted!(seq_row, 10, (op: u32, x: *mut f32, n: usize, y: *const f32, yl: usize, a: u32, b: u32));
 
 /// This crate's table behind counting wrappers.
 fn counting() -> CpuFeatures {
@@ -57,6 +59,8 @@ fn counting() -> CpuFeatures {
         rms_norm,
         qk_head,
         geglu_rows,
+        seq_matvec,
+        seq_row,
     }));
     // SAFETY: the wrappers forward to this crate's table unchanged.
     unsafe { CpuFeatures::external(t) }.unwrap()
@@ -88,7 +92,9 @@ fn every_route_through_the_table_gives_the_bits_of_the_local_kernels() {
     assert!(counted.concat().iter().zip(&local.concat()).all(|(x, y)| x.to_bits() == y.to_bits()));
     let calls: Vec<usize> = CALLS.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let names = ["rows_into", "quantize", "dot_f32", "dot_f32_x4", "softmax_exp", "rms_norm", "axpy", "qk_head", "geglu_rows"];
-    for (name, n) in names.iter().zip(&calls).filter(|(name, _)| **name != "axpy") {
+    let calls = &calls[..names.len()];
+    // The model uses neither axpy nor the tensor ABI's sequential operations (tested below).
+    for (name, n) in names.iter().zip(calls).filter(|(name, _)| **name != "axpy") {
         assert!(*n > 0, "the model never called {name} through the table: {calls:?}");
     }
     let pool = ThreadPool::new(2);
@@ -169,7 +175,7 @@ fn the_table_refuses_what_does_not_fit_and_writes_nothing() {
 
 #[test]
 fn the_small_routes_agree_with_the_local_kernels() {
-    let ext = external();
+    let ext = counting();
     let local = CpuFeatures::detect();
     let a: Vec<f32> = (0..200).map(|i| ((i * 7919) % 101) as f32 / 37.0 - 1.3).collect();
     let b: Vec<f32> = (0..200).map(|i| ((i * 104_729) % 89) as f32 / 23.0 - 1.9).collect();
@@ -203,8 +209,25 @@ fn the_small_routes_agree_with_the_local_kernels() {
     engine::kernels::geglu_rows(ext, &gelu, &mut x, &b);
     engine::kernels::geglu_rows(local, &gelu, &mut y, &b);
     assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
+    // The tensor ABI's sequential arithmetic.
+    let mut o1 = vec![0f32; 7];
+    let mut o2 = vec![0f32; 7];
+    engine::kernels::seq_matvec(ext, &a[..25], &b[..175], &mut o1);
+    engine::kernels::seq_matvec(local, &a[..25], &b[..175], &mut o2);
+    assert!(o1.iter().zip(&o2).all(|(p, q)| p.to_bits() == q.to_bits()));
+    use engine::seqops::SeqOp;
+    for (op, pa, pb) in [(SeqOp::Add, 0.0, 0.0), (SeqOp::Mul, 0.0, 0.0), (SeqOp::Softmax, 0.0, 0.0), (SeqOp::RmsNorm, 1e-5, 0.0), (SeqOp::Rope, 17.0, 10_000.0)] {
+        let (mut x, mut y) = (a.clone(), a.clone());
+        engine::kernels::seq_row(ext, op, &mut x, &b, pa, pb);
+        engine::kernels::seq_row(local, op, &mut y, &b, pa, pb);
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{op:?}");
+        assert!(x.iter().zip(&a).any(|(p, q)| p != q), "{op:?} changed nothing");
+    }
     let xs: Vec<f32> = (0..512).map(|i| ((i * 31) % 97) as f32 - 48.0).collect();
     for (fmt, gemm4) in [(ActFormat::Q8_0, false), (ActFormat::Q8_K, false), (ActFormat::Q8_K, true)] {
         assert_eq!(engine::kernels::quantize_acts(ext, fmt, &xs, gemm4), engine::kernels::quantize_acts(local, fmt, &xs, gemm4), "{fmt:?} {gemm4}");
     }
+    // Each went through the table (counted), not the local code.
+    let calls: Vec<usize> = CALLS.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert!(calls[1..].iter().all(|&n| n > 0), "a route was not taken: {calls:?}");
 }

@@ -22,6 +22,7 @@ pub mod model;
 pub mod parallel;
 pub mod quant;
 pub mod sampler;
+pub mod seqops;
 pub mod tensor;
 pub mod tiny;
 pub mod tokenizer;

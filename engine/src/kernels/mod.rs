@@ -272,6 +272,25 @@ pub fn geglu_rows(cpu: CpuFeatures, table: &[f32], g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// [`crate::seqops::matvec`] (exact sequential dots), through the kernel table where there is
+/// one.
+#[inline]
+pub fn seq_matvec(cpu: CpuFeatures, a: &[f32], b: &[f32], out: &mut [f32]) {
+    match cpu.table() {
+        Some(t) => t.seq_matvec(a, b, out),
+        None => crate::seqops::matvec(a, b, out),
+    }
+}
+
+/// [`crate::seqops::row`], through the kernel table where there is one.
+#[inline]
+pub fn seq_row(cpu: CpuFeatures, op: crate::seqops::SeqOp, x: &mut [f32], y: &[f32], a: f32, b: f32) {
+    match cpu.table() {
+        Some(t) => t.seq_row(op, x, y, a, b),
+        None => crate::seqops::row(op, x, y, a, b),
+    }
+}
+
 /// Converts an activation row into the format `fmt` ([`crate::quant::quantize_acts`]; with
 /// `gemm4`, Q8_K rows as [`crate::quant::quantize_q8_k_4x8`] makes them), the quantizing
 /// formats through the kernel table where there is one.

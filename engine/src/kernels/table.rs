@@ -11,14 +11,15 @@
 //!
 //! What the table covers is what dominates a token outside the matrix products too: the
 //! products (by row range), activation quantization, the attention's f32 dots and softmax,
-//! RMSNorm, the query/key heads' norm and RoPE, and GeGLU.
+//! RMSNorm, the query/key heads' norm and RoPE, and GeGLU; and the exact sequential row
+//! arithmetic of the guests' own tensor operations ([`crate::seqops`]).
 
 use crate::quant::{ActsRef, BlockQ8K, BlockQ8_0, GgmlType};
 use alloc::vec::Vec;
 use core::ops::Range;
 
 /// The layout of [`KernelTable`] and [`Hooks`]; a table of another version is refused.
-pub const TABLE_VERSION: u32 = 2;
+pub const TABLE_VERSION: u32 = 3;
 
 /// [`KernelTable::features`]: AVX2, FMA and F16C are used.
 pub const FEATURE_AVX2_FMA: u32 = 1;
@@ -189,6 +190,13 @@ pub struct KernelTable {
     /// [`crate::model::geglu_rows`] over the `n` floats at `g` and `u` with the `table_len`
     /// (65,536) floats of the GELU table at `table`.
     pub geglu_rows: unsafe extern "C" fn(g: *mut f32, u: *const f32, n: usize, table: *const f32, table_len: usize) -> u32,
+    /// [`crate::seqops::matvec`]: the `k` floats at `a` against the `n` rows of `k` floats at
+    /// `b`, into the `n` floats at `out`.
+    pub seq_matvec: unsafe extern "C" fn(a: *const f32, k: usize, b: *const f32, n: usize, out: *mut f32) -> u32,
+    /// [`crate::seqops::row`]: `op` ([`crate::seqops::SeqOp`]) on the `n` floats at `x`, with
+    /// the `y_len` floats at `y` (at least `n` where the op reads them) and the f32 bits `a`,
+    /// `b`.
+    pub seq_row: unsafe extern "C" fn(op: u32, x: *mut f32, n: usize, y: *const f32, y_len: usize, a: u32, b: u32) -> u32,
 }
 
 /// What a kernel unit built as a standalone object needs from its host: memory and a way to
@@ -373,6 +381,25 @@ impl KernelTable {
         let st = unsafe { (self.geglu_rows)(g.as_mut_ptr(), u.as_ptr(), n, table.as_ptr(), table.len()) };
         if st != CALL_OK {
             refused("geglu_rows");
+        }
+    }
+
+    /// [`crate::seqops::matvec`] (`b` at least `out.len()` rows of `a.len()`).
+    pub fn seq_matvec(&self, a: &[f32], b: &[f32], out: &mut [f32]) {
+        assert!(b.len() / a.len().max(1) >= out.len() || a.is_empty(), "seq_matvec: fewer rows than outputs");
+        // SAFETY: `a` and `b` are live slices of the lengths implied, `out` borrowed mutably.
+        let st = unsafe { (self.seq_matvec)(a.as_ptr(), a.len(), b.as_ptr(), out.len(), out.as_mut_ptr()) };
+        if st != CALL_OK {
+            refused("seq_matvec");
+        }
+    }
+
+    /// [`crate::seqops::row`].
+    pub fn seq_row(&self, op: crate::seqops::SeqOp, x: &mut [f32], y: &[f32], a: f32, b: f32) {
+        // SAFETY: `x` is borrowed mutably for the call and `y` is a live slice of `y.len()`.
+        let st = unsafe { (self.seq_row)(op as u32, x.as_mut_ptr(), x.len(), y.as_ptr(), y.len(), a.to_bits(), b.to_bits()) };
+        if st != CALL_OK {
+            refused("seq_row");
         }
     }
 

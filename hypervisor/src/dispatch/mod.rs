@@ -215,6 +215,8 @@ pub struct Tenant {
     pending_interrupt: Option<u8>,
     /// The engine request the tenant's vCPU is parked on, if any.
     request: Option<Request>,
+    /// Where the arithmetic of its tensor operations runs (see [`Tenant::with_kernels`]).
+    kernels: engine::cpu::CpuFeatures,
     pub counters: Counters,
 }
 
@@ -287,8 +289,16 @@ impl Tenant {
             kv_bytes: 0,
             pending_interrupt: None,
             request: None,
+            kernels: engine::cpu::CpuFeatures::portable(),
             counters: Counters::default(),
         }
+    }
+
+    /// Runs the arithmetic of this tenant's tensor operations ([`ops`]) on `cpu`'s kernels (the
+    /// hypervisor's kernel object); the default is the portable code, with the same bits.
+    pub fn with_kernels(mut self, cpu: engine::cpu::CpuFeatures) -> Self {
+        self.kernels = cpu;
+        self
     }
 
     /// The completion interrupt vector to inject, if a doorbell asked for one (taken once).
@@ -685,7 +695,7 @@ impl Tenant {
         let ins: Vec<Tensor> = inputs[..n].iter().flatten().copied().collect();
         let layouts: Vec<TensorLayout> = ins.iter().map(|t| t.layout).collect();
         check_op_shapes(op.op, &layouts, &out.layout)?;
-        ops::run(op.op, &ins, &out, op.params, mem)
+        ops::run(op.op, &ins, &out, op.params, mem, self.kernels)
     }
 
     fn session_open(&mut self, model: u64, max_context: u64, models: &mut dyn ModelHost) -> Result<u64, HcallError> {

@@ -1,5 +1,8 @@
 //! Tensor operations over registered guest memory.
 //!
+//! The arithmetic is [`engine::seqops`], run through the engine's kernels (the hypervisor's
+//! hard-float kernel object when it is linked; the same bits either way).
+//!
 //! Operands are streamed row by row from where the guest put them (through the checked
 //! [`GuestMemory`] accessors) into f32 working rows, and results are written back in place. The
 //! arithmetic is specified so a guest can check results bit for bit with its own scalar code:
@@ -20,7 +23,10 @@
 use super::{GuestMemory, Tensor};
 use alloc::vec;
 use alloc::vec::Vec;
+use engine::cpu::CpuFeatures;
 use engine::half::{bf16_to_f32, f16_to_f32, f32_to_f16};
+use engine::kernels::{seq_matvec, seq_row};
+use engine::seqops::SeqOp;
 use tensor_hcall::desc::{DType, OpCode};
 use tensor_hcall::HcallError;
 
@@ -117,21 +123,13 @@ fn store_row(out: &Tensor, row: u64, vals: &[f32], mem: &dyn GuestMemory) -> Res
     }
 }
 
-/// Sequential f32 dot product, index order, separate multiply and add.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = 0.0f32;
-    for (x, y) in a.iter().zip(b) {
-        acc += x * y;
-    }
-    acc
-}
 
 fn last(t: &Tensor) -> usize {
     t.layout.shape[t.layout.rank - 1] as usize
 }
 
 /// Runs `op`; returns the output's size in bytes.
-pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn GuestMemory) -> Result<u64, HcallError> {
+pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn GuestMemory, cpu: CpuFeatures) -> Result<u64, HcallError> {
     let out_rows = row_offsets(out);
     let width = last(out);
     let mut row = vec![0.0f32; width];
@@ -149,9 +147,7 @@ pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn
                 }
                 for i in 0..m {
                     load_row(a, a_rows[batch * m + i], &mut a_row, mem)?;
-                    for (j, o) in row.iter_mut().enumerate() {
-                        *o = dot(&a_row, &b_mat[j * k..(j + 1) * k]);
-                    }
+                    seq_matvec(cpu, &a_row, &b_mat, &mut row);
                     store_row(out, out_rows[batch * m + i], &row, mem)?;
                 }
             }
@@ -163,9 +159,7 @@ pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn
             for (i, &o) in out_rows.iter().enumerate() {
                 load_row(a, a_rows[i], &mut row, mem)?;
                 load_row(b, b_rows[i], &mut other, mem)?;
-                for (x, y) in row.iter_mut().zip(&other) {
-                    *x = if op == OpCode::Add { *x + y } else { *x * y };
-                }
+                seq_row(cpu, if op == OpCode::Add { SeqOp::Add } else { SeqOp::Mul }, &mut row, &other, 0.0, 0.0);
                 store_row(out, o, &row, mem)?;
             }
         }
@@ -173,15 +167,7 @@ pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn
             let a_rows = row_offsets(&ins[0]);
             for (i, &o) in out_rows.iter().enumerate() {
                 load_row(&ins[0], a_rows[i], &mut row, mem)?;
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for x in row.iter_mut() {
-                    *x = libm::expf(*x - max);
-                    sum += *x;
-                }
-                for x in row.iter_mut() {
-                    *x /= sum;
-                }
+                seq_row(cpu, SeqOp::Softmax, &mut row, &[], 0.0, 0.0);
                 store_row(out, o, &row, mem)?;
             }
         }
@@ -192,14 +178,7 @@ pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn
             load_row(&ins[1], 0, &mut w, mem)?;
             for (i, &o) in out_rows.iter().enumerate() {
                 load_row(&ins[0], a_rows[i], &mut row, mem)?;
-                let mut s = 0.0f32;
-                for x in &row {
-                    s += x * x;
-                }
-                let r = 1.0 / libm::sqrtf(s / width as f32 + eps);
-                for (x, wi) in row.iter_mut().zip(&w) {
-                    *x = *x * r * wi;
-                }
+                seq_row(cpu, SeqOp::RmsNorm, &mut row, &w, eps, 0.0);
                 store_row(out, o, &row, mem)?;
             }
         }
@@ -209,17 +188,10 @@ pub fn run(op: OpCode, ins: &[Tensor], out: &Tensor, params: [u64; 2], mem: &dyn
             let a_rows = row_offsets(a);
             let l = &a.layout;
             let along = if l.rank >= 2 { l.shape[l.rank - 2] } else { 1 };
-            let half = width / 2;
             for (i, &o) in out_rows.iter().enumerate() {
                 load_row(a, a_rows[i], &mut row, mem)?;
                 let pos = params[0].wrapping_add(i as u64 % along) as f32;
-                for p in 0..half {
-                    let theta = pos * libm::powf(base, -((2 * p) as f32) / width as f32);
-                    let (s, c) = (libm::sinf(theta), libm::cosf(theta));
-                    let (x0, x1) = (row[p], row[p + half]);
-                    row[p] = x0 * c - x1 * s;
-                    row[p + half] = x0 * s + x1 * c;
-                }
+                seq_row(cpu, SeqOp::Rope, &mut row, &[], pos, base);
                 store_row(out, o, &row, mem)?;
             }
         }

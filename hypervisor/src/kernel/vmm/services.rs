@@ -71,7 +71,7 @@ impl GuestMemory for GuestRam {
 
 impl TenantServices {
     pub fn new(name: &str, tenant_id: u32, ram: GuestRam, limits: Limits, user_mode_hypercalls: bool) -> Self {
-        let tensors = Tenant::new(tenant_id as u16, limits);
+        let tensors = Tenant::new(tenant_id as u16, limits).with_kernels(crate::kernel::simd::features());
         Self { name: name.into(), tenant_id, ram, line: String::new(), tensors, user_mode_hypercalls, parked: false, may_park: false }
     }
 
