@@ -9,6 +9,7 @@ extern crate alloc;
 
 pub mod accounting;
 pub mod acpi;
+pub mod console;
 pub mod dispatch;
 pub mod elf;
 pub mod legacy_pc;

@@ -1,5 +1,5 @@
 //! The `log` backend: every record goes to COM1 as `[seconds.micros] LEVEL target: message`,
-//! timed by the TSC.
+//! timed by the TSC, through the console's output queue (errors and warnings drain it).
 
 use super::serial::CONSOLE;
 use super::tsc;
@@ -37,6 +37,11 @@ impl Log for SerialLogger {
             record.target().rsplit("::").next().unwrap_or(""),
             record.args()
         );
+        // Errors and warnings go out before anything else happens (a crash may follow);
+        // the rest leaves as the UART takes it (see `hypervisor::console`).
+        if record.level() <= Level::Warn {
+            console.drain();
+        }
     }
 
     fn flush(&self) {

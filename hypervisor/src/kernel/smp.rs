@@ -351,6 +351,7 @@ pub fn wake(cpus: u64) {
 /// Halts this CPU until an interrupt (a [`wake`] IPI) arrives. Check for work with interrupts
 /// off before calling: a wake-up sent after that check still ends the HLT.
 pub fn idle() {
+    super::serial::pump();
     // SAFETY: STI's one-instruction shadow makes STI;HLT atomic, so a wake-up IPI pending since
     // the caller's check ends the HLT; the wake-up vector's handler only acknowledges it, and
     // interrupts are off again before this returns.

@@ -609,6 +609,7 @@ fn boot_cpu_loop(tenants: &[Tenant], floating: &mut [VcpuRun], shared: &Shared<'
     let mut shares_logged = false;
     loop {
         run_slices(tenants, floating, shared, here);
+        super::serial::pump();
         heap_peak = heap_peak.max(super::memory::usage().1);
         // What is typed on the hypervisor's console goes to the first running Linux tenant's COM1.
         if let Some(t) = tenants.iter().find(|t| t.linux && !t.stopped()) {
