@@ -28,6 +28,52 @@ impl<T: Transport + ?Sized> fmt::Write for Console<'_, T> {
     }
 }
 
+/// A `fmt::Write` sink that gathers a line (up to the transport's staging size) and hands it
+/// to the hypervisor in one `ConsoleWrite` when it ends, fills up or is dropped: one exit per
+/// line instead of one per formatted piece, and a line printed by one vCPU is never cut into by
+/// another vCPU of the same tenant (the hypervisor keeps one line per tenant).
+pub struct Line<'a, T: Transport + ?Sized> {
+    transport: &'a mut T,
+    buf: [u8; crate::STAGE_BYTES],
+    len: usize,
+}
+
+impl<'a, T: Transport + ?Sized> Line<'a, T> {
+    pub fn new(transport: &'a mut T) -> Self {
+        Self { transport, buf: [0; crate::STAGE_BYTES], len: 0 }
+    }
+
+    /// Hands what is gathered to the hypervisor.
+    pub fn flush(&mut self) -> fmt::Result {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let gpa = self.transport.stage(&self.buf[..self.len]);
+        let len = self.len as u64;
+        self.len = 0;
+        call(self.transport, Hypercall::ConsoleWrite { gpa, len }).map(|_| ()).map_err(|_| fmt::Error)
+    }
+}
+
+impl<T: Transport + ?Sized> fmt::Write for Line<'_, T> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush()?;
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Transport + ?Sized> Drop for Line<'_, T> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 /// Ends the guest with `status`; the hypervisor logs it.
 #[cfg(target_arch = "x86_64")]
 pub fn exit(status: u32) -> ! {
@@ -45,7 +91,9 @@ macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
         let mut transport = $crate::arch::Vmcall::new();
-        let _ = writeln!($crate::console::Console::new(&mut transport), $($arg)*);
+        let mut line = $crate::console::Line::new(&mut transport);
+        let _ = writeln!(line, $($arg)*);
+        let _ = line.flush();
     }};
 }
 

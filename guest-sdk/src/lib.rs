@@ -57,6 +57,7 @@ mod tests {
     use super::*;
     use tensor_hcall::cpuid::{leaf, Features, SIGNATURE_LEAF};
     use tensor_hcall::ABI_VERSION;
+    extern crate alloc;
 
     /// A transport that answers like the hypervisor's CPUID policy and echoes hypercalls.
     struct Fake {
@@ -92,6 +93,50 @@ mod tests {
         assert_eq!(info.version, ABI_VERSION);
         assert!(info.features.contains(Features::CONSOLE));
         assert!(detect(&mut Fake { present: false, last: None }).is_none());
+    }
+
+    /// Records the text of every ConsoleWrite.
+    struct Recorder {
+        staged: alloc::vec::Vec<u8>,
+        writes: alloc::vec::Vec<alloc::vec::Vec<u8>>,
+    }
+
+    impl Transport for Recorder {
+        fn hypercall(&mut self, regs: HcallRegs) -> u64 {
+            let len = match Hypercall::decode(&regs) {
+                Ok(Hypercall::ConsoleWrite { len, .. }) => len,
+                _ => return tensor_hcall::encode_result(Err(HcallError::NotSupported)),
+            };
+            self.writes.push(self.staged[..len as usize].to_vec());
+            tensor_hcall::encode_result(Ok(len))
+        }
+        fn stage(&mut self, b: &[u8]) -> u64 {
+            self.staged = b.to_vec();
+            0x1000
+        }
+        fn read_staged(&mut self, _: &mut [u8]) {}
+        fn cpuid(&mut self, _: u32) -> [u32; 4] {
+            [0; 4]
+        }
+    }
+
+    #[test]
+    fn a_line_is_one_console_write_and_a_long_one_is_cut_at_the_staging_size() {
+        use core::fmt::Write as _;
+        let mut r = Recorder { staged: alloc::vec::Vec::new(), writes: alloc::vec::Vec::new() };
+        {
+            let mut line = console::Line::new(&mut r);
+            let _ = writeln!(line, "vCPU {} of {}: ok", 1, 2);
+        }
+        assert_eq!(r.writes, [b"vCPU 1 of 2: ok\n".to_vec()], "one write, on drop");
+        let long = "x".repeat(STAGE_BYTES + 10);
+        let mut line = console::Line::new(&mut r);
+        let _ = writeln!(line, "{long}");
+        let _ = line.flush();
+        drop(line);
+        assert_eq!(r.writes.len(), 3, "a full staging area goes out, then the rest");
+        assert_eq!(r.writes[1].len(), STAGE_BYTES);
+        assert_eq!(r.writes[2].len(), 11);
     }
 
     #[test]
