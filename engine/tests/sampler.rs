@@ -91,3 +91,35 @@ fn partial_sorting_draws_the_tokens_of_the_full_sort() {
     }
     assert!(checked > 300);
 }
+
+/// The float scan `argmax` must equal, bit for bit.
+fn argmax_by_floats(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn argmax_by_integer_keys_picks_what_the_float_scan_picks() {
+    let mut gen = Rng::new(7);
+    let specials = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::MIN_POSITIVE, -f32::MIN_POSITIVE, 1e-45, -1e-45, f32::MAX, f32::MIN];
+    for case in 0..3000 {
+        let n = 1 + (gen.next_u64() % 40) as usize;
+        let v: Vec<f32> = (0..n)
+            .map(|_| match gen.next_u64() % 4 {
+                0 => specials[(gen.next_u64() % specials.len() as u64) as usize],
+                1 => (gen.next_u64() % 5) as f32 - 2.0,
+                _ => (gen.next_f32() - 0.5) * 100.0,
+            })
+            .collect();
+        assert_eq!(engine::sampler::argmax(&v), argmax_by_floats(&v), "case {case}: {v:?}");
+    }
+    assert_eq!(engine::sampler::argmax(&[]), 0);
+    assert_eq!(engine::sampler::argmax(&[-0.0, 0.0]), 0, "equal zeros: the first");
+    assert_eq!(engine::sampler::argmax(&[f32::NAN, 5.0]), 0, "a NaN first is never beaten");
+    assert_eq!(engine::sampler::argmax(&[1.0, f32::NAN, 2.0]), 2);
+}

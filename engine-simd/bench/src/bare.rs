@@ -165,7 +165,7 @@ fn timed(m: &Model<'_>, cpu: CpuFeatures, prompt: &[u32], n_decode: usize) -> (f
     let t1 = now_ns();
     let mut tokens = Vec::new();
     for _ in 0..n_decode {
-        let next = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+        let next = engine::sampler::argmax(&logits);
         tokens.push(next);
         logits = s.eval(comp, &[next]).unwrap_or_else(|e| fail(&alloc::format!("{e}")));
     }
