@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// A tiny flag parser: `--flag` and `--flag value`.
+/// A tiny flag parser: `--flag`, `--flag value` and `--flag=value`.
 struct Flags<'a> {
     args: &'a [String],
 }
@@ -91,20 +91,33 @@ impl<'a> Flags<'a> {
     }
 
     fn value(&self, name: &str) -> Result<Option<&'a str>, String> {
-        match self.args.iter().position(|a| a == name) {
-            None => Ok(None),
-            Some(i) => self.args.get(i + 1).map(|s| Some(s.as_str())).ok_or(format!("{name} needs a value")),
+        for (i, a) in self.args.iter().enumerate() {
+            if a == name {
+                return self.args.get(i + 1).map(|s| Some(s.as_str())).ok_or(format!("{name} needs a value"));
+            }
+            if let Some(v) = a.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
+                return Ok(Some(v));
+            }
         }
+        Ok(None)
     }
 
     fn check_known(&self, known: &[&str]) -> Result<(), String> {
         let mut i = 0;
         while i < self.args.len() {
             let a = &self.args[i];
-            let Some(k) = known.iter().find(|k| k.split('=').next() == Some(a.as_str())) else {
+            // `--flag=value` is one argument, `--flag value` two.
+            let (name, inline) = match a.split_once('=') {
+                Some((n, _)) => (n, true),
+                None => (a.as_str(), false),
+            };
+            let Some(k) = known.iter().find(|k| k.split('=').next() == Some(name)) else {
                 return Err(format!("unknown option `{a}`\n\n{HELP}"));
             };
-            i += if k.ends_with('=') { 2 } else { 1 };
+            if inline && !k.ends_with('=') {
+                return Err(format!("`{name}` takes no value\n\n{HELP}"));
+            }
+            i += if k.ends_with('=') && !inline { 2 } else { 1 };
         }
         Ok(())
     }
@@ -196,7 +209,7 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut spec = ImageSpec::new("tensorvisor", firmware)
         .cmdline(cmdline)
         .module(&manifest, "manifest")
-        .module(model, &format!("model:{model_name}"))
+        .module(&model, &format!("model:{model_name}"))
         .module(cfg, "boot.cfg");
     for g in &guests {
         spec = spec.module(image::guest_elf(g)?, &format!("guest:{g}"));
@@ -212,6 +225,10 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         let tenants: u32 = compiled.manifest.tenants.iter().map(|t| t.memory_mib).sum();
         spec.memory_mib = spec.memory_mib.max(tenants + 320);
     }
+    // Room for the model: GRUB loads it whole into RAM beside the hypervisor's heap and the
+    // tenants (Gemma 3 270M is 253 MiB; a module that does not fit is left out by GRUB).
+    let model_mib = std::fs::metadata(&model).map(|m| m.len() >> 20).unwrap_or(0) as u32;
+    spec.memory_mib = spec.memory_mib.max(model_mib + 384);
     spec.timeout = Duration::from_secs(timeout);
     // The fewest CPUs that give every pinned vCPU its CPU (a tenant pinned to a CPU that did
     // not come up is refused); each emulated CPU makes Bochs slower.
@@ -304,7 +321,7 @@ fn run_model(which: &str) -> Result<(std::path::PathBuf, String), String> {
             Ok((path, name))
         }
         "gemma" => {
-            eprintln!("xtask: Gemma 3 270M inside the hypervisor: minutes of emulated AVX2 per token under emulation");
+            eprintln!("xtask: Gemma 3 270M inside the hypervisor: about 3 minutes in Bochs (emulated AVX2, ~250 MB of weights per token)");
             Ok((xtask::model::ensure()?, name))
         }
         path => {
@@ -406,5 +423,21 @@ mod tests {
         parse_result_line("test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out", &mut c);
         parse_result_line("running 5 tests", &mut c);
         assert_eq!(c, Counts { passed: 19, failed: 2, ignored: 1 });
+    }
+
+    #[test]
+    fn flags_take_values_after_a_space_or_an_equals_sign() {
+        let args: Vec<String> = ["--model=gemma", "--max-tokens", "8", "--uefi"].iter().map(|s| s.to_string()).collect();
+        let f = Flags { args: &args };
+        assert!(f.check_known(&["--model=", "--max-tokens=", "--uefi"]).is_ok());
+        assert_eq!(f.value("--model"), Ok(Some("gemma")));
+        assert_eq!(f.value("--max-tokens"), Ok(Some("8")));
+        assert_eq!(f.value("--prompt"), Ok(None));
+        assert!(f.has("--uefi"));
+        assert!(f.check_known(&["--model=", "--max-tokens="]).is_err(), "--uefi is not known there");
+        let bad = vec!["--uefi=yes".to_string()];
+        assert!(Flags { args: &bad }.check_known(&["--uefi"]).is_err(), "a switch takes no value");
+        let short = vec!["--model".to_string()];
+        assert!(Flags { args: &short }.value("--model").is_err(), "a value is missing");
     }
 }

@@ -65,15 +65,14 @@ pub fn load_models(modules: &[(Module<'_>, &'static [u8])]) -> (EngineHost, bool
             Ok((model, tok)) => {
                 let c = &model.config;
                 log::info!(
-                    "model {name}: {} layers, embedding {}, {} heads ({} KV), vocab {}, context {}; kernels: AVX2+FMA {}, AVX-512 {}",
+                    "model {name}: {} layers, embedding {}, {} heads ({} KV), vocab {}, context {}; kernels: {}",
                     c.n_layer,
                     c.n_embd,
                     c.n_head,
                     c.n_head_kv,
                     tok.vocab_size(),
                     c.context_length,
-                    cpu.avx2_fma(),
-                    cpu.avx512()
+                    cpu.describe()
                 );
                 let id = host.add(name, model, tok);
                 log::info!("model {name}: id {id}, weights shared read-only by all tenants");
@@ -123,7 +122,8 @@ pub fn run(host: &EngineHost, modules: &[(Module<'_>, &'static [u8])]) -> bool {
     );
     let mut sampler = Sampler::new(sampling);
     let now = || tsc::micros_since_boot() * 1000;
-    match generate(&mut session, comp, tok, &mut sampler, &prompt_ids, max_tokens, true, &now, &mut |_| {}) {
+    // Each token lets the console's queue move on (a long generation logs nothing meanwhile).
+    match generate(&mut session, comp, tok, &mut sampler, &prompt_ids, max_tokens, true, &now, &mut |_| super::serial::pump()) {
         Ok(g) => {
             let text: String = tok.decode(&g.tokens).chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect();
             log::info!("generated tokens [{}]", ids(&g.tokens));

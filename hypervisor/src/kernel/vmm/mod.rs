@@ -668,6 +668,7 @@ fn engine_units(tenants: &[Tenant], floating: &[VcpuRun], shared: &Shared<'_>, e
         let kind = st.services.tensors.next_unit();
         let t0 = tsc::rdtsc();
         let step = st.services.engine_step(&mut shared.engine.lock());
+        super::serial::pump();
         let cost = tsc::rdtsc().wrapping_sub(t0);
         let mut fair = shared.fair.lock();
         let _ = fair.charge(slot, cost);
