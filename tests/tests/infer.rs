@@ -4,6 +4,7 @@
 //! its AVX2 kernels where the emulated CPU has AVX2 (QEMU's `max` CPU does).
 
 use std::path::PathBuf;
+use std::time::Duration;
 use tests::{engine_cli, json_ids, Boot, HvKernels};
 use xtask::emulator::Verdict;
 use xtask::image::Firmware;
@@ -69,6 +70,31 @@ fn generation_matches_host(cpus: u32, file: &str, name: &str) {
         .assert_line(&["model tiny.gguf: 6 layers"])
         .assert_no_line("ERROR");
     assert_eq!(log_ids(run.serial(), "= tokens ["), want_prompt, "prompt tokens\n{}", run.outcome.describe());
+    assert_eq!(log_ids(run.serial(), "generated tokens ["), want, "generated tokens\n{}", run.outcome.describe());
+}
+
+/// The real Gemma 3 270M Q4_K_M (installed by `cargo xtask test`, or `cargo xtask model`) as a
+/// GRUB module: the hypervisor runs it through its kernel object in QEMU TCG and generates
+/// the host CLI's greedy tokens for the same prompt. About two minutes of emulation.
+#[test]
+fn the_real_gemma_model_generates_the_host_clis_tokens_inside_the_hypervisor() {
+    let model = xtask::model::ensure().unwrap_or_else(|e| panic!("{e}: install the model with `cargo xtask model`"));
+    let prompt = "The capital of France is";
+    let cfg = boot_cfg("gemma.cfg", &format!("prompt={prompt}\nmax_tokens=6\n"));
+    let mut boot = Boot::qemu("infer-gemma", Firmware::Bios).module(&model, "model:gemma.gguf").module(cfg, "boot.cfg");
+    // GRUB loads the 253 MB module whole, beside the hypervisor's heap.
+    boot.memory_mib = 768;
+    boot.timeout = Duration::from_secs(900);
+    let run = boot.run();
+    run.assert_verdict(Verdict::Success)
+        .assert_line(&["model gemma.gguf: 18 layers, embedding 640, 4 heads (1 KV), vocab 262144"])
+        .assert_no_line("ERROR");
+    let kernels = HvKernels::of(run.serial());
+    let gen_args = ["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "6", "--temp", "0", "--threads", "1", "--json"];
+    let host = engine_cli("tvgen", &[&gen_args[..], kernels.tvgen_flags()].concat());
+    let want = json_ids(&host, "tokens");
+    assert_eq!(want.len(), 6, "host generated 6 tokens: {host}");
+    assert_eq!(log_ids(run.serial(), "= tokens ["), json_ids(&host, "prompt_tokens"), "prompt tokens\n{}", run.outcome.describe());
     assert_eq!(log_ids(run.serial(), "generated tokens ["), want, "generated tokens\n{}", run.outcome.describe());
 }
 
