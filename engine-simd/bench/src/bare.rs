@@ -208,26 +208,9 @@ fn run(path: &str, n_prompt: usize, n_decode: usize, with_soft: bool) {
 
 #[cfg(kernel_object)]
 fn object() -> Option<CpuFeatures> {
-    use engine::kernels::table::{Hooks, KernelTable, TABLE_VERSION};
+    use engine::kernels::table::{global_alloc, global_dealloc, Hooks, KernelTable, TABLE_VERSION};
     extern "C" {
         fn tvk_init(hooks: *const Hooks) -> *const KernelTable;
-    }
-    /// # Safety
-    /// As `GlobalAlloc::alloc` for this size and alignment.
-    unsafe extern "C" fn alloc(size: usize, align: usize) -> *mut u8 {
-        match core::alloc::Layout::from_size_align(size, align) {
-            // SAFETY: a non-zero size (checked) and a valid layout.
-            Ok(l) if size != 0 => unsafe { alloc::alloc::alloc(l) },
-            _ => core::ptr::null_mut(),
-        }
-    }
-    /// # Safety
-    /// `p` came from [`alloc`] with this size and alignment.
-    unsafe extern "C" fn dealloc(p: *mut u8, size: usize, align: usize) {
-        if let Ok(l) = core::alloc::Layout::from_size_align(size, align) {
-            // SAFETY: allocated with this layout (the caller's contract).
-            unsafe { alloc::alloc::dealloc(p, l) }
-        }
     }
     /// # Safety
     /// `len` bytes at `msg`.
@@ -236,7 +219,7 @@ fn object() -> Option<CpuFeatures> {
         write(2, unsafe { core::slice::from_raw_parts(msg, len) });
         exit(101)
     }
-    static HOOKS: Hooks = Hooks { version: TABLE_VERSION, alloc, dealloc, panic };
+    static HOOKS: Hooks = Hooks { version: TABLE_VERSION, alloc: global_alloc, dealloc: global_dealloc, panic };
     // SAFETY: HOOKS lives for the program and keeps the Hooks contract; called once, first.
     let t = unsafe { tvk_init(&HOOKS).as_ref() }?;
     // SAFETY: the linked object's table keeps the KernelTable contract; Linux gives this

@@ -214,6 +214,30 @@ pub struct Hooks {
     pub panic: unsafe extern "C" fn(msg: *const u8, len: usize) -> !,
 }
 
+/// [`Hooks::alloc`] served by the global allocator of the program this engine is compiled
+/// into: what a host that calls the table passes (the hypervisor, the native benchmark).
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`, for a layout of `size` and `align`.
+pub unsafe extern "C" fn global_alloc(size: usize, align: usize) -> *mut u8 {
+    match core::alloc::Layout::from_size_align(size, align) {
+        // SAFETY: a valid layout (checked) of non-zero size (checked).
+        Ok(l) if size != 0 => unsafe { alloc::alloc::alloc(l) },
+        _ => core::ptr::null_mut(),
+    }
+}
+
+/// [`Hooks::dealloc`] for what [`global_alloc`] gave.
+///
+/// # Safety
+/// `p` came from [`global_alloc`] with this `size` and `align`.
+pub unsafe extern "C" fn global_dealloc(p: *mut u8, size: usize, align: usize) {
+    if let Ok(l) = core::alloc::Layout::from_size_align(size, align) {
+        // SAFETY: allocated by `global_alloc` with this layout (the caller's contract).
+        unsafe { alloc::alloc::dealloc(p, l) }
+    }
+}
+
 impl core::fmt::Debug for KernelTable {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("KernelTable")

@@ -17,31 +17,12 @@ use engine::cpu::CpuFeatures;
 
 #[cfg(kernel_object)]
 mod linked {
-    use engine::kernels::table::{Hooks, KernelTable, TABLE_VERSION};
+    use engine::kernels::table::{global_alloc, global_dealloc, Hooks, KernelTable, TABLE_VERSION};
 
     extern "C" {
         /// Exported by the object (see `engine-simd`): takes the hooks, returns the table or
         /// null (hooks of another version).
         fn tvk_init(hooks: *const Hooks) -> *const KernelTable;
-    }
-
-    /// # Safety
-    /// As `GlobalAlloc::alloc`, for a layout of `size` and `align`.
-    unsafe extern "C" fn alloc(size: usize, align: usize) -> *mut u8 {
-        match core::alloc::Layout::from_size_align(size, align) {
-            // SAFETY: the object asks for non-zero sizes (its GlobalAlloc contract).
-            Ok(l) if size != 0 => unsafe { alloc::alloc::alloc(l) },
-            _ => core::ptr::null_mut(),
-        }
-    }
-
-    /// # Safety
-    /// `p` came from [`alloc`] with this `size` and `align`.
-    unsafe extern "C" fn dealloc(p: *mut u8, size: usize, align: usize) {
-        if let Ok(l) = core::alloc::Layout::from_size_align(size, align) {
-            // SAFETY: `p` was allocated with this layout by `alloc` (the caller's contract).
-            unsafe { alloc::alloc::dealloc(p, l) }
-        }
     }
 
     /// # Safety
@@ -52,7 +33,8 @@ mod linked {
         panic!("engine kernel object: {}", core::str::from_utf8(bytes).unwrap_or("(message not UTF-8)"))
     }
 
-    static HOOKS: Hooks = Hooks { version: TABLE_VERSION, alloc, dealloc, panic };
+    /// The kernel heap serves the object's allocations.
+    static HOOKS: Hooks = Hooks { version: TABLE_VERSION, alloc: global_alloc, dealloc: global_dealloc, panic };
 
     pub fn table() -> Option<&'static KernelTable> {
         static TABLE: spin::Once<usize> = spin::Once::new();
