@@ -4,6 +4,7 @@
 use super::ram::GuestRam;
 use super::tsc;
 use alloc::string::String;
+use alloc::vec::Vec;
 use hypervisor::dispatch::{Begun, EngineHost, GuestMemory, Limits, Tenant, DISPATCH_FEATURES};
 use hypervisor::vcpu::{GuestRegs, Services, StopReason};
 use tensor_hcall::boot::{MSR_TENANT_ID, MSR_VCPU};
@@ -21,7 +22,9 @@ pub struct TenantServices {
     name: String,
     tenant_id: u32,
     ram: GuestRam,
-    line: String,
+    /// The console line each vCPU is writing (vCPU index): two vCPUs of the tenant that
+    /// print at once get a line each instead of one line cut into by the other.
+    lines: Vec<String>,
     /// The tensor hypercall state: handles, quotas, ring, sessions.
     pub tensors: Tenant,
     /// Whether the guest's user mode (CPL 3) may make hypercalls (tenant policy).
@@ -72,7 +75,7 @@ impl GuestMemory for GuestRam {
 impl TenantServices {
     pub fn new(name: &str, tenant_id: u32, ram: GuestRam, limits: Limits, user_mode_hypercalls: bool) -> Self {
         let tensors = Tenant::new(tenant_id as u16, limits).with_kernels(crate::kernel::simd::features());
-        Self { name: name.into(), tenant_id, ram, line: String::new(), tensors, user_mode_hypercalls, parked: false, may_park: false }
+        Self { name: name.into(), tenant_id, ram, lines: Vec::new(), tensors, user_mode_hypercalls, parked: false, may_park: false }
     }
 
     /// Runs one unit of the parked engine request against this tenant's memory.
@@ -80,11 +83,35 @@ impl TenantServices {
         self.tensors.step(&self.ram, models)
     }
 
-    /// Prints what is left of an unterminated console line.
+    /// Prints what is left of every unterminated console line.
     pub fn flush_console(&mut self) {
-        if !self.line.is_empty() {
-            log::info!("[{}] {}", self.name, self.line);
-            self.line.clear();
+        for vcpu in 0..self.lines.len() {
+            self.flush_line(vcpu);
+        }
+    }
+
+    fn flush_line(&mut self, vcpu: usize) {
+        if let Some(line) = self.lines.get_mut(vcpu).filter(|l| !l.is_empty()) {
+            log::info!("[{}] {}", self.name, line);
+            line.clear();
+        }
+    }
+
+    /// One byte of vCPU `vcpu`'s console output: a newline ends its line, control characters
+    /// other than newline are shown as '?' (so a guest cannot forge log lines or terminal
+    /// escapes), and a line is cut at [`MAX_LINE`].
+    fn console_push(&mut self, vcpu: usize, b: u8) {
+        if self.lines.len() <= vcpu {
+            self.lines.resize(vcpu + 1, String::new());
+        }
+        match b {
+            b'\n' => self.flush_line(vcpu),
+            b'\r' => {}
+            b if b < 0x20 || b == 0x7f => self.lines[vcpu].push('?'),
+            b => self.lines[vcpu].push(if b.is_ascii() { b as char } else { '?' }),
+        }
+        if self.lines[vcpu].len() >= MAX_LINE {
+            self.flush_line(vcpu);
         }
     }
 
@@ -97,20 +124,14 @@ impl TenantServices {
         &mut self.ram
     }
 
-    /// One byte from a Linux tenant's UART, shown line by line like [`Self::console_write`].
+    /// One byte from a Linux tenant's UART (its one vCPU), shown line by line like
+    /// [`Self::console_write`].
     pub fn console_byte(&mut self, b: u8) {
-        match b {
-            b'\n' => self.flush_console(),
-            b'\r' => {}
-            b if b < 0x20 || b == 0x7f => self.line.push('?'),
-            b => self.line.push(if b.is_ascii() { b as char } else { '?' }),
-        }
-        if self.line.len() >= MAX_LINE {
-            self.flush_console();
-        }
+        self.console_push(0, b);
     }
 
-    fn console_write(&mut self, gpa: u64, len: u64) -> Result<u64, HcallError> {
+    /// `ConsoleWrite` from vCPU `vcpu`.
+    fn console_write(&mut self, vcpu: usize, gpa: u64, len: u64) -> Result<u64, HcallError> {
         if len > MAX_CONSOLE_WRITE {
             return Err(HcallError::InvalidArgument);
         }
@@ -118,17 +139,7 @@ impl TenantServices {
         let mut buf = alloc::vec![0u8; len as usize];
         self.ram.read(gpa, &mut buf).map_err(|_| HcallError::BadAddress)?;
         for &b in &buf {
-            match b {
-                b'\n' => self.flush_console(),
-                b'\r' => {}
-                // Control characters other than newline are shown as '?', so a guest cannot
-                // forge log lines or terminal escapes.
-                b if b < 0x20 || b == 0x7f => self.line.push('?'),
-                b => self.line.push(if b.is_ascii() { b as char } else { '?' }),
-            }
-            if self.line.len() >= MAX_LINE {
-                self.flush_console();
-            }
+            self.console_push(vcpu, b);
         }
         Ok(len)
     }
@@ -164,7 +175,7 @@ impl Services for ExitServices<'_> {
                     self.tenant.tensors.counters.hypercalls += 1;
                     return Err(StopReason::Exited { status: u64::from(status) });
                 }
-                Ok(Hypercall::ConsoleWrite { gpa, len }) => self.tenant.console_write(gpa, len),
+                Ok(Hypercall::ConsoleWrite { gpa, len }) => self.tenant.console_write(usize::from(self.placement.vcpu), gpa, len),
                 // A passed-through device's INTx (kernel/devices/irq.rs).
                 Ok(Hypercall::DeviceIrqBind { bdf, vector }) => crate::kernel::devices::irq::bind(self.tenant.tenant_id, bdf, vector),
                 Ok(Hypercall::DeviceIrqDone { bdf }) => crate::kernel::devices::irq::done(self.tenant.tenant_id, bdf),
